@@ -1,0 +1,218 @@
+"""The `specimen-id` command: thin over the core. Commands open the database, call the core,
+and print; domain errors become one line on stderr and an exit code:
+0 success, 1 a refused input or unknown specimen, 2 usage, 3 database unusable as asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import SpecimenIdError
+from .models.backbones import MODEL_NAMES
+from .store.database import DB_ENV, DEFAULT_DIR, SETTINGS
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SpecimenIdError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group)
+@click.option("--db", "db_path", type=click.Path(path_type=Path), envvar=DB_ENV,
+              default=DEFAULT_DIR, show_default=True, show_envvar=True,
+              help="Database directory (created on first use).")
+@click.version_option(__version__, prog_name="specimen-id")
+@click.pass_context
+def cli(ctx, db_path):
+    """Identify microscope captures against enrolled reference specimens."""
+    ctx.obj = db_path
+
+
+def _open(ctx):
+    from .store import Database
+
+    db = Database(ctx.find_root().obj)
+    ctx.call_on_close(db.close)
+    return db
+
+
+def _model_options(fn):
+    fn = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+                      help="Local weights file (state dict) for the model, e.g. when offline.")(fn)
+    return click.option("--model", type=click.Choice(MODEL_NAMES),
+                        help="Backbone (default: the database's, else efficientnet_lite0).")(fn)
+
+
+def _parse_meta(ctx, param, values) -> dict:
+    meta = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx, param)
+        meta[key.strip()] = value
+    return meta
+
+
+@cli.command()
+@click.option("--specimen", "-s", metavar="NAME", help="Specimen the FILES are captures of.")
+@click.option("--folders", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Enrol every subfolder of this folder as a specimen named after it.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=_parse_meta,
+              help="Specimen metadata (repeatable).")
+@_model_options
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_context
+def enroll(ctx, specimen, folders, meta, model, weights, files):
+    """Enrol FILES as captures of one specimen, or a folder of specimen folders."""
+    from .indexer import enroll_folders, folder_jobs
+
+    if bool(specimen) == bool(folders):
+        raise click.UsageError("give either --specimen NAME FILE... or --folders ROOT")
+    if specimen and not files:
+        raise click.UsageError("--specimen needs at least one FILE")
+    if folders and files:
+        raise click.UsageError("--folders takes no FILE arguments")
+    if specimen is not None and not specimen.strip():
+        raise click.BadParameter("the specimen name is empty", param_hint="--specimen")
+    jobs = folder_jobs(folders) if folders else [(specimen.strip(), list(files))]
+    report = enroll_folders(_open(ctx), jobs, meta, model=model, weights=weights, progress=True)
+    for error in report.refused:
+        click.echo(f"refused: {error}", err=True)
+    click.echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "
+               f"(already enrolled), refused {len(report.refused)}")
+    ctx.exit(1 if report.refused else 0)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(min=1), help="How many specimens to list.")
+@click.option("--threshold", type=float, help="Decision threshold for this query only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, per line.")
+@_model_options
+@click.pass_context
+def query(ctx, files, top_k, threshold, as_json, model, weights):
+    """Which enrolled specimen is each FILE?"""
+    from .search import query as run_query
+
+    refused = False
+    for result in run_query(_open(ctx), files, top_k, threshold, model=model, weights=weights):
+        refused |= result["decision"] == "refused"
+        if as_json:
+            click.echo(json.dumps(result))
+        elif result["decision"] == "refused":
+            click.echo(f"refused: {result['error']}", err=True)
+        else:
+            click.echo(_format_result(result))
+    ctx.exit(1 if refused else 0)
+
+
+def _format_result(result: dict) -> str:
+    head = f"{result['query']}: {result['decision']}"
+    if result["specimen"]:
+        head += f" {result['specimen']}"
+    lines = [f"{head} (score {result['score']:.3f}, threshold {result['threshold']:.3f})"]
+    width = max((len(c["specimen"]) for c in result["candidates"]), default=0)
+    for i, c in enumerate(result["candidates"], 1):
+        lines.append(f"  {i:>2}. {c['specimen']:<{width}}  {c['score']:.3f}  capture {c['capture']}")
+    return "\n".join(lines)
+
+
+@cli.command(name="list")
+@click.pass_context
+def list_(ctx):
+    """Enrolled specimen names, one per line."""
+    for specimen in _open(ctx).specimens():
+        click.echo(specimen["name"])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx, name, as_json):
+    """A specimen's metadata and captures."""
+    db = _open(ctx)
+    specimen = db.specimen(name)
+    captures = db.captures(specimen["id"])
+    if as_json:
+        click.echo(json.dumps({**specimen, "captures": captures}))
+        return
+    click.echo(f"{specimen['name']}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
+    for key, value in specimen["metadata"].items():
+        click.echo(f"  {key} = {value}")
+    click.echo(f"  {len(captures)} capture(s):")
+    for c in captures:
+        click.echo(f"    {c['uuid']}  {c['original_name']}  {c['width']}x{c['height']} "
+                   f"{c['format']} {c['dtype']}  sha256 {c['file_sha256'][:12]}  {c['created_at']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def remove(ctx, name):
+    """Remove a specimen with its captures and embeddings."""
+    db = _open(ctx)
+    with db.writing():
+        count = db.remove_specimen(name)
+        db.save_index()
+    click.echo(f"removed {name} and its {count} capture(s)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def info(ctx, as_json):
+    """Counts, model, threshold and sizes of the database."""
+    facts = _open(ctx).info()
+    if as_json:
+        click.echo(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        if key == "bytes":
+            value = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in value.items())
+        click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("key", required=False, type=click.Choice(sorted(SETTINGS)))
+@click.argument("value", required=False)
+@click.pass_context
+def config(ctx, key, value):
+    """Show or set a setting: threshold (decision threshold), top_k (specimens listed)."""
+    db = _open(ctx)
+    if key is None:
+        for k in sorted(SETTINGS):
+            click.echo(f"{k} = {db.setting(k)}")
+        return
+    if value is not None:
+        try:
+            parsed = SETTINGS[key](value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a {SETTINGS[key].__name__}") from None
+        if key == "top_k" and parsed < 1 or key == "threshold" and not -1 <= parsed <= 1:
+            raise click.BadParameter(f"{key} {value} is out of range")
+        db.set_setting(key, parsed)
+    click.echo(f"{key} = {db.setting(key)}")
+
+
+@cli.command()
+@_model_options
+@click.pass_context
+def reindex(ctx, model, weights):
+    """Re-embed every capture (with another --model, or the database's own)."""
+    from .indexer import reindex as run_reindex
+
+    db = _open(ctx)
+    count = run_reindex(db, model, weights, progress=True)
+    click.echo(f"re-embedded {count} capture(s) with {db.model_id}")
+
+
+def main():
+    cli(prog_name="specimen-id")

@@ -1,0 +1,60 @@
+"""The few named errors of specimen-id, each mapped once at the edges (CLI exit codes, web)."""
+
+
+class SpecimenIdError(Exception):
+    """Base class: the message is one line a user can act on."""
+
+    exit_code = 1
+
+
+class ImageRefused(SpecimenIdError):
+    """A file that cannot be enrolled or queried; the batch goes on without it."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class NotAnImage(ImageRefused):
+    pass
+
+
+class DamagedImage(ImageRefused):
+    pass
+
+
+class ImageTooLarge(ImageRefused):
+    pass
+
+
+class UnknownSpecimen(SpecimenIdError):
+    def __init__(self, name):
+        self.name = name
+        super().__init__(f"no specimen named {name!r} (see `specimen-id list`)")
+
+
+class DuplicateContent(SpecimenIdError):
+    """The same pixels are already enrolled under another specimen."""
+
+
+class DatabaseUnusable(SpecimenIdError):
+    """The database cannot be used as asked; the message says what to do."""
+
+    exit_code = 3
+
+
+class ModelMismatch(DatabaseUnusable):
+    pass
+
+
+class DatabaseLocked(DatabaseUnusable):
+    pass
+
+
+class DatabaseDamaged(DatabaseUnusable):
+    pass
+
+
+class WeightsUnavailable(DatabaseUnusable):
+    """Model weights cannot be had (offline download, missing or wrong file)."""

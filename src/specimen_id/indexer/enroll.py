@@ -1,0 +1,87 @@
+"""Enrolling captures of specimens: decode, embed in batches, store each batch in one
+transaction, save the index once at the end. A refused file never stops the batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import images
+from ..errors import ImageRefused, UnknownSpecimen
+from ..models import embedder_for
+from ..progress import progress_bar
+
+BATCH = 16
+
+
+@dataclass
+class EnrolReport:
+    enrolled: list = field(default_factory=list)  # paths stored as new captures
+    skipped: list = field(default_factory=list)  # paths already enrolled under that specimen
+    refused: list = field(default_factory=list)  # ImageRefused errors, one per bad file
+
+    def add(self, other: "EnrolReport") -> None:
+        self.enrolled += other.enrolled
+        self.skipped += other.skipped
+        self.refused += other.refused
+
+
+def enroll(db, specimen: str, paths, metadata: dict | None = None, *, model=None, weights=None,
+           embedder=None, progress: bool = False) -> EnrolReport:
+    """Enrol files as captures of one specimen (created on its first capture)."""
+    return enroll_folders(db, [(specimen, list(paths))], metadata, model=model, weights=weights,
+                          embedder=embedder, progress=progress)
+
+
+def folder_jobs(root) -> list[tuple[str, list[Path]]]:
+    """Every subfolder of root as (specimen name, its files), hidden files left out."""
+    jobs = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        jobs.append((folder.name, files))
+    return jobs
+
+
+def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weights=None,
+                   embedder=None, progress: bool = False) -> EnrolReport:
+    """Enrol (specimen name, files) jobs under one write lock, with one progress bar."""
+    embedder = embedder or embedder_for(db, model, weights)
+    report = EnrolReport()
+    with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
+        db.use_model(embedder.name, weights, embedder.model_id)
+        for name, paths in jobs:
+            report.add(_enroll_one(db, embedder, name, paths, metadata, bar))
+        db.save_index()
+    return report
+
+
+def _enroll_one(db, embedder, name, paths, metadata, bar) -> EnrolReport:
+    report = EnrolReport()
+    try:
+        specimen = db.specimen(name)
+        seen = {c["file_sha256"] for c in db.captures(specimen["id"])}
+    except UnknownSpecimen:
+        specimen, seen = None, set()
+    if specimen is not None and metadata:
+        db.ensure_specimen(name, metadata)
+    for start in range(0, len(paths), BATCH):
+        batch = []
+        for path in paths[start:start + BATCH]:
+            try:
+                capture = images.load(path)
+            except ImageRefused as e:
+                report.refused.append(e)
+                continue
+            if capture.file_sha256 in seen:
+                report.skipped.append(str(path))
+                continue
+            seen.add(capture.file_sha256)
+            batch.append(capture)
+        if batch:
+            if specimen is None:  # created only once it has a capture to hold
+                specimen = db.ensure_specimen(name, metadata)
+            vectors = embedder.embed([c.pixels for c in batch])
+            db.add_captures(specimen, batch, vectors, embedder.model_id)
+            report.enrolled += [c.name for c in batch]
+        bar.update(len(paths[start:start + BATCH]))
+    return report

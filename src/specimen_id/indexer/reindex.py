@@ -1,0 +1,35 @@
+"""Re-embedding every capture from its managed image, e.g. to switch models."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import images
+from ..errors import DatabaseDamaged, ImageRefused
+from ..models import embedder_for
+from ..progress import progress_bar
+from .enroll import BATCH
+
+
+def reindex(db, model: str | None = None, weights=None, progress: bool = False) -> int:
+    """Embed all captures with `model` (default: the database's own) and switch the database
+    to those embeddings in one transaction; returns the number of captures embedded. Nothing
+    changes if any managed image cannot be read."""
+    embedder = embedder_for(db, model, weights, check=False)
+    with db.writing():
+        files = db.capture_files()
+        vectors = np.empty((len(files), embedder.dim), np.float32)
+        with progress_bar(len(files), "reindex", progress) as bar:
+            for start in range(0, len(files), BATCH):
+                chunk = files[start:start + BATCH]
+                try:
+                    pixels = [images.load(path).pixels for _, path in chunk]
+                except ImageRefused as e:
+                    raise DatabaseDamaged(f"managed image {e}; nothing was changed "
+                                          "(restore the file or remove its specimen)") from None
+                vectors[start:start + len(chunk)] = embedder.embed(pixels)
+                bar.update(len(chunk))
+        db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors)
+        db.use_model(embedder.name, weights, embedder.model_id)
+        db.save_index()
+    return len(files)

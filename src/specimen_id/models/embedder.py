@@ -1,0 +1,59 @@
+"""Captures to L2-normalised float32 vectors, tagged with the model_id that made them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backbones import DEFAULT_MODEL, Backbone, load_backbone
+from .preprocess import PREPROCESS_VERSION, to_batch
+
+
+class Embedder:
+    """A backbone's pooled feature map as a unit vector. Inner product of two embeddings is their
+    cosine similarity, which is what the FAISS index ranks by."""
+
+    def __init__(self, backbone: Backbone):
+        import torch
+
+        self.backbone = backbone
+        self.name = backbone.name
+        # name, weights and the whole pixels-to-vector recipe: embeddings with different
+        # model_ids are never compared.
+        self.model_id = f"{backbone.name}:{backbone.weights_sha256[:16]}:p{PREPROCESS_VERSION}"
+        # channels-last is faster for these depthwise/1x1-heavy CPU graphs, same answers.
+        backbone.net.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, backbone.input_size, backbone.input_size)
+            self.dim = int(backbone.trunk(probe).shape[1])
+
+    def embed(self, pixel_list, batch_size: int = 8) -> np.ndarray:
+        """Decoded captures (any dtype/channels, see preprocess) to an (n, dim) float32 array."""
+        import torch
+
+        out = np.empty((len(pixel_list), self.dim), np.float32)
+        bb = self.backbone
+        for start in range(0, len(pixel_list), batch_size):
+            batch = to_batch(pixel_list[start:start + batch_size], bb.input_size, bb.mean, bb.std)
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                fmap = bb.trunk(x)
+            out[start:start + len(batch)] = fmap.mean(dim=(2, 3)).numpy()
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def load_embedder(name: str = DEFAULT_MODEL, weights=None) -> Embedder:
+    return Embedder(load_backbone(name, weights))
+
+
+def embedder_for(db, model: str | None = None, weights=None, check: bool = True) -> Embedder:
+    """The embedder a database works with: its recorded model (and weights file) unless another
+    is named; with `check`, refused when it would mix models in one index."""
+    recorded = db.setting("model_name")
+    name = model or recorded or DEFAULT_MODEL
+    if weights is None and name == recorded:
+        weights = db.setting("weights_path")
+    embedder = load_embedder(name, weights)
+    if check:
+        db.require_model(embedder.model_id)
+    return embedder

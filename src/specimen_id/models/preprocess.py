@@ -1,0 +1,45 @@
+"""How decoded pixels become model input. Changing anything here changes PREPROCESS_VERSION,
+which is part of every model_id, so old embeddings are never compared with new ones.
+
+Policy (version 1):
+- 8-bit images are used as they are.
+- Deeper images (16-bit, float) are stretched linearly from their 0.1st to 99.9th percentile
+  (all channels together, so colour balance is kept) onto 0..255: microscope cameras often fill
+  only 10 or 12 of 16 bits, and a fixed /65535 would leave such fields almost black.
+- Grey images are repeated into three channels; alpha is dropped (grey+alpha keeps the grey).
+- The whole field is resized to the square input (INTER_AREA), never cropped: a crop would throw
+  away part of the field that identifies the specimen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PREPROCESS_VERSION = 1
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """Any decoded capture to an HxWx3 uint8 RGB array, by the policy above."""
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        pixels = pixels[:, :, :-1]  # drop alpha
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.dtype != np.uint8:
+        sample = pixels[:: max(1, pixels.shape[0] // 512), :: max(1, pixels.shape[1] // 512)]
+        lo, hi = np.percentile(sample, (0.1, 99.9))
+        scale = 255.0 / max(float(hi - lo), 1e-6)
+        pixels = np.clip((pixels.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return pixels
+
+
+def to_batch(pixel_list, size: int, mean, std) -> np.ndarray:
+    """Captures to one float32 NCHW batch, normalised per channel."""
+    import cv2
+
+    batch = np.empty((len(pixel_list), size, size, 3), np.float32)
+    for i, pixels in enumerate(pixel_list):
+        batch[i] = cv2.resize(to_rgb8(pixels), (size, size), interpolation=cv2.INTER_AREA)
+    batch = (batch / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return batch.transpose(0, 3, 1, 2)

@@ -1,0 +1,5 @@
+"""Queries: nearest enrolled captures, best capture per specimen, a score and a decision."""
+
+from .query import query, rank
+
+__all__ = ["query", "rank"]

@@ -1,0 +1,61 @@
+"""Simulated re-captures: what a USB microscope does to one field between two shots.
+
+Used to make the demo's query images, by the benchmarks, and (later) by calibration when a
+database has too few real repeat captures. Every draw comes from the caller's seeded
+numpy Generator, so a run is reproducible; the parameter ranges are listed in reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Recapture:
+    """Ranges of the nuisance between two captures of the same field."""
+
+    shift: float = 0.08  # stage shift, fraction of the field (that part leaves the view)
+    rotation: float = 3.0  # degrees, either way
+    scale: float = 0.04  # zoom/focus breathing, fraction either way
+    blur: float = 1.2  # focus blur: Gaussian sigma up to this, in pixels
+    gain: float = 0.15  # illumination gain, fraction either way
+    gradient: float = 0.12  # uneven illumination: linear ramp, fraction across the field
+    noise: float = 4.0  # sensor noise sigma up to this, in 8-bit levels
+    jpeg: tuple = (70, 95)  # JPEG quality range
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+    def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One simulated re-capture of an HxWx3 uint8 field, before JPEG encoding."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        angle = rng.uniform(-self.rotation, self.rotation)
+        zoom = 1 + rng.uniform(-self.scale, self.scale)
+        dx, dy = rng.uniform(-self.shift, self.shift, 2) * (w, h)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+        m[:, 2] += (dx, dy)
+        # What moves out of view is replaced by a mirror of the neighbouring field, so the
+        # frame stays full without a black border that would be an easy cue.
+        out = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        sigma = rng.uniform(0, self.blur)
+        if sigma > 0.3:
+            out = cv2.GaussianBlur(out, (0, 0), sigma)
+        out = out.astype(np.float32)
+        direction = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = ((xx / w - 0.5) * np.cos(direction) + (yy / h - 0.5) * np.sin(direction))
+        light = (1 + rng.uniform(-self.gain, self.gain)) * (1 + self.gradient * ramp)
+        out = out * light[:, :, None] + rng.normal(0, rng.uniform(0.5, self.noise), out.shape)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    def jpeg_bytes(self, rgb: np.ndarray, rng: np.random.Generator) -> bytes:
+        """A re-capture encoded as the camera would save it."""
+        import cv2
+
+        quality = int(rng.integers(self.jpeg[0], self.jpeg[1] + 1))
+        bgr = cv2.cvtColor(self.apply(rgb, rng), cv2.COLOR_RGB2BGR)
+        return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()

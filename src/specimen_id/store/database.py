@@ -1,0 +1,386 @@
+"""The database directory: SQLite (source of truth), managed image copies, the derived FAISS
+index, and the write lock that serialises writers across processes.
+
+    specimen-db/
+      specimens.sqlite      specimens, captures, embeddings (float32 blobs), settings, queries
+      index.faiss           rebuilt from the stored embeddings when missing or stale
+      images/ab/<sha256>.*  content-addressed copies of enrolled and queried images
+      write.lock            held by whoever writes
+
+This class is the storage interface that indexer and search use; another backend (PostgreSQL
+with pgvector) would offer the same methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatabaseDamaged, DatabaseLocked, ModelMismatch, UnknownSpecimen
+from .files import store_image
+from .schema import migrate
+from .vectors import VectorIndex
+
+DB_ENV = "SPECIMEN_ID_DB"
+DEFAULT_DIR = "specimen-db"
+LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
+# Default decision threshold on cosine similarity (EfficientNet-Lite0, pooled): the value that
+# bench/threshold.py finds between genuine re-captures and impostors; see README "Threshold".
+DEFAULT_THRESHOLD = 0.80
+SETTINGS = {"threshold": float, "top_k": int}
+DEFAULTS = {"threshold": DEFAULT_THRESHOLD, "top_k": 5}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def default_path() -> Path:
+    return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
+
+
+class Database:
+    def __init__(self, root: str | os.PathLike | None = None):
+        import sqlite_utils
+
+        self.root = Path(root) if root is not None else default_path()
+        if self.root.exists() and not self.root.is_dir():
+            raise DatabaseDamaged(f"{self.root} is a file, not a database directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            conn.execute("PRAGMA foreign_keys=ON")
+            migrate(conn)
+        except sqlite3.DatabaseError as e:
+            raise DatabaseDamaged(f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); "
+                                  "restore it from a backup") from None
+        self.db = sqlite_utils.Database(conn)
+        self._index: VectorIndex | None = None
+        self._lock = None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- settings -------------------------------------------------------------------------
+
+    def setting(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else DEFAULTS.get(key, default)
+
+    def set_setting(self, key: str, value) -> None:
+        with self.db.conn:
+            self._put_setting(key, value)
+
+    def _put_setting(self, key, value) -> None:
+        self.db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                        "DO UPDATE SET value = excluded.value", [key, json.dumps(value)])
+
+    @property
+    def model_id(self) -> str | None:
+        return self.setting("model_id")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.setting("threshold"))
+
+    @property
+    def generation(self) -> int:
+        return int(self.setting("index_generation", 0))
+
+    def require_model(self, model_id: str) -> None:
+        """Embeddings of one model only: refuse another while captures exist."""
+        current = self.model_id
+        if current and current != model_id and self.count("captures"):
+            raise ModelMismatch(
+                f"this database holds embeddings of {current}, not {model_id}; run "
+                f"`specimen-id reindex --model NAME` to re-embed every capture with another model")
+
+    def use_model(self, name: str, weights, model_id: str) -> None:
+        """Record which model (and explicit weights file) this database embeds with."""
+        self.require_model(model_id)
+        with self.db.conn:
+            self._put_setting("model_name", name)
+            self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
+
+    # -- locking --------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self):
+        """The database's write lock (re-entrant in one process), held across the SQLite
+        transactions and the index file write of one operation."""
+        from filelock import FileLock, Timeout
+
+        if self._lock is None:
+            self._lock = FileLock(str(self.root / "write.lock"))
+        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
+        try:
+            self._lock.acquire(timeout=timeout)
+        except Timeout:
+            raise DatabaseLocked(f"{self.root} is being written by another process; waited "
+                                 f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)") from None
+        try:
+            yield self
+        finally:
+            self._lock.release()
+
+    # -- specimens and captures -----------------------------------------------------------
+
+    def count(self, table: str) -> int:
+        return self.db[table].count
+
+    def specimens(self) -> list[dict]:
+        return [_decoded(r) for r in self.db.query(
+            "SELECT s.*, COUNT(c.id) AS captures FROM specimens s "
+            "LEFT JOIN captures c ON c.specimen_id = s.id GROUP BY s.id ORDER BY s.name")]
+
+    def specimen(self, name: str) -> dict:
+        rows = list(self.db.query("SELECT * FROM specimens WHERE name = ?", [name]))
+        if not rows:
+            raise UnknownSpecimen(name)
+        return _decoded(rows[0])
+
+    def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
+        """The named specimen, created if new; metadata given is merged into what it has."""
+        with self.db.conn:
+            try:
+                found = self.specimen(name)
+            except UnknownSpecimen:
+                self.db["specimens"].insert({"uuid": str(uuid.uuid4()), "name": name,
+                                             "metadata": json.dumps(metadata or {}),
+                                             "created_at": now()})
+                return self.specimen(name)
+            if metadata:
+                merged = {**found["metadata"], **metadata}
+                self.db.execute("UPDATE specimens SET metadata = ? WHERE id = ?",
+                                [json.dumps(merged), found["id"]])
+                found["metadata"] = merged
+        return found
+
+    def captures(self, specimen_id: int) -> list[dict]:
+        return [_decoded(r) for r in self.db.query(
+            "SELECT * FROM captures WHERE specimen_id = ? ORDER BY id", [specimen_id])]
+
+    def capture_files(self) -> list[tuple[int, Path]]:
+        """(capture id, managed image path) of every capture."""
+        return [(r[0], self.root / r[1]) for r in
+                self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
+
+    def find_captures(self, file_sha256: str | None = None, pixel_sha256: str | None = None):
+        """Enrolled captures with this exact file or these exact pixels, with their specimen."""
+        return list(self.db.query(
+            "SELECT c.id, c.uuid, c.file_sha256, c.pixel_sha256, s.name AS specimen FROM captures c "
+            "JOIN specimens s ON s.id = c.specimen_id WHERE c.file_sha256 = ? OR c.pixel_sha256 = ?",
+            [file_sha256, pixel_sha256]))
+
+    def add_captures(self, specimen: dict, captures, vectors: np.ndarray, model_id: str) -> list[int]:
+        """Store captures with their embeddings in one transaction, then update the index."""
+        if not captures:
+            return []
+        self.require_model(model_id)
+        index = self.index()
+        rows = []
+        with self.db.conn:
+            for capture, vector in zip(captures, vectors):
+                path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+                cid = self.db["captures"].insert({
+                    "uuid": str(uuid.uuid4()), "specimen_id": specimen["id"],
+                    "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
+                    "image_path": path, "original_name": os.path.basename(capture.name),
+                    "format": capture.format, "width": capture.width, "height": capture.height,
+                    "dtype": str(capture.pixels.dtype), "channels": capture.channels,
+                    "exif": json.dumps(capture.exif), "created_at": now()}).last_pk
+                self.db["embeddings"].insert({"capture_id": cid, "model_id": model_id,
+                                              "vector": np.asarray(vector, np.float32).tobytes()})
+                rows.append(cid)
+            generation = self._bump_generation(model_id, vectors.shape[1])
+        if index is not None and index.generation == generation - 1 and index.model_id == model_id:
+            index.add(rows, vectors)
+            index.generation = generation
+        else:
+            self._index = None
+        return rows
+
+    def remove_specimen(self, name: str) -> int:
+        """Delete a specimen, its captures and their embeddings; returns the captures removed."""
+        specimen = self.specimen(name)
+        ids = [c["id"] for c in self.captures(specimen["id"])]
+        index = self.index()
+        with self.db.conn:
+            self.db.execute("UPDATE queries SET specimen_id = NULL WHERE specimen_id = ?",
+                            [specimen["id"]])
+            self.db.execute("DELETE FROM captures WHERE specimen_id = ?", [specimen["id"]])
+            self.db.execute("DELETE FROM specimens WHERE id = ?", [specimen["id"]])
+            generation = self._bump_generation(self.model_id, None)
+        if index is not None and index.generation == generation - 1:
+            index.remove(ids)
+            index.generation = generation
+        self._delete_unreferenced_images()
+        return len(ids)
+
+    def _delete_unreferenced_images(self) -> None:
+        used = {r[0] for r in self.db.execute(
+            "SELECT image_path FROM captures UNION SELECT image_path FROM queries")}
+        for path in (self.root / "images").glob("*/*"):
+            if path.relative_to(self.root).as_posix() not in used:
+                path.unlink(missing_ok=True)
+
+    # -- embeddings and the index ---------------------------------------------------------
+
+    def _bump_generation(self, model_id, dim) -> int:
+        """Inside a write transaction: the embedding set changed, so every index file made
+        before is stale."""
+        generation = self.generation + 1
+        self._put_setting("index_generation", generation)
+        if model_id:
+            self._put_setting("model_id", model_id)
+        if dim:
+            self._put_setting("embedding_dim", int(dim))
+        return generation
+
+    def embeddings(self, model_id: str):
+        """(ids, vectors) of every capture embedded with this model."""
+        rows = self.db.execute("SELECT capture_id, vector FROM embeddings WHERE model_id = ? "
+                               "ORDER BY capture_id", [model_id]).fetchall()
+        ids = np.array([r[0] for r in rows], np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32)
+        return ids, vectors.reshape(len(rows), -1)
+
+    def replace_embeddings(self, model_id: str, ids, vectors: np.ndarray) -> None:
+        """Switch the database to another model's embeddings in one transaction (reindex)."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM embeddings")
+            self.db["embeddings"].insert_all(
+                {"capture_id": int(i), "model_id": model_id, "vector": v.tobytes()}
+                for i, v in zip(ids, np.asarray(vectors, np.float32)))
+            self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
+        self._index = None
+
+    def index(self) -> VectorIndex | None:
+        """The FAISS index matching the database now: the saved file if its generation and
+        model agree with SQLite, else rebuilt from the stored embeddings (and saved when no
+        other process holds the write lock). None while nothing is enrolled."""
+        generation, model_id = self.generation, self.model_id
+        index = self._index
+        if index is not None and index.generation == generation and index.model_id == model_id:
+            return index
+        if not model_id:
+            return None
+        index = VectorIndex.load(self.index_path)
+        if index is None or index.generation != generation or index.model_id != model_id:
+            index = self._rebuild_index()
+        self._index = index
+        return index
+
+    def _rebuild_index(self) -> VectorIndex:
+        self.db.execute("BEGIN")  # one snapshot: the generation and the vectors it counts
+        try:
+            generation, model_id = self.generation, self.model_id
+            ids, vectors = self.embeddings(model_id)
+            dim = int(self.setting("embedding_dim", vectors.shape[1] if len(ids) else 1))
+        finally:
+            self.db.execute("COMMIT")
+        index = VectorIndex.build(ids, vectors, generation, model_id, dim)
+        try:
+            from filelock import FileLock, Timeout
+
+            with FileLock(str(self.root / "write.lock"), timeout=0, is_singleton=False):
+                if self.generation == generation:
+                    index.save(self.index_path)
+        except Timeout:
+            pass  # a writer is busy; it saves its own index when done
+        return index
+
+    def save_index(self) -> None:
+        """Write the current index file (call under `writing()`, after a change)."""
+        index = self.index()
+        if index is not None:
+            index.save(self.index_path)
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.faiss"
+
+    def search(self, vectors: np.ndarray, k: int):
+        """Nearest captures for each vector: (scores, capture ids), both (n, k')."""
+        index = self.index()
+        if index is None or not len(index):
+            return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        return index.search(vectors, k)
+
+    def capture_owners(self, ids) -> dict[int, dict]:
+        """capture id -> {capture uuid, specimen name, specimen id}."""
+        ids = [int(i) for i in ids if i >= 0]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r["id"]: r for r in self.db.query(
+            f"SELECT c.id, c.uuid, s.name AS specimen, s.id AS specimen_id FROM captures c "
+            f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks})", ids)}
+
+    # -- query log ------------------------------------------------------------------------
+
+    def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
+                  software_version: str, score_kind: str = "cosine") -> str:
+        image_path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+        specimen_id = None
+        if result.get("specimen"):
+            specimen_id = self.specimen(result["specimen"])["id"]
+        query_uuid = str(uuid.uuid4())
+        with self.db.conn:
+            self.db["queries"].insert({
+                "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
+                "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
+                "image_path": image_path, "model_id": model_id, "threshold": threshold,
+                "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
+                "specimen_id": specimen_id, "score": result["score"],
+                "candidates": json.dumps(result["candidates"]),
+                "software_version": software_version})
+        return query_uuid
+
+    def queries(self, limit: int = 100) -> list[dict]:
+        return [_decoded(r) for r in self.db.query(
+            "SELECT q.*, s.name AS specimen FROM queries q LEFT JOIN specimens s "
+            "ON s.id = q.specimen_id ORDER BY q.id DESC LIMIT ?", [limit])]
+
+    # -- summary --------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        def size(path: Path) -> int:
+            if path.is_file():
+                return path.stat().st_size
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+        index = self.index()
+        return {
+            "path": str(self.root.resolve()),
+            "specimens": self.count("specimens"), "captures": self.count("captures"),
+            "queries": self.count("queries"),
+            "model_id": self.model_id, "model": self.setting("model_name"),
+            "threshold": self.threshold, "top_k": self.setting("top_k"),
+            "index_vectors": len(index) if index is not None else 0,
+            "index_generation": self.generation,
+            "bytes": {"sqlite": size(self.root / "specimens.sqlite"),
+                      "index": size(self.index_path), "images": size(self.root / "images")},
+        }
+
+
+def _decoded(row: dict) -> dict:
+    """JSON columns back to Python values."""
+    for key in ("metadata", "exif", "candidates"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row

@@ -1,0 +1,35 @@
+"""Atomic file writes and the content-addressed copies of enrolled and queried images."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, then rename: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def image_relpath(sha256: str, extension: str) -> str:
+    """images/ab/<sha256>.<ext>: two-letter fan-out keeps directories small."""
+    return f"images/{sha256[:2]}/{sha256}.{extension}"
+
+
+def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:
+    """Keep a managed copy of an image file (once per content); returns its path under root."""
+    rel = image_relpath(sha256, extension)
+    if not (root / rel).exists():
+        write_atomic(root / rel, data)
+    return rel

@@ -1,0 +1,90 @@
+"""Numbered schema migrations: SQL scripts, each run once, in order, in one transaction with the
+bump of `PRAGMA user_version`, so a database is always at exactly one known version.
+Never edit a released migration: add the next one."""
+
+from __future__ import annotations
+
+from ..errors import DatabaseUnusable
+
+MIGRATIONS = [
+    # 1: the first schema
+    """
+    CREATE TABLE specimens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uuid TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL UNIQUE,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    -- AUTOINCREMENT: capture ids are FAISS ids and must never be reused after a removal.
+    CREATE TABLE captures (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uuid TEXT NOT NULL UNIQUE,
+        specimen_id INTEGER NOT NULL REFERENCES specimens(id),
+        file_sha256 TEXT NOT NULL,
+        pixel_sha256 TEXT NOT NULL,
+        image_path TEXT NOT NULL,
+        original_name TEXT,
+        format TEXT, width INTEGER, height INTEGER, dtype TEXT, channels INTEGER,
+        exif TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX captures_specimen ON captures(specimen_id);
+    CREATE INDEX captures_file ON captures(file_sha256);
+    CREATE INDEX captures_pixels ON captures(pixel_sha256);
+    CREATE TABLE embeddings (
+        capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+        model_id TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        PRIMARY KEY (capture_id, model_id)
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE queries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uuid TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        query_name TEXT NOT NULL,
+        file_sha256 TEXT,
+        model_id TEXT NOT NULL,
+        threshold REAL NOT NULL,
+        decision TEXT NOT NULL,
+        specimen_id INTEGER REFERENCES specimens(id) ON DELETE SET NULL,
+        score REAL,
+        candidates TEXT NOT NULL,
+        software_version TEXT NOT NULL
+    );
+    """,
+    # 2: queries keep their pixels' hash and a managed copy of the image, so a past query can be
+    # shown again and added to its specimen as a reference; score_kind says what its threshold
+    # was a threshold on.
+    """
+    ALTER TABLE queries ADD COLUMN pixel_sha256 TEXT;
+    ALTER TABLE queries ADD COLUMN image_path TEXT;
+    ALTER TABLE queries ADD COLUMN score_kind TEXT NOT NULL DEFAULT 'cosine';
+    ALTER TABLE queries ADD COLUMN top_k INTEGER;
+    CREATE INDEX queries_created ON queries(created_at);
+    """,
+]
+
+
+def schema_version(conn) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn, upto: int | None = None) -> int:
+    """Bring the database to the latest (or `upto`) version; returns the version reached."""
+    target = len(MIGRATIONS) if upto is None else upto
+    version = schema_version(conn)
+    if version > len(MIGRATIONS):
+        raise DatabaseUnusable(f"database schema version {version} is newer than this "
+                               f"specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id")
+    for number in range(version, target):
+        # executescript commits before it runs, so the transaction lives inside the script.
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
+                               f"PRAGMA user_version = {number + 1};\nCOMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return max(version, target)
