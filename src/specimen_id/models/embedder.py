@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
@@ -43,7 +45,20 @@ class Embedder:
 
 
 def load_embedder(name: str = DEFAULT_MODEL, weights=None) -> Embedder:
-    return Embedder(load_backbone(name, weights))
+    """A ready embedder; kept per (model, weights file) so that a long-lived process (tests,
+    the web app, the Python API) loads each model once."""
+    key = (name, None)
+    if weights is not None and Path(weights).is_file():
+        stat = Path(weights).stat()
+        key = (name, str(Path(weights).resolve()), stat.st_size, stat.st_mtime_ns)
+    elif weights is not None:
+        return Embedder(load_backbone(name, weights))  # raises the clear "no such file" error
+    if key not in _loaded:
+        _loaded[key] = Embedder(load_backbone(name, weights))
+    return _loaded[key]
+
+
+_loaded: dict = {}
 
 
 def embedder_for(db, model: str | None = None, weights=None, check: bool = True) -> Embedder:

@@ -1,0 +1,44 @@
+"""Shared fixtures: the repository's sample images, real databases in tmp_path, and a CLI
+runner. Models are loaded once per session by specimen_id itself (its in-process cache)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from specimen_id.cli import cli
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+SPECIMENS = DATA / "specimens"
+QUERIES = DATA / "queries"
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Invoke the CLI on a database in tmp_path; returns click's Result."""
+    runner = CliRunner()
+    db_dir = tmp_path / "db"
+
+    def invoke(*args, db=db_dir, env=None):
+        return runner.invoke(cli, ["--db", str(db), *map(str, args)], env=env,
+                             catch_exceptions=False)
+
+    invoke.db = db_dir
+    return invoke
+
+
+@pytest.fixture
+def enrolled(run):
+    """A database with every sample specimen enrolled through the CLI."""
+    result = run("enroll", "--folders", SPECIMENS)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def sample_copy(tmp_path):
+    """A writable copy of data/ for tests that add or damage files."""
+    target = tmp_path / "data"
+    shutil.copytree(DATA, target, ignore=shutil.ignore_patterns("*.py", "*.md"))
+    return target

@@ -1,0 +1,129 @@
+"""Backbones load real weights (never random), embeddings are unit vectors with a model_id."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from specimen_id.errors import WeightsUnavailable
+from specimen_id.models import load_backbone, load_embedder
+from specimen_id.models.backbones import file_sha256
+from specimen_id.models.preprocess import to_rgb8
+
+
+def _classify(backbone, rgb):
+    import cv2
+
+    size = backbone.input_size
+    x = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    x = (x - np.array(backbone.mean, np.float32)) / np.array(backbone.std, np.float32)
+    with torch.inference_mode():
+        probs = backbone.net(torch.from_numpy(x).permute(2, 0, 1)[None]).softmax(-1)[0]
+    categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+    top = int(probs.argmax())
+    return categories[top], float(probs[top])
+
+
+def test_default_model_has_real_imagenet_weights():
+    """Golden test: the packaged Lite0 weights recognise scikit-image's bundled photos."""
+    from skimage import data
+
+    backbone = load_backbone()
+    label, p = _classify(backbone, data.chelsea())
+    assert label == "Egyptian cat" and p >= 0.7, (label, p)
+    label, p = _classify(backbone, data.coffee())
+    assert label == "espresso" and p >= 0.7, (label, p)
+
+
+def test_embedding_is_unit_float32_with_model_id():
+    embedder = load_embedder()
+    from skimage import data
+
+    vectors = embedder.embed([data.chelsea(), data.coffee(), data.camera()])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, embedder.dim) == (3, 1280)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    weights_sha = file_sha256(embedder.backbone.weights_file)
+    assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p1"
+    # the same image embeds the same; different photos do not
+    again = embedder.embed([data.chelsea()])
+    np.testing.assert_allclose(again[0], vectors[0], atol=1e-5)
+    assert vectors[0] @ vectors[1] < 0.9
+
+
+def test_torchvision_download_offline_gives_one_clear_error(tmp_path, monkeypatch):
+    # An empty torch cache and a proxy that refuses connections: the download cannot happen.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(WeightsUnavailable) as err:
+        load_backbone("resnet50")
+    message = str(err.value)
+    assert "cannot download the resnet50 weights" in message
+    assert "https://download.pytorch.org/models/resnet50" in message
+    assert "--weights PATH" in message and str(tmp_path / "torch") in message
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "resnet50", "efficientnet_b0", "convnext_tiny"])
+def test_torchvision_backbone_from_local_weights_file(tmp_path, name):
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, weights=None).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = load_backbone(name, path)
+    assert backbone.weights_file == path.resolve()
+    # the loaded network is the saved one, tensor for tensor
+    for (key, a), b in zip(reference.state_dict().items(), backbone.net.state_dict().values()):
+        assert torch.equal(a, b), key
+    x = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.allclose(reference(x), backbone.net(x), atol=1e-5)
+
+
+def test_local_weights_file_is_used_for_embeddings(tmp_path):
+    torch.manual_seed(1)
+    net = torchvision.models.get_model("mobilenet_v3_large", weights=None).eval()
+    path = tmp_path / "mnv3.pth"
+    torch.save(net.state_dict(), path)
+    embedder = load_embedder("mobilenet_v3_large", path)
+    assert embedder.model_id.startswith(f"mobilenet_v3_large:{file_sha256(path)[:16]}:")
+    rgb = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    x = (rgb.astype(np.float32) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    with torch.inference_mode():
+        expected = net.features(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None]).mean((2, 3))[0].numpy()
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(embedder.embed([rgb])[0], expected, atol=1e-4)
+
+
+def test_wrong_or_missing_weights_file_is_refused(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        load_backbone("resnet50", tmp_path / "nope.pth")
+    lite0 = load_backbone().weights_file
+    with pytest.raises(WeightsUnavailable, match="does not hold resnet50 weights"):
+        load_backbone("resnet50", lite0)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailable, match="not a PyTorch weights file"):
+        load_backbone("efficientnet_lite0", junk)
+    with pytest.raises(WeightsUnavailable, match="unknown model"):
+        load_backbone("alexnet9000")
+
+
+def test_sixteen_bit_policy_stretches_the_used_range():
+    rng = np.random.default_rng(0)
+    twelve_bit = rng.integers(0, 4096, (64, 64), dtype=np.uint16)
+    rgb = to_rgb8(twelve_bit)
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert rgb.max() == 255 and rgb.min() == 0  # not squashed into the bottom 1/16th
+    rgba = np.dstack([twelve_bit] * 3 + [np.full_like(twelve_bit, 65535)])
+    np.testing.assert_array_equal(to_rgb8(rgba), rgb)  # alpha dropped, grey == equal channels
+
+
+def test_importing_the_package_loads_no_torch():
+    code = ("import sys, specimen_id, specimen_id.cli; "
+            "heavy = {'torch', 'faiss', 'cv2', 'timm'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})

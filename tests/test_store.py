@@ -1,0 +1,126 @@
+"""The database directory: migrations, the derived index, stable ids, one model per database."""
+
+import json
+import shutil
+import sqlite3
+
+import torch
+import torchvision
+
+from specimen_id.store import Database
+from specimen_id.store.schema import MIGRATIONS, migrate
+from specimen_id.store.vectors import VectorIndex
+
+from conftest import QUERIES, SPECIMENS
+
+
+def _answer(run, query):
+    return json.loads(run("query", "--json", query).stdout.splitlines()[0])
+
+
+def test_deleted_index_is_rebuilt_on_open(enrolled):
+    index_file = enrolled.db / "index.faiss"
+    assert index_file.is_file()
+    index_file.unlink()
+    assert _answer(enrolled, QUERIES / "recapture-fluo-nuclei-b.jpg")["specimen"] == "fluo-nuclei-b"
+    assert index_file.is_file()  # rebuilt and saved for the next reader
+    assert len(VectorIndex.load(index_file)) == 8
+
+
+def test_stale_index_is_detected_and_rebuilt(run):
+    run("enroll", "--specimen", "he-tissue-a", SPECIMENS / "he-tissue-a" / "capture-1.png")
+    old = run.db.parent / "old.faiss"
+    shutil.copy(run.db / "index.faiss", old)
+    run("enroll", "--specimen", "he-tissue-b", SPECIMENS / "he-tissue-b" / "capture-1.png")
+    shutil.copy(old, run.db / "index.faiss")  # an index that misses the second specimen
+    assert VectorIndex.load(run.db / "index.faiss").generation < Database(run.db).generation
+    answer = _answer(run, QUERIES / "recapture-he-tissue-b.jpg")
+    assert answer["specimen"] == "he-tissue-b"
+    assert len(VectorIndex.load(run.db / "index.faiss")) == 2
+
+
+def test_damaged_index_file_is_rebuilt(enrolled):
+    (enrolled.db / "index.faiss").write_bytes(b"specimen-id index 1\n{garbage")
+    assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+    assert len(VectorIndex.load(enrolled.db / "index.faiss")) == 8
+
+
+def test_index_agrees_with_sqlite_id_by_id(enrolled):
+    db = Database(enrolled.db)
+    ids, vectors = db.embeddings(db.model_id)
+    index = VectorIndex.load(enrolled.db / "index.faiss")
+    assert sorted(index.ids()) == sorted(ids)
+    assert index.generation == db.generation and index.model_id == db.model_id
+    scores, found = index.search(vectors, 1)
+    assert list(found[:, 0]) == list(ids)  # each stored vector finds itself
+    assert not list(enrolled.db.glob("*.tmp")) and not list(enrolled.db.glob(".*.tmp"))
+
+
+def test_capture_ids_are_never_reused(run):
+    run("enroll", "-s", "a", SPECIMENS / "he-tissue-a" / "capture-1.png")
+    run("enroll", "-s", "b", SPECIMENS / "he-tissue-b" / "capture-1.png")
+    db = Database(run.db)
+    removed = db.captures(db.specimen("b")["id"])[0]["id"]
+    run("remove", "b")
+    run("enroll", "-s", "c", SPECIMENS / "brightfield-a" / "capture-1.png")
+    db = Database(run.db)
+    assert db.captures(db.specimen("c")["id"])[0]["id"] > removed
+    assert sorted(VectorIndex.load(run.db / "index.faiss").ids()) == [1, 3]
+
+
+def test_managed_copies_are_content_addressed(enrolled):
+    db = Database(enrolled.db)
+    for specimen in db.specimens():
+        for capture in db.captures(specimen["id"]):
+            path = enrolled.db / capture["image_path"]
+            assert path.name.startswith(capture["file_sha256"]) and path.suffix == ".png"
+            assert path.parent.name == capture["file_sha256"][:2]
+            import hashlib
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == capture["file_sha256"]
+
+
+def test_migration_from_a_version_1_database(tmp_path):
+    root = tmp_path / "old-db"
+    root.mkdir()
+    conn = sqlite3.connect(root / "specimens.sqlite")
+    assert migrate(conn, upto=1) == 1
+    conn.execute("INSERT INTO specimens(uuid, name, metadata, created_at) "
+                 "VALUES ('u-1', 'old-slide', '{\"stain\": \"DAPI\"}', '2026-01-01T00:00:00Z')")
+    conn.execute("INSERT INTO queries(uuid, created_at, query_name, model_id, threshold, decision, "
+                 "candidates, software_version) VALUES ('q-1', '2026-01-01', 'x.jpg', 'm', 0.8, "
+                 "'no_match', '[]', '0.0.1')")
+    conn.commit()
+    conn.close()
+    db = Database(root)
+    assert db.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+    assert db.specimen("old-slide")["metadata"] == {"stain": "DAPI"}
+    (query,) = db.queries()
+    assert query["score_kind"] == "cosine" and query["image_path"] is None
+    db.close()
+    # opening again changes nothing
+    assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "mnv3.pth"
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), weights)
+    one = SPECIMENS / "brightfield-a" / "capture-1.png"
+    refused = enrolled("enroll", "-s", "x", "--model", "mobilenet_v3_large", "--weights", weights, one)
+    assert refused.exit_code == 3
+    assert "efficientnet_lite0" in refused.stderr and "specimen-id reindex --model" in refused.stderr
+    assert enrolled("query", "--model", "mobilenet_v3_large", "--weights", weights,
+                    QUERIES / "recapture-he-tissue-a.jpg").exit_code == 3
+    reindexed = enrolled("reindex", "--model", "mobilenet_v3_large", "--weights", weights)
+    assert reindexed.exit_code == 0 and "re-embedded 8 capture(s) with mobilenet_v3_large:" in reindexed.stdout
+    db = Database(enrolled.db)
+    assert db.model_id.startswith("mobilenet_v3_large:")
+    assert db.db.execute("SELECT DISTINCT model_id FROM embeddings").fetchall() == [(db.model_id,)]
+    # the database remembers its model and weights file: plain commands use them
+    answer = _answer(enrolled, SPECIMENS / "fluo-nuclei-b" / "capture-1.png")
+    assert answer["specimen"] == "fluo-nuclei-b" and answer["score"] > 0.999
+    assert enrolled("enroll", "-s", "x", one).exit_code == 0
+    # and the default model is now the foreign one
+    assert enrolled("query", "--model", "efficientnet_lite0", one).exit_code == 3
+    back = enrolled("reindex", "--model", "efficientnet_lite0")
+    assert back.exit_code == 0 and "re-embedded 9 capture(s) with efficientnet_lite0" in back.stdout
