@@ -92,13 +92,13 @@ def test_migration_from_a_version_1_database(tmp_path):
     conn.commit()
     conn.close()
     db = Database(root)
-    assert db.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+    assert db.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
     assert db.specimen("old-slide")["metadata"] == {"stain": "DAPI"}
     (query,) = db.queries()
     assert query["score_kind"] == "cosine" and query["image_path"] is None
     db.close()
     # opening again changes nothing
-    assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_another_model_is_refused_until_reindex(enrolled, tmp_path):

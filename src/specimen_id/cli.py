@@ -118,9 +118,12 @@ def _format_result(result: dict) -> str:
     if result["specimen"]:
         head += f" {result['specimen']}"
     lines = [f"{head} (score {result['score']:.3f}, threshold {result['threshold']:.3f})"]
+    for copy in result.get("exact", []):
+        lines.append(f"  same {copy['same']} as capture {copy['capture']} of {copy['specimen']}")
     width = max((len(c["specimen"]) for c in result["candidates"]), default=0)
     for i, c in enumerate(result["candidates"], 1):
-        lines.append(f"  {i:>2}. {c['specimen']:<{width}}  {c['score']:.3f}  capture {c['capture']}")
+        lines.append(f"  {i:>2}. {c['specimen']:<{width}}  {c['score']:.3f}  (cnn {c['cnn_similarity']:.3f}, "
+                     f"{c['inliers']} inliers)  capture {c['capture']}")
     return "\n".join(lines)
 
 
@@ -170,13 +173,18 @@ def remove(ctx, name):
 @click.pass_context
 def info(ctx, as_json):
     """Counts, model, threshold and sizes of the database."""
-    facts = _open(ctx).info()
+    from .search.score import DEFAULT_THRESHOLD, SCORE_KIND
+
+    db = _open(ctx)
+    facts = {**db.info(), "score_kind": SCORE_KIND,
+             "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)}
     if as_json:
         click.echo(json.dumps(facts))
         return
     for key, value in facts.items():
-        if key == "bytes":
-            value = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in value.items())
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v / 1e6:.1f} MB" if key == "bytes" else f"{k} {v}"
+                              for k, v in value.items())
         click.echo(f"{key}: {value}")
 
 
@@ -185,21 +193,25 @@ def info(ctx, as_json):
 @click.argument("value", required=False)
 @click.pass_context
 def config(ctx, key, value):
-    """Show or set a setting: threshold (decision threshold), top_k (specimens listed)."""
+    """Show or set a setting: threshold (on the fused score), margin (lead needed over the
+    runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified)."""
+    from .search.score import DEFAULT_THRESHOLD, SCORE_KIND
+
     db = _open(ctx)
-    if key is None:
-        for k in sorted(SETTINGS):
-            click.echo(f"{k} = {db.setting(k)}")
-        return
     if value is not None:
         try:
             parsed = SETTINGS[key](value)
         except ValueError:
             raise click.BadParameter(f"{value!r} is not a {SETTINGS[key].__name__}") from None
-        if key == "top_k" and parsed < 1 or key == "threshold" and not -1 <= parsed <= 1:
+        if not (0 <= parsed <= 1 if key in ("threshold", "margin") else parsed >= 1):
             raise click.BadParameter(f"{key} {value} is out of range")
-        db.set_setting(key, parsed)
-    click.echo(f"{key} = {db.setting(key)}")
+        if key == "threshold":
+            db.set_threshold(parsed, SCORE_KIND)
+        else:
+            db.set_setting(key, parsed)
+    for k in [key] if key else sorted(SETTINGS):
+        shown = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD) if k == "threshold" else db.setting(k)
+        click.echo(f"{k} = {shown}")
 
 
 @cli.command()
@@ -216,3 +228,7 @@ def reindex(ctx, model, weights):
 
 def main():
     cli(prog_name="specimen-id")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ import numpy as np
 class Recapture:
     """Ranges of the nuisance between two captures of the same field."""
 
-    shift: float = 0.08  # stage shift, fraction of the field (that part leaves the view)
+    shift: float = 0.08  # stage shift either way, fraction of the field (moves out of view)
     rotation: float = 3.0  # degrees, either way
     scale: float = 0.04  # zoom/focus breathing, fraction either way
     blur: float = 1.2  # focus blur: Gaussian sigma up to this, in pixels
@@ -33,13 +33,17 @@ class Recapture:
         import cv2
 
         h, w = rgb.shape[:2]
+        # The camera sees a window of the field (all but a `shift` margin on each side), and
+        # the stage puts that window anywhere within the margin: what leaves the view is
+        # replaced by real neighbouring specimen, as under a microscope.
+        view = 1 - 2 * self.shift
         angle = rng.uniform(-self.rotation, self.rotation)
-        zoom = 1 + rng.uniform(-self.scale, self.scale)
+        zoom = (1 + rng.uniform(-self.scale, self.scale)) / view
         dx, dy = rng.uniform(-self.shift, self.shift, 2) * (w, h)
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
-        m[:, 2] += (dx, dy)
-        # What moves out of view is replaced by a mirror of the neighbouring field, so the
-        # frame stays full without a black border that would be an easy cue.
+        m = cv2.getRotationMatrix2D((w / 2 + dx, h / 2 + dy), angle, zoom)
+        m[:, 2] -= (dx, dy)
+        # Rotation can reach slightly past the field's edge: mirror there rather than paint
+        # a black border that would be an easy cue.
         out = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         sigma = rng.uniform(0, self.blur)
         if sigma > 0.3:

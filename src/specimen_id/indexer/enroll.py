@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import images
+from .. import images, local_features
 from ..errors import ImageRefused, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
@@ -81,7 +81,9 @@ def _enroll_one(db, embedder, name, paths, metadata, bar) -> EnrolReport:
             if specimen is None:  # created only once it has a capture to hold
                 specimen = db.ensure_specimen(name, metadata)
             vectors = embedder.embed([c.pixels for c in batch])
-            db.add_captures(specimen, batch, vectors, embedder.model_id)
+            features = [local_features.extract(c.pixels).to_bytes() for c in batch]
+            db.add_captures(specimen, batch, vectors, embedder.model_id, features,
+                            local_features.FEATURE_VERSION)
             report.enrolled += [c.name for c in batch]
         bar.update(len(paths[start:start + BATCH]))
     return report

@@ -1,10 +1,11 @@
-"""Re-embedding every capture from its managed image, e.g. to switch models."""
+"""Re-embedding every capture from its managed image, e.g. to switch models or after a change
+of preprocessing or local-feature recipe."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import images
+from .. import images, local_features
 from ..errors import DatabaseDamaged, ImageRefused
 from ..models import embedder_for
 from ..progress import progress_bar
@@ -12,13 +13,14 @@ from .enroll import BATCH
 
 
 def reindex(db, model: str | None = None, weights=None, progress: bool = False) -> int:
-    """Embed all captures with `model` (default: the database's own) and switch the database
-    to those embeddings in one transaction; returns the number of captures embedded. Nothing
+    """Embed all captures with `model` (default: the database's own), recompute their local
+    features, and switch the database to both in one transaction; returns the number of captures embedded. Nothing
     changes if any managed image cannot be read."""
     embedder = embedder_for(db, model, weights, check=False)
     with db.writing():
         files = db.capture_files()
         vectors = np.empty((len(files), embedder.dim), np.float32)
+        features = []
         with progress_bar(len(files), "reindex", progress) as bar:
             for start in range(0, len(files), BATCH):
                 chunk = files[start:start + BATCH]
@@ -28,8 +30,10 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
                     raise DatabaseDamaged(f"managed image {e}; nothing was changed "
                                           "(restore the file or remove its specimen)") from None
                 vectors[start:start + len(chunk)] = embedder.embed(pixels)
+                features += [local_features.extract(p).to_bytes() for p in pixels]
                 bar.update(len(chunk))
-        db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors)
+        db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors, features,
+                              local_features.FEATURE_VERSION)
         db.use_model(embedder.name, weights, embedder.model_id)
         db.save_index()
     return len(files)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .preprocess import PREPROCESS_VERSION, to_batch
+from .preprocess import GEM_P, PREPROCESS_VERSION, to_batch
 
 
 class Embedder:
-    """A backbone's pooled feature map as a unit vector. Inner product of two embeddings is their
+    """A backbone's GeM-pooled feature map as a unit vector. Inner product of two embeddings is their
     cosine similarity, which is what the FAISS index ranks by."""
 
     def __init__(self, backbone: Backbone):
@@ -28,8 +28,10 @@ class Embedder:
             probe = torch.zeros(1, 3, backbone.input_size, backbone.input_size)
             self.dim = int(backbone.trunk(probe).shape[1])
 
-    def embed(self, pixel_list, batch_size: int = 8) -> np.ndarray:
-        """Decoded captures (any dtype/channels, see preprocess) to an (n, dim) float32 array."""
+    def embed(self, pixel_list, batch_size: int = 1) -> np.ndarray:
+        """Decoded captures (any dtype/channels, see preprocess) to an (n, dim) float32 array.
+        Batch 1 is fastest on a small CPU (measured on 2 cores: 67 images/s at 1, 58 at 8,
+        45 at 32): the per-image activations stay in cache."""
         import torch
 
         out = np.empty((len(pixel_list), self.dim), np.float32)
@@ -39,7 +41,8 @@ class Embedder:
             x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 fmap = bb.trunk(x)
-            out[start:start + len(batch)] = fmap.mean(dim=(2, 3)).numpy()
+            pooled = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1 / GEM_P)
+            out[start:start + len(batch)] = pooled.numpy()
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 

@@ -1,40 +1,51 @@
 """Answering "which specimen is this?" for new captures.
 
-FAISS ranks captures; candidates are specimens, each represented by its best capture, so a
-specimen enrolled from ten captures does not crowd the list. The decision is `match` when the
-best specimen's score reaches the threshold, else `no_match`."""
+FAISS gives a shortlist of captures by CNN similarity; each is verified spatially against the
+query (local_features) and scored by the fused model (score). Candidates are specimens, each
+represented by its best capture, so a specimen enrolled from ten captures does not crowd the
+list. Exact copies (same file, same pixels) are reported on their own."""
 
 from __future__ import annotations
 
-from .. import __version__, images
+from .. import __version__, images, local_features
 from ..errors import ImageRefused
+from ..local_features import LocalFeatures
 from ..models import embedder_for
+from .score import DEFAULT_THRESHOLD, SCORE_KIND, decide, fused
 
-SCORE_KIND = "cosine"
 
-
-def rank(db, vector, top_k: int) -> list[dict]:
-    """The top_k specimens nearest to one embedding, best first."""
-    k = max(4 * top_k, 32)
+def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int) -> list[dict]:
+    """The top_k specimens for one query, best fused score first, with their evidence."""
+    k = max(shortlist, top_k)
     while True:
-        scores, ids = db.search(vector[None], k)
-        owners = db.capture_owners(ids[0])
+        similarities, ids = db.search(vector[None], k)
+        pairs = [(float(s), int(i)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
+        owners = db.capture_owners([i for _, i in pairs])
+        stored = db.local_features([i for _, i in pairs], local_features.FEATURE_VERSION)
         best: dict[str, dict] = {}
-        for score, cid in zip(scores[0], ids[0]):
-            owner = owners.get(int(cid))
-            if owner and owner["specimen"] not in best:
-                best[owner["specimen"]] = {"specimen": owner["specimen"], "score": float(score),
-                                           "capture": owner["uuid"]}
+        for similarity, cid in pairs:
+            owner = owners.get(cid)
+            if owner is None:
+                continue
+            blob = stored.get(cid)
+            inliers = local_features.verify(features, LocalFeatures.from_bytes(blob)) if blob else 0
+            candidate = {"specimen": owner["specimen"], "score": fused(similarity, inliers),
+                         "capture": owner["uuid"], "cnn_similarity": similarity, "inliers": inliers}
+            held = best.get(owner["specimen"])
+            if held is None or (candidate["score"], similarity) > (held["score"], held["cnn_similarity"]):
+                best[owner["specimen"]] = candidate
         # Many captures of few specimens can hide the k-th specimen: look further if so.
-        if len(best) >= top_k or len(ids[0]) < k:
-            return list(best.values())[:top_k]
+        if len(best) >= top_k or len(pairs) < k:
+            ranked = sorted(best.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))
+            return ranked[:top_k]
         k *= 4
 
 
-def decide(candidates: list[dict], threshold: float) -> tuple[str, str | None, float]:
-    if candidates and candidates[0]["score"] >= threshold:
-        return "match", candidates[0]["specimen"], candidates[0]["score"]
-    return "no_match", None, candidates[0]["score"] if candidates else 0.0
+def exact_copies(db, capture) -> list[dict]:
+    """Enrolled captures that are this very file, or these very pixels."""
+    return [{"specimen": row["specimen"], "capture": row["uuid"],
+             "same": "file" if row["file_sha256"] == capture.file_sha256 else "pixels"}
+            for row in db.find_captures(capture.file_sha256, capture.pixel_sha256)]
 
 
 def query(db, paths, top_k: int | None = None, threshold: float | None = None, *, model=None,
@@ -42,18 +53,23 @@ def query(db, paths, top_k: int | None = None, threshold: float | None = None, *
     """Yield one result dict per file, in order; a refused file yields a `refused` result and
     the rest go on. Every answered query is logged with what it takes to explain it later."""
     embedder = embedder or embedder_for(db, model, weights)
-    threshold = db.threshold if threshold is None else float(threshold)
+    if threshold is None:
+        threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
+    margin = float(db.setting("margin"))
     top_k = int(top_k or db.setting("top_k"))
+    shortlist = int(db.setting("shortlist"))
     for path in paths:
         try:
             capture = images.load(path)
         except ImageRefused as e:
             yield {"query": str(path), "decision": "refused", "error": str(e)}
             continue
-        candidates = rank(db, embedder.embed([capture.pixels])[0], top_k)
-        decision, specimen, score = decide(candidates, threshold)
-        result = {"query": str(path), "decision": decision, "specimen": specimen,
-                  "score": score, "threshold": threshold, "candidates": candidates}
+        vector = embedder.embed([capture.pixels])[0]
+        candidates = rank(db, vector, local_features.extract(capture.pixels), top_k, shortlist)
+        decision, specimen, score = decide(candidates, threshold, margin)
+        result = {"query": str(path), "decision": decision, "specimen": specimen, "score": score,
+                  "threshold": float(threshold), "margin": margin, "score_kind": SCORE_KIND,
+                  "candidates": candidates, "exact": exact_copies(db, capture)}
         if log:
             result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold,
                                               top_k, __version__, SCORE_KIND)

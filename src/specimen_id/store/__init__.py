@@ -1,5 +1,5 @@
 """Storage: SQLite as the source of truth, FAISS as derived data, files kept by content."""
 
-from .database import DEFAULT_THRESHOLD, Database, default_path
+from .database import Database, default_path
 
-__all__ = ["DEFAULT_THRESHOLD", "Database", "default_path"]
+__all__ = ["Database", "default_path"]

@@ -31,11 +31,10 @@ from .vectors import VectorIndex
 DB_ENV = "SPECIMEN_ID_DB"
 DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
-# Default decision threshold on cosine similarity (EfficientNet-Lite0, pooled): the value that
-# bench/threshold.py finds between genuine re-captures and impostors; see README "Threshold".
-DEFAULT_THRESHOLD = 0.80
-SETTINGS = {"threshold": float, "top_k": int}
-DEFAULTS = {"threshold": DEFAULT_THRESHOLD, "top_k": 5}
+# Settings a user may change with `config`, their types and defaults. The threshold is kept
+# with the kind of score it applies to (see `threshold`).
+SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int}
+DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100}
 
 
 def now() -> str:
@@ -93,9 +92,18 @@ class Database:
     def model_id(self) -> str | None:
         return self.setting("model_id")
 
-    @property
-    def threshold(self) -> float:
-        return float(self.setting("threshold"))
+    def threshold(self, score_kind: str, default: float) -> float:
+        """The threshold set for this kind of score; a threshold set for another kind (an
+        older scoring, another model's calibration) is never applied: the default is."""
+        stored = self.setting("threshold")
+        if stored and stored["score_kind"] == score_kind and stored["model_id"] in (None, self.model_id):
+            return float(stored["value"])
+        return default
+
+    def set_threshold(self, value: float, score_kind: str, model_id: str | None = None, **facts) -> None:
+        """Store a threshold for a kind of score (and, when calibrated, for one model)."""
+        self.set_setting("threshold", {"value": float(value), "score_kind": score_kind,
+                                       "model_id": model_id, "set_at": now(), **facts})
 
     @property
     def generation(self) -> int:
@@ -186,15 +194,17 @@ class Database:
             "JOIN specimens s ON s.id = c.specimen_id WHERE c.file_sha256 = ? OR c.pixel_sha256 = ?",
             [file_sha256, pixel_sha256]))
 
-    def add_captures(self, specimen: dict, captures, vectors: np.ndarray, model_id: str) -> list[int]:
-        """Store captures with their embeddings in one transaction, then update the index."""
+    def add_captures(self, specimen: dict, captures, vectors: np.ndarray, model_id: str,
+                     features: list[bytes], feature_version: str) -> list[int]:
+        """Store captures with their embeddings and local features in one transaction, then
+        update the index."""
         if not captures:
             return []
         self.require_model(model_id)
         index = self.index()
         rows = []
         with self.db.conn:
-            for capture, vector in zip(captures, vectors):
+            for capture, vector, blob in zip(captures, vectors, features):
                 path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
                 cid = self.db["captures"].insert({
                     "uuid": str(uuid.uuid4()), "specimen_id": specimen["id"],
@@ -205,6 +215,8 @@ class Database:
                     "exif": json.dumps(capture.exif), "created_at": now()}).last_pk
                 self.db["embeddings"].insert({"capture_id": cid, "model_id": model_id,
                                               "vector": np.asarray(vector, np.float32).tobytes()})
+                self.db["local_features"].insert({"capture_id": cid, "version": feature_version,
+                                                  "data": blob})
                 rows.append(cid)
             generation = self._bump_generation(model_id, vectors.shape[1])
         if index is not None and index.generation == generation - 1 and index.model_id == model_id:
@@ -259,13 +271,18 @@ class Database:
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32)
         return ids, vectors.reshape(len(rows), -1)
 
-    def replace_embeddings(self, model_id: str, ids, vectors: np.ndarray) -> None:
-        """Switch the database to another model's embeddings in one transaction (reindex)."""
+    def replace_embeddings(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
+                           feature_version: str) -> None:
+        """Switch the database to new embeddings and local features in one transaction."""
         with self.db.conn:
             self.db.execute("DELETE FROM embeddings")
+            self.db.execute("DELETE FROM local_features")
             self.db["embeddings"].insert_all(
                 {"capture_id": int(i), "model_id": model_id, "vector": v.tobytes()}
                 for i, v in zip(ids, np.asarray(vectors, np.float32)))
+            self.db["local_features"].insert_all(
+                {"capture_id": int(i), "version": feature_version, "data": blob}
+                for i, blob in zip(ids, features))
             self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
         self._index = None
 
@@ -321,6 +338,14 @@ class Database:
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
         return index.search(vectors, k)
 
+    def local_features(self, ids, version: str) -> dict[int, bytes]:
+        """capture id -> stored local features of that version."""
+        ids = [int(i) for i in ids]
+        marks = ",".join("?" * len(ids))
+        return dict(self.db.execute(
+            f"SELECT capture_id, data FROM local_features WHERE version = ? AND capture_id IN ({marks})",
+            [version, *ids]).fetchall()) if ids else {}
+
     def capture_owners(self, ids) -> dict[int, dict]:
         """capture id -> {capture uuid, specimen name, specimen id}."""
         ids = [int(i) for i in ids if i >= 0]
@@ -370,7 +395,7 @@ class Database:
             "specimens": self.count("specimens"), "captures": self.count("captures"),
             "queries": self.count("queries"),
             "model_id": self.model_id, "model": self.setting("model_name"),
-            "threshold": self.threshold, "top_k": self.setting("top_k"),
+            "settings": {key: self.setting(key) for key in ("threshold", *DEFAULTS)},
             "index_vectors": len(index) if index is not None else 0,
             "index_generation": self.generation,
             "bytes": {"sqlite": size(self.root / "specimens.sqlite"),

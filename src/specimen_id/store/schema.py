@@ -64,6 +64,15 @@ MIGRATIONS = [
     ALTER TABLE queries ADD COLUMN top_k INTEGER;
     CREATE INDEX queries_created ON queries(created_at);
     """,
+    # 3: SIFT keypoints per capture for spatial verification (derived from the managed image,
+    # so `reindex` can always recompute them); `version` names the extraction recipe.
+    """
+    CREATE TABLE local_features (
+        capture_id INTEGER PRIMARY KEY REFERENCES captures(id) ON DELETE CASCADE,
+        version TEXT NOT NULL,
+        data BLOB NOT NULL
+    );
+    """,
 ]
 
 

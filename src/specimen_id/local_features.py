@@ -1,0 +1,108 @@
+"""Local features and spatial verification: does the query show the same arrangement as a
+candidate, up to the shift, rotation and scale a stage and focus cause?
+
+Pooled CNN vectors say "a field of nuclei"; identity lives in where the nuclei are. SIFT
+keypoints (blob centres, which is what nuclei look like) are paired as mutual nearest
+neighbours (Lowe's ratio test throws away most true pairs when every nucleus looks like its
+neighbour) and a similarity transform is fitted with RANSAC; the number of matches that agree with it
+(inliers) is the evidence. Features are computed once per capture at enrolment and stored.
+
+Measured on DSB 2018 re-captures (bench/accuracy.py): without smoothing, SIFT on stretched dark
+fields locks onto JPEG 8x8 block edges, which "match" between unrelated captures with hundreds
+of inliers; a Gaussian blur of 1.5 px at the working size removes that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+FEATURE_VERSION = "sift-1"
+WORK_SIZE = 512  # longer side the image is brought to before detection
+MAX_FEATURES = 800
+RANSAC_PX = 4.0  # reprojection tolerance at WORK_SIZE
+SCALE_RANGE = (0.8, 1.25)  # a re-capture's zoom stays near 1
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    points: np.ndarray  # (n, 2) float32, at WORK_SIZE
+    descriptors: np.ndarray  # (n, 128) uint8, SIFT
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @cached_property
+    def root_sift(self) -> np.ndarray:
+        """RootSIFT (Hellinger kernel): better matching than raw SIFT for the same cost;
+        computed once, as a query is verified against many candidates."""
+        d = self.descriptors.astype(np.float32)
+        return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6))
+
+    def to_bytes(self) -> bytes:
+        return (np.int32(len(self)).tobytes() + self.points.astype(np.float32).tobytes()
+                + self.descriptors.astype(np.uint8).tobytes())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "LocalFeatures":
+        n = int(np.frombuffer(blob, np.int32, 1)[0])
+        points = np.frombuffer(blob, np.float32, 2 * n, offset=4).reshape(n, 2)
+        descriptors = np.frombuffer(blob, np.uint8, 128 * n, offset=4 + 8 * n).reshape(n, 128)
+        return cls(points, descriptors)
+
+
+_sift = None
+
+
+def extract(pixels: np.ndarray) -> LocalFeatures:
+    """SIFT keypoints of a capture, after the same contrast policy as the CNN input."""
+    import cv2
+
+    from .models.preprocess import to_rgb8
+
+    global _sift
+    if _sift is None:
+        _sift = cv2.SIFT_create(nfeatures=MAX_FEATURES, contrastThreshold=0.02)
+    grey = cv2.cvtColor(to_rgb8(pixels), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    h, w = grey.shape
+    scale = WORK_SIZE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    grey = cv2.GaussianBlur(grey, (0, 0), 1.5)
+    # Stretch so that dim fluorescence fields give as many keypoints as bright ones.
+    lo, hi = np.percentile(grey, (1, 99.8))
+    grey = np.clip((grey - lo) * (255 / max(hi - lo, 1)), 0, 255).astype(np.uint8)
+    keypoints, descriptors = _sift.detectAndCompute(grey, None)
+    if descriptors is None:
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    return LocalFeatures(points, np.clip(np.rint(descriptors), 0, 255).astype(np.uint8))
+
+
+def verify(query: LocalFeatures, candidate: LocalFeatures, *, with_matches: bool = False):
+    """Inliers of the best similarity transform from query to candidate (0 when none fits);
+    with_matches, also the inlier point pairs (for drawing)."""
+    import cv2
+
+    none = (0, np.zeros((0, 2, 2), np.float32)) if with_matches else 0
+    if len(query) < 3 or len(candidate) < 3:
+        return none
+    good = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(
+        query.root_sift, candidate.root_sift)
+    if len(good) < 3:
+        return none
+    src = query.points[[m.queryIdx for m in good]]
+    dst = candidate.points[[m.trainIdx for m in good]]
+    transform, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                                  ransacReprojThreshold=RANSAC_PX, maxIters=4000)
+    if transform is None:
+        return none
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    if not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
+        return none
+    inliers = mask.ravel().astype(bool)
+    if with_matches:
+        return int(inliers.sum()), np.stack([src[inliers], dst[inliers]], axis=1)
+    return int(inliers.sum())

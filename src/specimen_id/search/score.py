@@ -1,0 +1,37 @@
+"""One calibrated score from two kinds of evidence, and the decision it leads to.
+
+The fused score is a logistic model of P(same field | CNN cosine, verification inliers), fitted
+on genuine and impostor pairs of the tuning half of bench/accuracy.py. Its coefficients and the
+local-feature recipe make up SCORE_KIND: a threshold stored for another kind is never applied
+to this one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..local_features import FEATURE_VERSION
+
+# Fitted by `python bench/accuracy.py` (tuning half of the fields); see bench/RESULTS.md.
+FUSION = {"bias": -17.0, "cnn_similarity": 10.0, "log_inliers": 3.2}
+SCORE_KIND = f"fused-1+{FEATURE_VERSION}"
+# Default threshold on the fused probability, chosen on the tuning half for a false-match rate
+# of at most 0.1% per comparison (bench/RESULTS.md); `specimen-id calibrate` fits a database's own.
+DEFAULT_THRESHOLD = 0.5
+
+
+def fused(cnn_similarity: float, inliers: int) -> float:
+    z = (FUSION["bias"] + FUSION["cnn_similarity"] * cnn_similarity
+         + FUSION["log_inliers"] * math.log1p(inliers))
+    return 1 / (1 + math.exp(-z)) if z > -700 else 0.0
+
+
+def decide(candidates: list[dict], threshold: float, margin: float) -> tuple[str, str | None, float]:
+    """`match` when the best specimen clears the threshold and leads the next by at least the
+    margin; `ambiguous` when it clears it but the next is too close to call; else `no_match`."""
+    if not candidates or candidates[0]["score"] < threshold:
+        return "no_match", None, candidates[0]["score"] if candidates else 0.0
+    best = candidates[0]
+    if len(candidates) > 1 and best["score"] - candidates[1]["score"] < margin:
+        return "ambiguous", None, best["score"]
+    return "match", best["specimen"], best["score"]
