@@ -66,10 +66,12 @@ def _parse_meta(ctx, param, values) -> dict:
               help="Enrol every subfolder of this folder as a specimen named after it.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=_parse_meta,
               help="Specimen metadata (repeatable).")
+@click.option("--allow-duplicate", is_flag=True,
+              help="Enrol pixels even if another specimen already has them.")
 @_model_options
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.pass_context
-def enroll(ctx, specimen, folders, meta, model, weights, files):
+def enroll(ctx, specimen, folders, meta, allow_duplicate, model, weights, files):
     """Enrol FILES as captures of one specimen, or a folder of specimen folders."""
     from .indexer import enroll_folders, folder_jobs
 
@@ -82,9 +84,13 @@ def enroll(ctx, specimen, folders, meta, model, weights, files):
     if specimen is not None and not specimen.strip():
         raise click.BadParameter("the specimen name is empty", param_hint="--specimen")
     jobs = folder_jobs(folders) if folders else [(specimen.strip(), list(files))]
-    report = enroll_folders(_open(ctx), jobs, meta, model=model, weights=weights, progress=True)
+    report = enroll_folders(_open(ctx), jobs, meta, model=model, weights=weights,
+                            allow_duplicate=allow_duplicate, progress=True)
     for error in report.refused:
         click.echo(f"refused: {error}", err=True)
+    for path, same in report.skipped:
+        if same == "pixels":  # a same-file re-run is the expected no-op; this is news
+            click.echo(f"skipped: {path}: same pixels as a capture already enrolled there", err=True)
     click.echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "
                f"(already enrolled), refused {len(report.refused)}")
     ctx.exit(1 if report.refused else 0)
@@ -224,6 +230,27 @@ def reindex(ctx, model, weights):
     db = _open(ctx)
     count = run_reindex(db, model, weights, progress=True)
     click.echo(f"re-embedded {count} capture(s) with {db.model_id}")
+
+
+@cli.command()
+@click.option("--fmr", type=click.FloatRange(0, 1, min_open=True), default=0.001, show_default=True,
+              help="Target false-match rate per comparison.")
+@click.option("--min-genuine", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Simulate re-captures of enrolled images until there are this many genuine scores.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (default: DB/calibration).")
+@click.pass_context
+def calibrate(ctx, fmr, min_genuine, out):
+    """Choose and store the threshold for a target false-match rate, with a report."""
+    from .search import calibrate as run_calibrate
+
+    summary = run_calibrate(_open(ctx), fmr, min_genuine, out, progress=True)
+    click.echo(f"threshold = {summary['threshold']:.4f} for FMR {fmr:g} "
+               f"(TAR {summary['tar']:.3f}; {summary['genuine']} genuine, "
+               f"{summary['impostor']} impostor scores); report: {summary['report']}")
+    if summary["resolvable_fmr"] > fmr:
+        click.echo(f"warning: {summary['impostor']} impostor scores cannot resolve FMR {fmr:g}; "
+                   "see the report", err=True)
 
 
 def main():

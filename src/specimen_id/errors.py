@@ -28,14 +28,14 @@ class ImageTooLarge(ImageRefused):
     pass
 
 
+class DuplicateContent(ImageRefused):
+    """The same pixels are already enrolled under another specimen."""
+
+
 class UnknownSpecimen(SpecimenIdError):
     def __init__(self, name):
         self.name = name
         super().__init__(f"no specimen named {name!r} (see `specimen-id list`)")
-
-
-class DuplicateContent(SpecimenIdError):
-    """The same pixels are already enrolled under another specimen."""
 
 
 class DatabaseUnusable(SpecimenIdError):

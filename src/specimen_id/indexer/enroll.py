@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import images, local_features
-from ..errors import ImageRefused, UnknownSpecimen
+from ..errors import DuplicateContent, ImageRefused, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
 
@@ -17,7 +17,7 @@ BATCH = 16
 @dataclass
 class EnrolReport:
     enrolled: list = field(default_factory=list)  # paths stored as new captures
-    skipped: list = field(default_factory=list)  # paths already enrolled under that specimen
+    skipped: list = field(default_factory=list)  # (path, "file"|"pixels"): already enrolled there
     refused: list = field(default_factory=list)  # ImageRefused errors, one per bad file
 
     def add(self, other: "EnrolReport") -> None:
@@ -26,11 +26,9 @@ class EnrolReport:
         self.refused += other.refused
 
 
-def enroll(db, specimen: str, paths, metadata: dict | None = None, *, model=None, weights=None,
-           embedder=None, progress: bool = False) -> EnrolReport:
+def enroll(db, specimen: str, paths, metadata: dict | None = None, **options) -> EnrolReport:
     """Enrol files as captures of one specimen (created on its first capture)."""
-    return enroll_folders(db, [(specimen, list(paths))], metadata, model=model, weights=weights,
-                          embedder=embedder, progress=progress)
+    return enroll_folders(db, [(specimen, list(paths))], metadata, **options)
 
 
 def folder_jobs(root) -> list[tuple[str, list[Path]]]:
@@ -43,25 +41,27 @@ def folder_jobs(root) -> list[tuple[str, list[Path]]]:
 
 
 def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weights=None,
-                   embedder=None, progress: bool = False) -> EnrolReport:
-    """Enrol (specimen name, files) jobs under one write lock, with one progress bar."""
+                   embedder=None, allow_duplicate: bool = False, progress: bool = False) -> EnrolReport:
+    """Enrol (specimen name, files) jobs under one write lock, with one progress bar. A file
+    whose pixels are already enrolled under another specimen is refused unless
+    allow_duplicate; one already enrolled under the same specimen is skipped."""
     embedder = embedder or embedder_for(db, model, weights)
     report = EnrolReport()
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, weights, embedder.model_id)
         for name, paths in jobs:
-            report.add(_enroll_one(db, embedder, name, paths, metadata, bar))
+            report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar))
         db.save_index()
     return report
 
 
-def _enroll_one(db, embedder, name, paths, metadata, bar) -> EnrolReport:
+def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar) -> EnrolReport:
     report = EnrolReport()
     try:
         specimen = db.specimen(name)
-        seen = {c["file_sha256"] for c in db.captures(specimen["id"])}
     except UnknownSpecimen:
-        specimen, seen = None, set()
+        specimen = None
+    seen: set[str] = set()  # hashes of files and pixels enrolled by this run
     if specimen is not None and metadata:
         db.ensure_specimen(name, metadata)
     for start in range(0, len(paths), BATCH):
@@ -72,10 +72,20 @@ def _enroll_one(db, embedder, name, paths, metadata, bar) -> EnrolReport:
             except ImageRefused as e:
                 report.refused.append(e)
                 continue
-            if capture.file_sha256 in seen:
-                report.skipped.append(str(path))
+            copies = db.find_captures(capture.file_sha256, capture.pixel_sha256)
+            here = [c for c in copies if c["specimen"] == name]
+            if here or {capture.file_sha256, capture.pixel_sha256} & seen:
+                same = "file" if capture.file_sha256 in seen or any(
+                    c["file_sha256"] == capture.file_sha256 for c in here) else "pixels"
+                report.skipped.append((str(path), same))
                 continue
-            seen.add(capture.file_sha256)
+            if copies and not allow_duplicate:
+                other = copies[0]
+                report.refused.append(DuplicateContent(
+                    path, f"has the same pixels as capture {other['uuid']} of specimen "
+                          f"{other['specimen']!r} (use --allow-duplicate to enrol it here too)"))
+                continue
+            seen.update((capture.file_sha256, capture.pixel_sha256))
             batch.append(capture)
         if batch:
             if specimen is None:  # created only once it has a capture to hold

@@ -14,8 +14,10 @@ from ..models import embedder_for
 from .score import DEFAULT_THRESHOLD, SCORE_KIND, decide, fused
 
 
-def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int) -> list[dict]:
-    """The top_k specimens for one query, best fused score first, with their evidence."""
+def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
+         exclude: set[int] = frozenset()) -> list[dict]:
+    """The top_k specimens for one query, best fused score first, with their evidence
+    (captures in `exclude` left out: calibration queries a capture against the others)."""
     k = max(shortlist, top_k)
     while True:
         similarities, ids = db.search(vector[None], k)
@@ -25,12 +27,14 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int) -> lis
         best: dict[str, dict] = {}
         for similarity, cid in pairs:
             owner = owners.get(cid)
-            if owner is None:
+            if owner is None or cid in exclude:
                 continue
-            blob = stored.get(cid)
-            inliers = local_features.verify(features, LocalFeatures.from_bytes(blob)) if blob else 0
-            candidate = {"specimen": owner["specimen"], "score": fused(similarity, inliers),
-                         "capture": owner["uuid"], "cnn_similarity": similarity, "inliers": inliers}
+            other = LocalFeatures.from_bytes(stored[cid]) if cid in stored else None
+            inliers = local_features.verify(features, other) if other else 0
+            keypoints = min(len(features), len(other)) if other else 0
+            candidate = {"specimen": owner["specimen"], "score": fused(similarity, inliers, keypoints),
+                         "capture": owner["uuid"], "cnn_similarity": similarity,
+                         "inliers": inliers, "keypoints": keypoints}
             held = best.get(owner["specimen"])
             if held is None or (candidate["score"], similarity) > (held["score"], held["cnn_similarity"]):
                 best[owner["specimen"]] = candidate

@@ -1,7 +1,9 @@
 """One calibrated score from two kinds of evidence, and the decision it leads to.
 
-The fused score is a logistic model of P(same field | CNN cosine, verification inliers), fitted
-on genuine and impostor pairs of the tuning half of bench/accuracy.py. Its coefficients and the
+The fused score is a logistic model of P(same field | evidence), fitted on genuine and impostor
+pairs of the tuning half of bench/accuracy.py. The evidence: CNN cosine, RANSAC inliers, and
+how many keypoints the sparser capture has, since 5 agreeing keypoints out of 6 say more than
+5 out of 800 (chance alignments grow with keypoint density). Its coefficients and the
 local-feature recipe make up SCORE_KIND: a threshold stored for another kind is never applied
 to this one.
 """
@@ -13,16 +15,23 @@ import math
 from ..local_features import FEATURE_VERSION
 
 # Fitted by `python bench/accuracy.py` (tuning half of the fields); see bench/RESULTS.md.
-FUSION = {"bias": -17.0, "cnn_similarity": 10.0, "log_inliers": 3.2}
+FUSION = {"bias": -17.0, "cnn_similarity": 10.0, "log_inliers": 3.2, "inlier_fraction": 0.0,
+          "log_keypoints": 0.0}
 SCORE_KIND = f"fused-1+{FEATURE_VERSION}"
 # Default threshold on the fused probability, chosen on the tuning half for a false-match rate
 # of at most 0.1% per comparison (bench/RESULTS.md); `specimen-id calibrate` fits a database's own.
 DEFAULT_THRESHOLD = 0.5
 
 
-def fused(cnn_similarity: float, inliers: int) -> float:
-    z = (FUSION["bias"] + FUSION["cnn_similarity"] * cnn_similarity
-         + FUSION["log_inliers"] * math.log1p(inliers))
+def evidence_terms(cnn_similarity: float, inliers: int, keypoints: int) -> dict:
+    """The model's inputs, named as FUSION's weights (keypoints: of the sparser capture)."""
+    return {"bias": 1.0, "cnn_similarity": cnn_similarity, "log_inliers": math.log1p(inliers),
+            "inlier_fraction": inliers / max(keypoints, 1), "log_keypoints": math.log1p(keypoints)}
+
+
+def fused(cnn_similarity: float, inliers: int, keypoints: int, fusion: dict = FUSION) -> float:
+    terms = evidence_terms(cnn_similarity, inliers, keypoints)
+    z = sum(fusion[name] * value for name, value in terms.items())
     return 1 / (1 + math.exp(-z)) if z > -700 else 0.0
 
 

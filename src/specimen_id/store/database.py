@@ -96,7 +96,9 @@ class Database:
         """The threshold set for this kind of score; a threshold set for another kind (an
         older scoring, another model's calibration) is never applied: the default is."""
         stored = self.setting("threshold")
-        if stored and stored["score_kind"] == score_kind and stored["model_id"] in (None, self.model_id):
+        # (a bare number is a cosine threshold from before scores had kinds)
+        if isinstance(stored, dict) and stored["score_kind"] == score_kind \
+                and stored["model_id"] in (None, self.model_id):
             return float(stored["value"])
         return default
 

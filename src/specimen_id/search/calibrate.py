@@ -1,0 +1,134 @@
+"""`calibrate`: choose a database's threshold from its own genuine and impostor scores.
+
+Genuine scores come from specimens with two or more captures (each capture queried against the
+others, itself left out) and, where those are too few, from simulated re-captures of enrolled
+images. Impostor scores are every other specimen's score in the same queries. The threshold is
+the lowest that keeps the impostor share at or under the target false-match rate (never under
+the shipped default when there are too few impostor scores to see that rate), and it is stored
+for this model_id and score kind only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import images, local_features
+from ..errors import DatabaseUnusable
+from ..models import embedder_for
+from ..models.preprocess import to_rgb8
+from ..progress import progress_bar
+from ..simulate import Recapture
+from .query import rank
+from .score import DEFAULT_THRESHOLD, SCORE_KIND
+
+
+def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | None = None,
+              seed: int = 0, progress: bool = False) -> dict:
+    embedder = embedder_for(db)
+    files = db.capture_files()
+    owners = db.capture_owners([cid for cid, _ in files])
+    counts: dict[str, int] = {}
+    for owner in owners.values():
+        counts[owner["specimen"]] = counts.get(owner["specimen"], 0) + 1
+    if len(counts) < 2:
+        raise DatabaseUnusable("calibration needs at least two enrolled specimens")
+    genuine, impostor, sources = [], [], {"repeat captures": 0, "simulated re-captures": 0}
+    rng = np.random.default_rng(seed)
+    repeats = [(cid, path) for cid, path in files if counts[owners[cid]["specimen"]] > 1]
+    simulate = max(0, min_genuine - len(repeats))
+    simulated = [files[i] for i in np.resize(rng.permutation(len(files)), simulate)]
+    top_k = min(len(counts), 20)
+
+    def score(pixels, truth: str, exclude: set[int]) -> None:
+        vector = embedder.embed([pixels])[0]
+        candidates = rank(db, vector, local_features.extract(pixels), top_k,
+                          int(db.setting("shortlist")), exclude=exclude)
+        genuine.append(next((c["score"] for c in candidates if c["specimen"] == truth), 0.0))
+        impostor.extend(c["score"] for c in candidates if c["specimen"] != truth)
+
+    with progress_bar(len(repeats) + len(simulated), "calibrate", progress) as bar:
+        for cid, path in repeats:
+            score(images.load(path).pixels, owners[cid]["specimen"], {cid})
+            sources["repeat captures"] += 1
+            bar.update(1)
+        for cid, path in simulated:
+            rgb = images.load(path).pixels
+            recapture = images.decode(Recapture().jpeg_bytes(to_rgb8(rgb), rng), str(path)).pixels
+            score(recapture, owners[cid]["specimen"], set())
+            sources["simulated re-captures"] += 1
+            bar.update(1)
+
+    genuine, impostor = np.array(genuine), np.array(impostor)
+    threshold = threshold_for_fmr(impostor, fmr)
+    if 1 / len(impostor) > fmr:
+        # Too few impostors to see that rate: never go below the default, which was chosen on
+        # far more comparisons (bench/accuracy.py).
+        threshold = max(threshold, DEFAULT_THRESHOLD)
+    summary = {
+        "model_id": db.model_id, "score_kind": SCORE_KIND, "target_fmr": fmr,
+        "threshold": threshold, "genuine": len(genuine), "impostor": len(impostor),
+        "sources": sources, "tar": float(np.mean(genuine >= threshold)),
+        "fmr": float(np.mean(impostor >= threshold)),
+        "resolvable_fmr": 1 / len(impostor),
+    }
+    db.set_threshold(threshold, SCORE_KIND, model_id=db.model_id, fmr=fmr,
+                     calibration={k: v for k, v in summary.items() if k != "score_kind"})
+    out_dir = Path(out_dir) if out_dir else db.root / "calibration"
+    write_report(out_dir, summary, genuine, impostor)
+    summary["report"] = str(out_dir / "calibration.md")
+    return summary
+
+
+def threshold_for_fmr(impostor: np.ndarray, fmr: float) -> float:
+    """Lowest threshold with share(impostor >= t) <= fmr. With too few impostor scores to see
+    that rate, it lands just above the highest one (the report says so)."""
+    ranked = np.sort(impostor)[::-1]
+    allowed = int(np.floor(fmr * len(ranked)))  # impostors that may sit at or above t
+    t = ranked[allowed] if allowed < len(ranked) else ranked[-1]
+    return float(np.nextafter(t, np.inf))
+
+
+def write_report(out_dir: Path, summary: dict, genuine: np.ndarray, impostor: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (hist, det) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.linspace(0, 1, 41)
+    hist.hist(impostor, bins, alpha=0.6, label=f"impostor ({len(impostor)})", color="tab:red")
+    hist.hist(genuine, bins, alpha=0.6, label=f"genuine ({len(genuine)})", color="tab:green")
+    hist.axvline(summary["threshold"], color="black", linestyle="--", label="threshold")
+    hist.set(xlabel="fused score", ylabel="count", yscale="log", title="Score distributions")
+    hist.legend()
+    grid = np.unique(np.concatenate([genuine, impostor, [0.0, 1.0]]))
+    fmr = np.array([np.mean(impostor >= t) for t in grid])
+    fnmr = np.array([np.mean(genuine < t) for t in grid])
+    floor = 0.5 / max(len(impostor), len(genuine))
+    det.loglog(np.maximum(fmr, floor), np.maximum(fnmr, floor), color="tab:blue")
+    det.axvline(summary["target_fmr"], color="black", linestyle="--", label="target FMR")
+    det.set(xlabel="false match rate", ylabel="false non-match rate", title="DET curve")
+    det.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "calibration.png", dpi=100)
+    plt.close(fig)
+    (out_dir / "calibration.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        "# Calibration", "",
+        f"- model: `{summary['model_id']}`, score kind `{summary['score_kind']}`",
+        f"- genuine scores: {summary['genuine']} ({', '.join(f'{v} {k}' for k, v in summary['sources'].items())})",
+        f"- impostor scores: {summary['impostor']}",
+        f"- target false-match rate: {summary['target_fmr']:g}; threshold chosen: {summary['threshold']:.4f}",
+        f"- at that threshold: TAR {summary['tar']:.3f}, FMR {summary['fmr']:.4f}",
+    ]
+    if summary["resolvable_fmr"] > summary["target_fmr"]:
+        lines.append(f"- warning: {summary['impostor']} impostor scores cannot resolve an FMR under "
+                     f"{summary['resolvable_fmr']:.4f}; the threshold is the larger of the highest "
+                     "impostor score and the shipped default. Enrol more specimens, or repeat "
+                     "captures, and calibrate again.")
+    lines += ["", "![score distributions and DET curve](calibration.png)", ""]
+    (out_dir / "calibration.md").write_text("\n".join(lines))

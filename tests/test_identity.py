@@ -1,0 +1,136 @@
+"""Identity evidence on real sample fields: verification, fused score, ambiguous decisions,
+exact copies, and calibration of the threshold."""
+
+import io
+import json
+import sqlite3
+
+import cv2
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from specimen_id import images, local_features
+from specimen_id.local_features import LocalFeatures
+from specimen_id.search.score import DEFAULT_THRESHOLD, SCORE_KIND, fused
+
+from conftest import QUERIES, SPECIMENS
+
+NAMES = sorted(p.name for p in SPECIMENS.iterdir())
+
+
+def _features(path):
+    return local_features.extract(images.load(path).pixels)
+
+
+def _answers(run, *args):
+    return [json.loads(line) for line in run("query", "--json", *args).stdout.splitlines()]
+
+
+def test_recaptures_verify_and_other_fields_do_not():
+    references = {name: _features(SPECIMENS / name / "capture-1.png") for name in NAMES}
+    for name in NAMES:
+        query = _features(QUERIES / f"recapture-{name}.jpg")
+        own = local_features.verify(query, references[name])
+        others = [local_features.verify(query, references[n]) for n in NAMES if n != name]
+        assert own >= 15, (name, own)
+        assert max(others) <= 8, (name, others)  # chance alignments stay few
+
+
+def test_look_alike_fields_are_told_apart_by_layout():
+    """Three fluorescence nuclei fields look alike to the pooled CNN; verification decides."""
+    fluo = [n for n in NAMES if n.startswith("fluo")]
+    for name in fluo:
+        query = _features(QUERIES / f"recapture-{name}.jpg")
+        scores = {n: local_features.verify(query, _features(SPECIMENS / n / "capture-1.png")) for n in fluo}
+        assert max(scores, key=scores.get) == name, scores
+
+
+def test_features_survive_storage():
+    features = _features(SPECIMENS / "he-tissue-b" / "capture-1.png")
+    again = LocalFeatures.from_bytes(features.to_bytes())
+    np.testing.assert_array_equal(again.points, features.points)
+    np.testing.assert_array_equal(again.descriptors, features.descriptors)
+    assert local_features.verify(features, again) == local_features.verify(features, features) > 50
+
+
+def test_fused_score_grows_with_evidence():
+    assert fused(0.9, 60, 300) > DEFAULT_THRESHOLD > fused(0.9, 3, 300)
+    assert fused(0.9, 20, 300) > fused(0.9, 8, 300) > fused(0.9, 2, 300)
+    assert 0 <= fused(0.0, 0, 0) < fused(1.0, 500, 500) <= 1
+
+
+def test_query_json_carries_the_evidence(enrolled):
+    (answer,) = _answers(enrolled, QUERIES / "recapture-he-tissue-a.jpg")
+    assert answer["score_kind"] == SCORE_KIND and answer["threshold"] == DEFAULT_THRESHOLD
+    best = answer["candidates"][0]
+    assert set(best) >= {"specimen", "score", "capture", "cnn_similarity", "inliers", "keypoints"}
+    assert best["score"] == answer["score"] == fused(best["cnn_similarity"], best["inliers"], best["keypoints"])
+    assert best["inliers"] >= 15 and all(c["inliers"] <= 8 for c in answer["candidates"][1:])
+    assert answer["exact"] == []
+
+
+def test_same_field_under_two_names_is_ambiguous(run):
+    field = SPECIMENS / "fluo-nuclei-b" / "capture-1.png"
+    assert run("enroll", "-s", "slide-7", field).exit_code == 0
+    refused = run("enroll", "-s", "slide-7-again", field)
+    assert refused.exit_code == 1
+    assert "same pixels as capture" in refused.stderr and "'slide-7'" in refused.stderr
+    assert run("enroll", "-s", "slide-7-again", "--allow-duplicate", field).exit_code == 0
+    run("enroll", "-s", "he", SPECIMENS / "he-tissue-a" / "capture-1.png")
+    (answer,) = _answers(run, QUERIES / "recapture-fluo-nuclei-b.jpg")
+    assert answer["decision"] == "ambiguous" and answer["specimen"] is None
+    assert {c["specimen"] for c in answer["candidates"][:2]} == {"slide-7", "slide-7-again"}
+    assert answer["score"] >= answer["threshold"]
+    # the table says so too
+    table = run("query", QUERIES / "recapture-fluo-nuclei-b.jpg").stdout
+    assert table.splitlines()[0].endswith(f"ambiguous (score {answer['score']:.3f}, threshold {answer['threshold']:.3f})")
+
+
+def test_exact_copies_are_reported_apart(enrolled, tmp_path):
+    original = SPECIMENS / "he-tissue-b" / "capture-1.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "re-saved by another program")
+    resaved = tmp_path / "resaved.png"
+    Image.open(original).save(resaved, pnginfo=info)
+    same_file, same_pixels = _answers(enrolled, original, resaved)
+    assert [e["same"] for e in same_file["exact"]] == ["file"]
+    assert [e["same"] for e in same_pixels["exact"]] == ["pixels"]
+    assert same_pixels["exact"][0]["specimen"] == "he-tissue-b"
+    # enrolling those pixels again under their own specimen is a no-op, said out loud
+    again = enrolled("enroll", "-s", "he-tissue-b", resaved)
+    assert again.exit_code == 0 and "skipped 1" in again.stdout
+    assert f"skipped: {resaved}: same pixels" in again.stderr
+
+
+def test_a_threshold_for_another_kind_of_score_is_never_applied(enrolled):
+    with sqlite3.connect(enrolled.db / "specimens.sqlite") as conn:  # as version 0.1 stored it
+        conn.execute("INSERT OR REPLACE INTO settings VALUES ('threshold', '0.999')")
+    assert enrolled("config", "threshold").stdout.strip() == f"threshold = {DEFAULT_THRESHOLD}"
+    (answer,) = _answers(enrolled, QUERIES / "recapture-he-tissue-b.jpg")
+    assert answer["threshold"] == DEFAULT_THRESHOLD and answer["decision"] == "match"
+
+
+def test_calibrate_stores_a_threshold_for_this_model_with_a_report(enrolled, tmp_path):
+    result = enrolled("calibrate", "--min-genuine", "20", "--fmr", "0.01", "--out", tmp_path / "cal")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert summary["genuine"] == 20 and summary["sources"] == {"repeat captures": 4, "simulated re-captures": 16}
+    assert summary["impostor"] == 20 * 5 and summary["score_kind"] == SCORE_KIND
+    assert summary["fmr"] <= 0.01 and summary["tar"] >= 0.9
+    png = cv2.imread(str(tmp_path / "cal" / "calibration.png"))
+    assert png is not None and png.shape[1] > 500
+    assert "![score distributions and DET curve](calibration.png)" in (tmp_path / "cal" / "calibration.md").read_text()
+    shown = float(enrolled("config", "threshold").stdout.split("=")[1])
+    assert shown == summary["threshold"]
+    with sqlite3.connect(enrolled.db / "specimens.sqlite") as conn:
+        stored = json.loads(conn.execute("SELECT value FROM settings WHERE key = 'threshold'").fetchone()[0])
+    assert stored["model_id"] == summary["model_id"] and stored["calibration"]["genuine"] == 20
+
+
+def test_calibrate_with_too_few_impostors_keeps_the_default_floor(enrolled, tmp_path):
+    result = enrolled("calibrate", "--min-genuine", "10", "--out", tmp_path / "cal")  # FMR 0.1%
+    assert result.exit_code == 0
+    assert "cannot resolve FMR 0.001" in result.stderr
+    summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert summary["threshold"] >= DEFAULT_THRESHOLD
+    assert "warning:" in (tmp_path / "cal" / "calibration.md").read_text()
