@@ -30,8 +30,8 @@ def test_recaptures_verify_and_other_fields_do_not():
     references = {name: _features(SPECIMENS / name / "capture-1.png") for name in NAMES}
     for name in NAMES:
         query = _features(QUERIES / f"recapture-{name}.jpg")
-        own = local_features.verify(query, references[name])
-        others = [local_features.verify(query, references[n]) for n in NAMES if n != name]
+        own = local_features.verify(query, references[name]).inliers
+        others = [local_features.verify(query, references[n]).inliers for n in NAMES if n != name]
         assert own >= 15, (name, own)
         assert max(others) <= 8, (name, others)  # chance alignments stay few
 
@@ -41,7 +41,7 @@ def test_look_alike_fields_are_told_apart_by_layout():
     fluo = [n for n in NAMES if n.startswith("fluo")]
     for name in fluo:
         query = _features(QUERIES / f"recapture-{name}.jpg")
-        scores = {n: local_features.verify(query, _features(SPECIMENS / n / "capture-1.png")) for n in fluo}
+        scores = {n: local_features.verify(query, _features(SPECIMENS / n / "capture-1.png")).inliers for n in fluo}
         assert max(scores, key=scores.get) == name, scores
 
 
@@ -50,21 +50,40 @@ def test_features_survive_storage():
     again = LocalFeatures.from_bytes(features.to_bytes())
     np.testing.assert_array_equal(again.points, features.points)
     np.testing.assert_array_equal(again.descriptors, features.descriptors)
-    assert local_features.verify(features, again) == local_features.verify(features, features) > 50
+    np.testing.assert_array_equal(again.thumbnail, features.thumbnail)
+    check = local_features.verify(features, again)
+    assert check.inliers == local_features.verify(features, features).inliers > 50
+    assert check.correlation > 0.99  # a capture aligned onto itself
+
+
+def test_aligned_correlation_separates_sparse_fields():
+    """A recapture lays over its own field; a chance alignment with another field does not."""
+    for name in NAMES:
+        query = _features(QUERIES / f"recapture-{name}.jpg")
+        own = local_features.verify(query, _features(SPECIMENS / name / "capture-1.png"))
+        assert own.correlation > 0.8, (name, own.correlation)
+        assert len(own.pairs) == own.inliers
+        for other in NAMES:
+            if other != name:
+                check = local_features.verify(query, _features(SPECIMENS / other / "capture-1.png"))
+                assert check.correlation < 0.6, (name, other, check.correlation)
 
 
 def test_fused_score_grows_with_evidence():
-    assert fused(0.9, 60, 300) > DEFAULT_THRESHOLD > fused(0.9, 3, 300)
-    assert fused(0.9, 20, 300) > fused(0.9, 8, 300) > fused(0.9, 2, 300)
-    assert 0 <= fused(0.0, 0, 0) < fused(1.0, 500, 500) <= 1
+    assert fused(0.9, 60, 300, 0.95) > DEFAULT_THRESHOLD > fused(0.9, 3, 300, 0.1)
+    assert fused(0.9, 20, 300, 0.9) > fused(0.9, 8, 300, 0.9) > fused(0.9, 2, 300, 0.9)
+    assert fused(0.9, 5, 10, 0.95) > fused(0.9, 5, 10, 0.2)
+    assert 0 <= fused(0.0, 0, 0, 0.0) < fused(1.0, 500, 500, 1.0) <= 1
 
 
 def test_query_json_carries_the_evidence(enrolled):
     (answer,) = _answers(enrolled, QUERIES / "recapture-he-tissue-a.jpg")
     assert answer["score_kind"] == SCORE_KIND and answer["threshold"] == DEFAULT_THRESHOLD
     best = answer["candidates"][0]
-    assert set(best) >= {"specimen", "score", "capture", "cnn_similarity", "inliers", "keypoints"}
-    assert best["score"] == answer["score"] == fused(best["cnn_similarity"], best["inliers"], best["keypoints"])
+    assert set(best) >= {"specimen", "score", "capture", "cnn_similarity", "inliers", "keypoints",
+                         "correlation"}
+    assert best["score"] == answer["score"] == fused(best["cnn_similarity"], best["inliers"],
+                                                     best["keypoints"], best["correlation"])
     assert best["inliers"] >= 15 and all(c["inliers"] <= 8 for c in answer["candidates"][1:])
     assert answer["exact"] == []
 

@@ -47,7 +47,7 @@ def test_embedding_is_unit_float32_with_model_id():
     assert vectors.dtype == np.float32 and vectors.shape == (3, embedder.dim) == (3, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     weights_sha = file_sha256(embedder.backbone.weights_file)
-    assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p2"
+    assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p2+sift-2"
     # the same image embeds the same; different photos do not
     again = embedder.embed([data.chelsea()])
     np.testing.assert_allclose(again[0], vectors[0], atol=1e-5)

@@ -124,3 +124,15 @@ def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
     assert enrolled("query", "--model", "efficientnet_lite0", one).exit_code == 3
     back = enrolled("reindex", "--model", "efficientnet_lite0")
     assert back.exit_code == 0 and "re-embedded 9 capture(s) with efficientnet_lite0" in back.stdout
+
+
+def test_damaged_database_exits_3_with_what_to_do(run, tmp_path):
+    run.db.mkdir()
+    (run.db / "specimens.sqlite").write_bytes(b"this is not SQLite" * 100)
+    result = run("list")
+    assert result.exit_code == 3
+    assert "cannot be opened" in result.stderr and "restore it from a backup" in result.stderr
+    not_a_dir = tmp_path / "file-db"
+    not_a_dir.write_text("x")
+    result = run("list", db=not_a_dir)
+    assert result.exit_code == 3 and "is a file, not a database directory" in result.stderr

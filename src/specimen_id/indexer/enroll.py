@@ -60,40 +60,48 @@ def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar) -> En
     try:
         specimen = db.specimen(name)
     except UnknownSpecimen:
-        specimen = None
-    seen: set[str] = set()  # hashes of files and pixels enrolled by this run
-    if specimen is not None and metadata:
-        db.ensure_specimen(name, metadata)
+        specimen = None  # created only once it has a capture to hold
+    if specimen and metadata:
+        specimen = db.ensure_specimen(name, metadata)
+    seen = {"file": set(), "pixels": set()}  # what this run has enrolled already
     for start in range(0, len(paths), BATCH):
-        batch = []
-        for path in paths[start:start + BATCH]:
+        chunk, batch = paths[start:start + BATCH], []
+        for path in chunk:
             try:
                 capture = images.load(path)
+                same = _already_enrolled(db, capture, name, seen, allow_duplicate)
             except ImageRefused as e:
                 report.refused.append(e)
                 continue
-            copies = db.find_captures(capture.file_sha256, capture.pixel_sha256)
-            here = [c for c in copies if c["specimen"] == name]
-            if here or {capture.file_sha256, capture.pixel_sha256} & seen:
-                same = "file" if capture.file_sha256 in seen or any(
-                    c["file_sha256"] == capture.file_sha256 for c in here) else "pixels"
+            if same:
                 report.skipped.append((str(path), same))
                 continue
-            if copies and not allow_duplicate:
-                other = copies[0]
-                report.refused.append(DuplicateContent(
-                    path, f"has the same pixels as capture {other['uuid']} of specimen "
-                          f"{other['specimen']!r} (use --allow-duplicate to enrol it here too)"))
-                continue
-            seen.update((capture.file_sha256, capture.pixel_sha256))
+            seen["file"].add(capture.file_sha256)
+            seen["pixels"].add(capture.pixel_sha256)
             batch.append(capture)
         if batch:
-            if specimen is None:  # created only once it has a capture to hold
-                specimen = db.ensure_specimen(name, metadata)
+            specimen = specimen or db.ensure_specimen(name, metadata)
             vectors = embedder.embed([c.pixels for c in batch])
             features = [local_features.extract(c.pixels).to_bytes() for c in batch]
             db.add_captures(specimen, batch, vectors, embedder.model_id, features,
                             local_features.FEATURE_VERSION)
             report.enrolled += [c.name for c in batch]
-        bar.update(len(paths[start:start + BATCH]))
+        bar.update(len(chunk))
     return report
+
+
+def _already_enrolled(db, capture, name, seen, allow_duplicate) -> str | None:
+    """"file" or "pixels" when this specimen already holds that content (skip it), None when it
+    is new here; raises DuplicateContent when another specimen holds the same pixels."""
+    for same, digest in (("file", capture.file_sha256), ("pixels", capture.pixel_sha256)):
+        if digest in seen[same]:
+            return same
+    copies = db.find_captures(capture.file_sha256, capture.pixel_sha256)
+    here = [c for c in copies if c["specimen"] == name]
+    if here:
+        return "file" if any(c["file_sha256"] == capture.file_sha256 for c in here) else "pixels"
+    if copies and not allow_duplicate:
+        raise DuplicateContent(capture.name, f"has the same pixels as capture {copies[0]['uuid']} of "
+                                             f"specimen {copies[0]['specimen']!r} (use --allow-duplicate "
+                                             "to enrol it here too)")
+    return None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..local_features import FEATURE_VERSION
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .preprocess import GEM_P, PREPROCESS_VERSION, to_batch
 
@@ -19,9 +20,10 @@ class Embedder:
 
         self.backbone = backbone
         self.name = backbone.name
-        # name, weights and the whole pixels-to-vector recipe: embeddings with different
-        # model_ids are never compared.
-        self.model_id = f"{backbone.name}:{backbone.weights_sha256[:16]}:p{PREPROCESS_VERSION}"
+        # name, weights and the whole recipe from pixels to stored evidence (CNN input and
+        # pooling, local features): a database never mixes two model_ids.
+        self.model_id = (f"{backbone.name}:{backbone.weights_sha256[:16]}:"
+                         f"p{PREPROCESS_VERSION}+{FEATURE_VERSION}")
         # channels-last is faster for these depthwise/1x1-heavy CPU graphs, same answers.
         backbone.net.to(memory_format=torch.channels_last)
         with torch.inference_mode():

@@ -30,11 +30,13 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
             if owner is None or cid in exclude:
                 continue
             other = LocalFeatures.from_bytes(stored[cid]) if cid in stored else None
-            inliers = local_features.verify(features, other) if other else 0
+            check = local_features.verify(features, other) if other else None
+            inliers, correlation = (check.inliers, check.correlation) if check else (0, 0.0)
             keypoints = min(len(features), len(other)) if other else 0
-            candidate = {"specimen": owner["specimen"], "score": fused(similarity, inliers, keypoints),
+            candidate = {"specimen": owner["specimen"],
+                         "score": fused(similarity, inliers, keypoints, correlation),
                          "capture": owner["uuid"], "cnn_similarity": similarity,
-                         "inliers": inliers, "keypoints": keypoints}
+                         "inliers": inliers, "keypoints": keypoints, "correlation": correlation}
             held = best.get(owner["specimen"])
             if held is None or (candidate["score"], similarity) > (held["score"], held["cnn_similarity"]):
                 best[owner["specimen"]] = candidate
