@@ -111,6 +111,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dsb2018")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
+    parser.add_argument("--dump", type=Path, help="write every query's candidates here (JSON)")
     args = parser.parse_args()
     started = time.time()
     files = sorted(args.data.glob("*.png"))[: args.limit or None]
@@ -163,6 +164,9 @@ def main():
         truth = f"field-{g:04d}" if enrolled[g] else None
         rows.append({"part": half[g], "truth": truth, "candidates": result["candidates"], "i": i})
     lookalike = lookalike_fields(originals, queries, enrolled, embedder)
+    if args.dump:
+        args.dump.write_text(json.dumps({"rows": rows, "lookalike": sorted(lookalike),
+                                         "files": [f.name for f in files]}))
 
     tune = [r for r in rows if r["part"] == "tune"]
     x, y = pair_features(tune)

@@ -119,7 +119,7 @@ def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
     # the database remembers its model and weights file: plain commands use them
     answer = _answer(enrolled, SPECIMENS / "fluo-nuclei-b" / "capture-1.png")
     assert answer["specimen"] == "fluo-nuclei-b" and answer["score"] > 0.999
-    assert enrolled("enroll", "-s", "x", one).exit_code == 0
+    assert enrolled("enroll", "-s", "brightfield-a", QUERIES / "recapture-brightfield-a.jpg").exit_code == 0
     # and the default model is now the foreign one
     assert enrolled("query", "--model", "efficientnet_lite0", one).exit_code == 3
     back = enrolled("reindex", "--model", "efficientnet_lite0")
