@@ -34,7 +34,7 @@ from specimen_id import images, local_features  # noqa: E402
 from specimen_id.models import load_embedder  # noqa: E402
 from specimen_id.search import score as scoring  # noqa: E402
 from specimen_id.simulate import Recapture  # noqa: E402
-from specimen_id.store.database import DEFAULTS  # noqa: E402
+from specimen_id.store.settings import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 2018

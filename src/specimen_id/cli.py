@@ -12,7 +12,8 @@ import click
 from . import __version__
 from .errors import SpecimenIdError
 from .models.backbones import MODEL_NAMES
-from .store.database import DB_ENV, DEFAULT_DIR, SETTINGS
+from .store.database import DB_ENV, DEFAULT_DIR
+from .store.settings import SETTINGS
 
 
 class _Group(click.Group):

@@ -18,34 +18,26 @@ import os
 import sqlite3
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseDamaged, DatabaseLocked, ModelMismatch, UnknownSpecimen
-from .files import store_image
+from ..errors import DatabaseDamaged, DatabaseLocked, UnknownSpecimen
+from .files import store_image, tree_size
 from .schema import migrate
+from .settings import DEFAULTS, Settings, now
 from .vectors import VectorIndex
 
 DB_ENV = "SPECIMEN_ID_DB"
 DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
-# Settings a user may change with `config`, their types and defaults. The threshold is kept
-# with the kind of score it applies to (see `threshold`).
-SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int}
-DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100}
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def default_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
 
 
-class Database:
+class Database(Settings):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 
@@ -74,71 +66,17 @@ class Database:
     def __exit__(self, *exc):
         self.close()
 
-    # -- settings -------------------------------------------------------------------------
-
-    def setting(self, key: str, default=None):
-        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
-        return json.loads(row[0]) if row else DEFAULTS.get(key, default)
-
-    def set_setting(self, key: str, value) -> None:
-        with self.db.conn:
-            self._put_setting(key, value)
-
-    def _put_setting(self, key, value) -> None:
-        self.db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
-                        "DO UPDATE SET value = excluded.value", [key, json.dumps(value)])
-
-    @property
-    def model_id(self) -> str | None:
-        return self.setting("model_id")
-
-    def threshold(self, score_kind: str, default: float) -> float:
-        """The threshold set for this kind of score; a threshold set for another kind (an
-        older scoring, another model's calibration) is never applied: the default is."""
-        stored = self.setting("threshold")
-        # (a bare number is a cosine threshold from before scores had kinds)
-        if isinstance(stored, dict) and stored["score_kind"] == score_kind \
-                and stored["model_id"] in (None, self.model_id):
-            return float(stored["value"])
-        return default
-
-    def set_threshold(self, value: float, score_kind: str, model_id: str | None = None, **facts) -> None:
-        """Store a threshold for a kind of score (and, when calibrated, for one model)."""
-        self.set_setting("threshold", {"value": float(value), "score_kind": score_kind,
-                                       "model_id": model_id, "set_at": now(), **facts})
-
-    @property
-    def generation(self) -> int:
-        return int(self.setting("index_generation", 0))
-
-    def require_model(self, model_id: str) -> None:
-        """Embeddings of one model only: refuse another while captures exist."""
-        current = self.model_id
-        if current and current != model_id and self.count("captures"):
-            raise ModelMismatch(
-                f"this database holds embeddings of {current}, not {model_id}; run "
-                f"`specimen-id reindex --model NAME` to re-embed every capture with another model")
-
-    def use_model(self, name: str, weights, model_id: str) -> None:
-        """Record which model (and explicit weights file) this database embeds with."""
-        self.require_model(model_id)
-        with self.db.conn:
-            self._put_setting("model_name", name)
-            self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
-
     # -- locking --------------------------------------------------------------------------
 
     @contextmanager
     def writing(self):
         """The database's write lock (re-entrant in one process), held across the SQLite
         transactions and the index file write of one operation."""
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
-        if self._lock is None:
-            self._lock = FileLock(str(self.root / "write.lock"))
         timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
         try:
-            self._lock.acquire(timeout=timeout)
+            self._write_lock().acquire(timeout=timeout)
         except Timeout:
             raise DatabaseLocked(f"{self.root} is being written by another process; waited "
                                  f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)") from None
@@ -146,6 +84,13 @@ class Database:
             yield self
         finally:
             self._lock.release()
+
+    def _write_lock(self):
+        from filelock import FileLock
+
+        if self._lock is None:
+            self._lock = FileLock(str(self.root / "write.lock"))
+        return self._lock
 
     # -- specimens and captures -----------------------------------------------------------
 
@@ -221,7 +166,7 @@ class Database:
                                                   "data": blob})
                 rows.append(cid)
             generation = self._bump_generation(model_id, vectors.shape[1])
-        if index is not None and index.generation == generation - 1 and index.model_id == model_id:
+        if index is not None and index.describes(generation - 1, model_id):
             index.add(rows, vectors)
             index.generation = generation
         else:
@@ -293,13 +238,12 @@ class Database:
         model agree with SQLite, else rebuilt from the stored embeddings (and saved when no
         other process holds the write lock). None while nothing is enrolled."""
         generation, model_id = self.generation, self.model_id
-        index = self._index
-        if index is not None and index.generation == generation and index.model_id == model_id:
-            return index
+        if self._index is not None and self._index.describes(generation, model_id):
+            return self._index
         if not model_id:
             return None
         index = VectorIndex.load(self.index_path)
-        if index is None or index.generation != generation or index.model_id != model_id:
+        if index is None or not index.describes(generation, model_id):
             index = self._rebuild_index()
         self._index = index
         return index
@@ -313,14 +257,14 @@ class Database:
         finally:
             self.db.execute("COMMIT")
         index = VectorIndex.build(ids, vectors, generation, model_id, dim)
-        try:
-            from filelock import FileLock, Timeout
+        from filelock import Timeout
 
-            with FileLock(str(self.root / "write.lock"), timeout=0, is_singleton=False):
+        try:
+            with self._write_lock().acquire(timeout=0):
                 if self.generation == generation:
                     index.save(self.index_path)
         except Timeout:
-            pass  # a writer is busy; it saves its own index when done
+            pass  # another process is writing; it saves its own index when done
         return index
 
     def save_index(self) -> None:
@@ -386,11 +330,6 @@ class Database:
     # -- summary --------------------------------------------------------------------------
 
     def info(self) -> dict:
-        def size(path: Path) -> int:
-            if path.is_file():
-                return path.stat().st_size
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
         index = self.index()
         return {
             "path": str(self.root.resolve()),
@@ -400,8 +339,8 @@ class Database:
             "settings": {key: self.setting(key) for key in ("threshold", *DEFAULTS)},
             "index_vectors": len(index) if index is not None else 0,
             "index_generation": self.generation,
-            "bytes": {"sqlite": size(self.root / "specimens.sqlite"),
-                      "index": size(self.index_path), "images": size(self.root / "images")},
+            "bytes": {"sqlite": tree_size(self.root / "specimens.sqlite"),
+                      "index": tree_size(self.index_path), "images": tree_size(self.root / "images")},
         }
 
 

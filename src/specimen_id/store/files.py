@@ -33,3 +33,10 @@ def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:
     if not (root / rel).exists():
         write_atomic(root / rel, data)
     return rel
+
+
+def tree_size(path: Path) -> int:
+    """Bytes in a file, or in all files under a folder (0 when missing)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0

@@ -34,6 +34,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def describes(self, generation: int, model_id: str) -> bool:
+        """Whether this index holds exactly the database's embeddings at that generation."""
+        return self.generation == generation and self.model_id == model_id
+
     def add(self, ids, vectors) -> None:
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32),

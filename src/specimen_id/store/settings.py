@@ -1,0 +1,74 @@
+"""Settings kept in the database: the ones a user may change with `config`, and the facts
+that tie its stored data together (model, index generation). A mixin of Database, kept apart
+because it is its own concern."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import ModelMismatch
+
+# Settings a user may change with `config`, their types and defaults. The threshold is kept
+# with the kind of score it applies to (see `threshold`).
+SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int}
+DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Settings:
+    """Needs `self.db` (a sqlite_utils Database with a `settings` table) and `count()`."""
+
+    def setting(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else DEFAULTS.get(key, default)
+
+    def set_setting(self, key: str, value) -> None:
+        with self.db.conn:
+            self._put_setting(key, value)
+
+    def _put_setting(self, key, value) -> None:
+        self.db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                        "DO UPDATE SET value = excluded.value", [key, json.dumps(value)])
+
+    @property
+    def model_id(self) -> str | None:
+        return self.setting("model_id")
+
+    def threshold(self, score_kind: str, default: float) -> float:
+        """The threshold set for this kind of score; a threshold set for another kind (an
+        older scoring, another model's calibration) is never applied: the default is."""
+        stored = self.setting("threshold")
+        # (a bare number is a cosine threshold from before scores had kinds)
+        if isinstance(stored, dict) and stored["score_kind"] == score_kind \
+                and stored["model_id"] in (None, self.model_id):
+            return float(stored["value"])
+        return default
+
+    def set_threshold(self, value: float, score_kind: str, model_id: str | None = None, **facts) -> None:
+        """Store a threshold for a kind of score (and, when calibrated, for one model)."""
+        self.set_setting("threshold", {"value": float(value), "score_kind": score_kind,
+                                       "model_id": model_id, "set_at": now(), **facts})
+
+    @property
+    def generation(self) -> int:
+        return int(self.setting("index_generation", 0))
+
+    def require_model(self, model_id: str) -> None:
+        """Embeddings of one model only: refuse another while captures exist."""
+        current = self.model_id
+        if current and current != model_id and self.count("captures"):
+            raise ModelMismatch(
+                f"this database holds embeddings of {current}, not {model_id}; run "
+                f"`specimen-id reindex --model NAME` to re-embed every capture with another model")
+
+    def use_model(self, name: str, weights, model_id: str) -> None:
+        """Record which model (and explicit weights file) this database embeds with."""
+        self.require_model(model_id)
+        with self.db.conn:
+            self._put_setting("model_name", name)
+            self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
