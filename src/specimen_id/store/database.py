@@ -336,7 +336,7 @@ class Database(Settings):
             "specimens": self.count("specimens"), "captures": self.count("captures"),
             "queries": self.count("queries"),
             "model_id": self.model_id, "model": self.setting("model_name"),
-            "settings": {key: self.setting(key) for key in ("threshold", *DEFAULTS)},
+            "settings": {key: self.setting(key) for key in DEFAULTS},
             "index_vectors": len(index) if index is not None else 0,
             "index_generation": self.generation,
             "bytes": {"sqlite": tree_size(self.root / "specimens.sqlite"),
