@@ -100,6 +100,9 @@ def test_same_field_under_two_names_is_ambiguous(run):
     assert answer["decision"] == "ambiguous" and answer["specimen"] is None
     assert {c["specimen"] for c in answer["candidates"][:2]} == {"slide-7", "slide-7-again"}
     assert answer["score"] >= answer["threshold"]
+    # listing one candidate does not hide the runner-up from the decision
+    (one,) = _answers(run, "--top-k", "1", QUERIES / "recapture-fluo-nuclei-b.jpg")
+    assert one["decision"] == "ambiguous" and len(one["candidates"]) == 1
     # the table says so too
     table = run("query", QUERIES / "recapture-fluo-nuclei-b.jpg").stdout
     assert table.splitlines()[0].endswith(f"ambiguous (score {answer['score']:.3f}, threshold {answer['threshold']:.3f})")

@@ -4,6 +4,7 @@ import json
 import shutil
 import sqlite3
 
+import pytest
 import torch
 import torchvision
 
@@ -47,7 +48,7 @@ def test_damaged_index_file_is_rebuilt(enrolled):
 
 def test_index_agrees_with_sqlite_id_by_id(enrolled):
     db = Database(enrolled.db)
-    ids, vectors = db.embeddings(db.model_id)
+    ids, vectors = db.embeddings(db.model_id, db.setting("embedding_dim"))
     index = VectorIndex.load(enrolled.db / "index.faiss")
     assert sorted(index.ids()) == sorted(ids)
     assert index.generation == db.generation and index.model_id == db.model_id
@@ -97,8 +98,10 @@ def test_migration_from_a_version_1_database(tmp_path):
     (query,) = db.queries()
     assert query["score_kind"] == "cosine" and query["image_path"] is None
     db.close()
-    # opening again changes nothing
-    assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    # opening again runs no migration twice and keeps the rows
+    again = Database(root)
+    assert again.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert [s["name"] for s in again.specimens()] == ["old-slide"] and len(again.queries()) == 1
 
 
 def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
@@ -120,6 +123,9 @@ def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
     answer = _answer(enrolled, SPECIMENS / "fluo-nuclei-b" / "capture-1.png")
     assert answer["specimen"] == "fluo-nuclei-b" and answer["score"] > 0.999
     assert enrolled("enroll", "-s", "brightfield-a", QUERIES / "recapture-brightfield-a.jpg").exit_code == 0
+    # ...and keep using that weights file after a plain enroll
+    assert Database(enrolled.db).setting("weights_path") == str(weights.resolve())
+    assert _answer(enrolled, SPECIMENS / "he-tissue-b" / "capture-1.png")["specimen"] == "he-tissue-b"
     # and the default model is now the foreign one
     assert enrolled("query", "--model", "efficientnet_lite0", one).exit_code == 3
     back = enrolled("reindex", "--model", "efficientnet_lite0")
@@ -136,3 +142,59 @@ def test_damaged_database_exits_3_with_what_to_do(run, tmp_path):
     not_a_dir.write_text("x")
     result = run("list", db=not_a_dir)
     assert result.exit_code == 3 and "is a file, not a database directory" in result.stderr
+
+
+def test_a_failed_write_leaves_the_batch_out_entirely(run, monkeypatch):
+    """A disk error on the second image of a batch: none of the batch is stored, and the index
+    still describes the database."""
+    import os
+
+    run("enroll", "-s", "before", SPECIMENS / "he-tissue-b" / "capture-1.png")
+    before = Database(run.db)
+    generation, ids = before.generation, sorted(VectorIndex.load(run.db / "index.faiss").ids())
+    real_replace, calls = os.replace, []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    files = [SPECIMENS / name / "capture-1.png" for name in ("he-tissue-a", "fluo-nuclei-b", "brightfield-a")]
+    with pytest.raises(OSError):
+        run("enroll", "-s", "during", *files)
+    monkeypatch.setattr(os, "replace", real_replace)
+    after = Database(run.db)
+    assert after.count("captures") == 1 and after.count("embeddings") == 1
+    assert after.count("local_features") == 1 and after.generation == generation
+    assert [s["name"] for s in after.specimens()] == ["before"]
+    index = after.index()
+    assert index.describes(after.generation, after.model_id) and sorted(index.ids()) == ids
+    # and the same command run again now enrols the whole batch
+    assert run("enroll", "-s", "during", *files).exit_code == 0
+    assert Database(run.db).count("captures") == 4
+
+
+def test_emptied_database_still_answers(run):
+    run("enroll", "-s", "only", SPECIMENS / "he-tissue-b" / "capture-1.png")
+    assert run("remove", "only").exit_code == 0
+    assert run("reindex").exit_code == 0
+    (run.db / "index.faiss").unlink()
+    answer = _answer(run, QUERIES / "recapture-he-tissue-b.jpg")
+    assert answer["decision"] == "no_match" and answer["candidates"] == []
+    assert json.loads(run("info", "--json").stdout)["index_vectors"] == 0
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; from specimen_id.store import Database; Database(sys.argv[1]).close()"
+    for trial in range(3):
+        root = tmp_path / f"db{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE)
+                 for _ in range(6)]
+        errors = [p.communicate()[1].decode() for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors
+        assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -48,7 +48,7 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     embedder = embedder or embedder_for(db, model, weights)
     report = EnrolReport()
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
-        db.use_model(embedder.name, weights, embedder.model_id)
+        db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
         for name, paths in jobs:
             report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar))
         db.save_index()
@@ -58,11 +58,11 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
 def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar) -> EnrolReport:
     report = EnrolReport()
     try:
-        specimen = db.specimen(name)
+        db.specimen(name)
+        if metadata:
+            db.ensure_specimen(name, metadata)
     except UnknownSpecimen:
-        specimen = None  # created only once it has a capture to hold
-    if specimen and metadata:
-        specimen = db.ensure_specimen(name, metadata)
+        pass  # created with its first capture, in the same transaction
     seen = {"file": set(), "pixels": set()}  # what this run has enrolled already
     for start in range(0, len(paths), BATCH):
         chunk, batch = paths[start:start + BATCH], []
@@ -80,10 +80,9 @@ def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar) -> En
             seen["pixels"].add(capture.pixel_sha256)
             batch.append(capture)
         if batch:
-            specimen = specimen or db.ensure_specimen(name, metadata)
             vectors = embedder.embed([c.pixels for c in batch])
             features = [local_features.extract(c.pixels).to_bytes() for c in batch]
-            db.add_captures(specimen, batch, vectors, embedder.model_id, features,
+            db.add_captures(name, metadata, batch, vectors, embedder.model_id, features,
                             local_features.FEATURE_VERSION)
             report.enrolled += [c.name for c in batch]
         bar.update(len(chunk))

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import images, local_features
-from ..errors import DatabaseDamaged, ImageRefused
+from .. import local_features
 from ..models import embedder_for
 from ..progress import progress_bar
 from .enroll import BATCH
@@ -24,16 +23,11 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
         with progress_bar(len(files), "reindex", progress) as bar:
             for start in range(0, len(files), BATCH):
                 chunk = files[start:start + BATCH]
-                try:
-                    pixels = [images.load(path).pixels for _, path in chunk]
-                except ImageRefused as e:
-                    raise DatabaseDamaged(f"managed image {e}; nothing was changed "
-                                          "(restore the file or remove its specimen)") from None
+                pixels = [db.capture_pixels(path) for _, path in chunk]
                 vectors[start:start + len(chunk)] = embedder.embed(pixels)
                 features += [local_features.extract(p).to_bytes() for p in pixels]
                 bar.update(len(chunk))
         db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors, features,
-                              local_features.FEATURE_VERSION)
-        db.use_model(embedder.name, weights, embedder.model_id)
+                              local_features.FEATURE_VERSION, embedder.name, embedder.weights_path)
         db.save_index()
     return len(files)

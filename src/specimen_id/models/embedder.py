@@ -15,10 +15,11 @@ class Embedder:
     """A backbone's GeM-pooled feature map as a unit vector. Inner product of two embeddings is their
     cosine similarity, which is what the FAISS index ranks by."""
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, weights_path: Path | None = None):
         import torch
 
         self.backbone = backbone
+        self.weights_path = weights_path  # the explicit weights file, None for the default
         self.name = backbone.name
         # name, weights and the whole recipe from pixels to stored evidence (CNN input and
         # pooling, local features): a database never mixes two model_ids.
@@ -54,12 +55,13 @@ def load_embedder(name: str = DEFAULT_MODEL, weights=None) -> Embedder:
     the web app, the Python API) loads each model once."""
     key = (name, None)
     if weights is not None and Path(weights).is_file():
-        stat = Path(weights).stat()
-        key = (name, str(Path(weights).resolve()), stat.st_size, stat.st_mtime_ns)
+        weights = Path(weights).resolve()
+        stat = weights.stat()
+        key = (name, str(weights), stat.st_size, stat.st_mtime_ns)
     elif weights is not None:
         return Embedder(load_backbone(name, weights))  # raises the clear "no such file" error
     if key not in _loaded:
-        _loaded[key] = Embedder(load_backbone(name, weights))
+        _loaded[key] = Embedder(load_backbone(name, weights), weights)
     return _loaded[key]
 
 

@@ -51,12 +51,12 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
 
     with progress_bar(len(repeats) + len(simulated), "calibrate", progress) as bar:
         for cid, path in repeats:
-            score(images.load(path).pixels, owners[cid]["specimen"], {cid})
+            score(db.capture_pixels(path), owners[cid]["specimen"], {cid})
             sources["repeat captures"] += 1
             bar.update(1)
         for cid, path in simulated:
-            rgb = images.load(path).pixels
-            recapture = images.decode(Recapture().jpeg_bytes(to_rgb8(rgb), rng), str(path)).pixels
+            rgb = to_rgb8(db.capture_pixels(path))
+            recapture = images.decode(Recapture().jpeg_bytes(rgb, rng), str(path)).pixels
             score(recapture, owners[cid]["specimen"], set())
             sources["simulated re-captures"] += 1
             bar.update(1)

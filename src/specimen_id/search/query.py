@@ -71,8 +71,10 @@ def query(db, paths, top_k: int | None = None, threshold: float | None = None, *
             yield {"query": str(path), "decision": "refused", "error": str(e)}
             continue
         vector = embedder.embed([capture.pixels])[0]
-        candidates = rank(db, vector, local_features.extract(capture.pixels), top_k, shortlist)
-        decision, specimen, score = decide(candidates, threshold, margin)
+        # at least the runner-up, even for --top-k 1: `ambiguous` needs it to be seen
+        ranked = rank(db, vector, local_features.extract(capture.pixels), max(top_k, 2), shortlist)
+        decision, specimen, score = decide(ranked, threshold, margin)
+        candidates = ranked[:top_k]
         result = {"query": str(path), "decision": decision, "specimen": specimen, "score": score,
                   "threshold": float(threshold), "margin": margin, "score_kind": SCORE_KIND,
                   "candidates": candidates, "exact": exact_copies(db, capture)}

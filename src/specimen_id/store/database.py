@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseDamaged, DatabaseLocked, UnknownSpecimen
+from ..errors import DatabaseDamaged, DatabaseLocked, ImageRefused, UnknownSpecimen
 from .files import store_image, tree_size
-from .schema import migrate
+from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
 from .vectors import VectorIndex
 
@@ -45,17 +45,19 @@ class Database(Settings):
         if self.root.exists() and not self.root.is_dir():
             raise DatabaseDamaged(f"{self.root} is a file, not a database directory")
         self.root.mkdir(parents=True, exist_ok=True)
+        self._index: VectorIndex | None = None
+        self._lock = None
         try:
             conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             conn.execute("PRAGMA foreign_keys=ON")
-            migrate(conn)
+            if schema_version(conn) < len(MIGRATIONS):
+                with self.writing():  # one process migrates; the others then find it done
+                    migrate(conn)
         except sqlite3.DatabaseError as e:
             raise DatabaseDamaged(f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); "
                                   "restore it from a backup") from None
         self.db = sqlite_utils.Database(conn)
-        self._index: VectorIndex | None = None
-        self._lock = None
 
     def close(self) -> None:
         self.db.conn.close()
@@ -110,7 +112,7 @@ class Database(Settings):
 
     def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
         """The named specimen, created if new; metadata given is merged into what it has."""
-        with self.db.conn:
+        with self.db.atomic():
             try:
                 found = self.specimen(name)
             except UnknownSpecimen:
@@ -134,6 +136,16 @@ class Database(Settings):
         return [(r[0], self.root / r[1]) for r in
                 self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
 
+    def capture_pixels(self, path: Path):
+        """Decoded pixels of a managed image; a missing or unreadable one means damage."""
+        from .. import images
+
+        try:
+            return images.load(path).pixels
+        except ImageRefused as e:
+            raise DatabaseDamaged(f"managed image {e}; nothing was changed (restore the file "
+                                  "or remove its specimen)") from None
+
     def find_captures(self, file_sha256: str | None = None, pixel_sha256: str | None = None):
         """Enrolled captures with this exact file or these exact pixels, with their specimen."""
         return list(self.db.query(
@@ -141,16 +153,17 @@ class Database(Settings):
             "JOIN specimens s ON s.id = c.specimen_id WHERE c.file_sha256 = ? OR c.pixel_sha256 = ?",
             [file_sha256, pixel_sha256]))
 
-    def add_captures(self, specimen: dict, captures, vectors: np.ndarray, model_id: str,
-                     features: list[bytes], feature_version: str) -> list[int]:
-        """Store captures with their embeddings and local features in one transaction, then
-        update the index."""
+    def add_captures(self, specimen_name: str, metadata: dict | None, captures, vectors: np.ndarray,
+                     model_id: str, features: list[bytes], feature_version: str) -> list[int]:
+        """Store captures of a specimen (created if new) with their embeddings and local
+        features in one transaction, then update the index."""
         if not captures:
             return []
         self.require_model(model_id)
         index = self.index()
         rows = []
-        with self.db.conn:
+        with self.db.atomic():
+            specimen = self.ensure_specimen(specimen_name, metadata)
             for capture, vector, blob in zip(captures, vectors, features):
                 path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
                 cid = self.db["captures"].insert({
@@ -176,9 +189,10 @@ class Database(Settings):
     def remove_specimen(self, name: str) -> int:
         """Delete a specimen, its captures and their embeddings; returns the captures removed."""
         specimen = self.specimen(name)
-        ids = [c["id"] for c in self.captures(specimen["id"])]
+        captures = self.captures(specimen["id"])
+        ids = [c["id"] for c in captures]
         index = self.index()
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute("UPDATE queries SET specimen_id = NULL WHERE specimen_id = ?",
                             [specimen["id"]])
             self.db.execute("DELETE FROM captures WHERE specimen_id = ?", [specimen["id"]])
@@ -187,15 +201,17 @@ class Database(Settings):
         if index is not None and index.generation == generation - 1:
             index.remove(ids)
             index.generation = generation
-        self._delete_unreferenced_images()
+        self._delete_unreferenced_images({c["image_path"] for c in captures})
         return len(ids)
 
-    def _delete_unreferenced_images(self) -> None:
-        used = {r[0] for r in self.db.execute(
-            "SELECT image_path FROM captures UNION SELECT image_path FROM queries")}
-        for path in (self.root / "images").glob("*/*"):
-            if path.relative_to(self.root).as_posix() not in used:
-                path.unlink(missing_ok=True)
+    def _delete_unreferenced_images(self, paths: set[str]) -> None:
+        """Delete these managed files unless another capture or a logged query still uses
+        them (content-addressed files are shared; nothing else in images/ is touched)."""
+        for path in paths:
+            used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
+                                   "SELECT 1 FROM queries WHERE image_path = ?", [path, path])
+            if used.fetchone() is None:
+                (self.root / path).unlink(missing_ok=True)
 
     # -- embeddings and the index ---------------------------------------------------------
 
@@ -210,18 +226,20 @@ class Database(Settings):
             self._put_setting("embedding_dim", int(dim))
         return generation
 
-    def embeddings(self, model_id: str):
-        """(ids, vectors) of every capture embedded with this model."""
+    def embeddings(self, model_id: str, dim: int):
+        """(ids, vectors) of every capture embedded with this model: (n,) and (n, dim)."""
         rows = self.db.execute("SELECT capture_id, vector FROM embeddings WHERE model_id = ? "
                                "ORDER BY capture_id", [model_id]).fetchall()
         ids = np.array([r[0] for r in rows], np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32)
-        return ids, vectors.reshape(len(rows), -1)
+        return ids, vectors.reshape(len(rows), dim)
 
     def replace_embeddings(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
-                           feature_version: str) -> None:
-        """Switch the database to new embeddings and local features in one transaction."""
-        with self.db.conn:
+                           feature_version: str, model_name: str, weights: Path | None) -> None:
+        """Switch the database to new embeddings, local features and the model that made
+        them, in one transaction."""
+        with self.db.atomic():
+            self._put_model(model_name, weights)
             self.db.execute("DELETE FROM embeddings")
             self.db.execute("DELETE FROM local_features")
             self.db["embeddings"].insert_all(
@@ -249,13 +267,10 @@ class Database(Settings):
         return index
 
     def _rebuild_index(self) -> VectorIndex:
-        self.db.execute("BEGIN")  # one snapshot: the generation and the vectors it counts
-        try:
+        with self.db.atomic():  # one snapshot: the generation and the vectors it counts
             generation, model_id = self.generation, self.model_id
-            ids, vectors = self.embeddings(model_id)
-            dim = int(self.setting("embedding_dim", vectors.shape[1] if len(ids) else 1))
-        finally:
-            self.db.execute("COMMIT")
+            dim = int(self.setting("embedding_dim", 1))
+            ids, vectors = self.embeddings(model_id, dim)
         index = VectorIndex.build(ids, vectors, generation, model_id, dim)
         from filelock import Timeout
 
@@ -311,7 +326,7 @@ class Database(Settings):
         if result.get("specimen"):
             specimen_id = self.specimen(result["specimen"])["id"]
         query_uuid = str(uuid.uuid4())
-        with self.db.conn:
+        with self.db.atomic():
             self.db["queries"].insert({
                 "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
                 "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,

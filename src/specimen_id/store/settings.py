@@ -28,7 +28,7 @@ class Settings:
         return json.loads(row[0]) if row else DEFAULTS.get(key, default)
 
     def set_setting(self, key: str, value) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self._put_setting(key, value)
 
     def _put_setting(self, key, value) -> None:
@@ -67,8 +67,12 @@ class Settings:
                 f"`specimen-id reindex --model NAME` to re-embed every capture with another model")
 
     def use_model(self, name: str, weights, model_id: str) -> None:
-        """Record which model (and explicit weights file) this database embeds with."""
+        """Record which model (and explicit weights file, None for the model's own) this
+        database embeds with."""
         self.require_model(model_id)
-        with self.db.conn:
-            self._put_setting("model_name", name)
-            self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
+        with self.db.atomic():
+            self._put_model(name, weights)
+
+    def _put_model(self, name: str, weights) -> None:
+        self._put_setting("model_name", name)
+        self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)

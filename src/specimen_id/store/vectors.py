@@ -77,9 +77,10 @@ class VectorIndex:
             header_end = data.index(b"\n", len(MAGIC))
             header = json.loads(data[len(MAGIC):header_end])
             index = faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=header_end + 1))
-        except (OSError, ValueError, RuntimeError):
+            self = cls.__new__(cls)
+            self.index = index
+            self.dim, self.generation, self.model_id = header["dim"], header["generation"], header["model_id"]
+            count = header["count"]
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError):
             return None
-        self = cls.__new__(cls)
-        self.index = index
-        self.dim, self.generation, self.model_id = header["dim"], header["generation"], header["model_id"]
-        return self if len(self) == header["count"] else None
+        return self if len(self) == count else None
