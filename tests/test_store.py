@@ -4,7 +4,6 @@ import json
 import shutil
 import sqlite3
 
-import pytest
 import torch
 import torchvision
 
@@ -162,8 +161,9 @@ def test_a_failed_write_leaves_the_batch_out_entirely(run, monkeypatch):
 
     monkeypatch.setattr(os, "replace", failing_replace)
     files = [SPECIMENS / name / "capture-1.png" for name in ("he-tissue-a", "fluo-nuclei-b", "brightfield-a")]
-    with pytest.raises(OSError):
-        run("enroll", "-s", "during", *files)
+    failed = run("enroll", "-s", "during", *files)
+    assert failed.exit_code == 3
+    assert failed.stderr.startswith("error: No space left on device")
     monkeypatch.setattr(os, "replace", real_replace)
     after = Database(run.db)
     assert after.count("captures") == 1 and after.count("embeddings") == 1

@@ -23,6 +23,11 @@ class _Group(click.Group):
         except SpecimenIdError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:  # disk full, permissions: the database cannot be written as asked
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"error: {e.strerror or e}{where}; the database keeps what was committed "
+                       "before it: run the command again once this is fixed", err=True)
+            ctx.exit(3)
 
 
 @click.group(cls=_Group)
