@@ -292,7 +292,7 @@ def baselines(jobs, queries, embedder):
             best.setdefault(name, s)
         return sorted(best.items(), key=lambda t: -t[1])
 
-    for g, i, query in queries:
+    for _, i, query in queries:
         q = images.load(query)
         out["file SHA-256"][i] = best_per_specimen([(n, float(h == q.file_sha256)) for n, h in sha])
         qh = imagehash.phash(Image.fromarray(q.pixels))

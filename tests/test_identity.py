@@ -1,7 +1,6 @@
 """Identity evidence on real sample fields: verification, fused score, ambiguous decisions,
 exact copies, and calibration of the threshold."""
 
-import io
 import json
 import sqlite3
 

@@ -76,7 +76,7 @@ def test_torchvision_backbone_from_local_weights_file(tmp_path, name):
     backbone = load_backbone(name, path)
     assert backbone.weights_file == path.resolve()
     # the loaded network is the saved one, tensor for tensor
-    for (key, a), b in zip(reference.state_dict().items(), backbone.net.state_dict().values()):
+    for (key, a), b in zip(reference.state_dict().items(), backbone.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
     x = torch.rand(1, 3, 224, 224)
     with torch.inference_mode():
