@@ -259,6 +259,28 @@ def calibrate(ctx, fmr, min_genuine, out):
                    "see the report", err=True)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; anything but loopback needs --token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", envvar="SPECIMEN_ID_TOKEN", help="Token every request must carry off loopback.")
+@click.pass_context
+def browse(ctx, host, port, token):
+    """Serve a web page to browse specimens, query by upload, and review past queries."""
+    import uvicorn
+
+    from .models import embedder_for
+    from .web import create_app
+
+    try:
+        app = create_app(ctx.find_root().obj, host, token)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    embedder_for(_open(ctx))  # load the model now, so the first query is as fast as the rest
+    click.echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def main():
     cli(prog_name="specimen-id")
 

@@ -1,6 +1,6 @@
 """Queries: nearest enrolled captures, best capture per specimen, a score and a decision."""
 
 from .calibrate import calibrate
-from .query import query, rank
+from .query import answer, query, rank
 
-__all__ = ["calibrate", "query", "rank"]
+__all__ = ["answer", "calibrate", "query", "rank"]

@@ -59,26 +59,31 @@ def query(db, paths, top_k: int | None = None, threshold: float | None = None, *
     """Yield one result dict per file, in order; a refused file yields a `refused` result and
     the rest go on. Every answered query is logged with what it takes to explain it later."""
     embedder = embedder or embedder_for(db, model, weights)
-    if threshold is None:
-        threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
-    margin = float(db.setting("margin"))
-    top_k = int(top_k or db.setting("top_k"))
-    shortlist = int(db.setting("shortlist"))
     for path in paths:
         try:
             capture = images.load(path)
         except ImageRefused as e:
             yield {"query": str(path), "decision": "refused", "error": str(e)}
             continue
-        vector = embedder.embed([capture.pixels])[0]
-        # at least the runner-up, even for --top-k 1: `ambiguous` needs it to be seen
-        ranked = rank(db, vector, local_features.extract(capture.pixels), max(top_k, 2), shortlist)
-        decision, specimen, score = decide(ranked, threshold, margin)
-        candidates = ranked[:top_k]
-        result = {"query": str(path), "decision": decision, "specimen": specimen, "score": score,
-                  "threshold": float(threshold), "margin": margin, "score_kind": SCORE_KIND,
-                  "candidates": candidates, "exact": exact_copies(db, capture)}
-        if log:
-            result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold,
-                                              top_k, __version__, SCORE_KIND)
-        yield result
+        yield answer(db, capture, embedder, top_k, threshold, log=log)
+
+
+def answer(db, capture, embedder, top_k: int | None = None, threshold: float | None = None,
+           log: bool = True) -> dict:
+    """The result for one decoded capture (files and uploads alike)."""
+    if threshold is None:
+        threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
+    margin = float(db.setting("margin"))
+    top_k = int(top_k or db.setting("top_k"))
+    vector = embedder.embed([capture.pixels])[0]
+    # at least the runner-up, even for --top-k 1: `ambiguous` needs it to be seen
+    ranked = rank(db, vector, local_features.extract(capture.pixels), max(top_k, 2),
+                  int(db.setting("shortlist")))
+    decision, specimen, score = decide(ranked, threshold, margin)
+    result = {"query": capture.name, "decision": decision, "specimen": specimen, "score": score,
+              "threshold": float(threshold), "margin": margin, "score_kind": SCORE_KIND,
+              "candidates": ranked[:top_k], "exact": exact_copies(db, capture)}
+    if log:
+        result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold, top_k,
+                                          __version__, SCORE_KIND)
+    return result

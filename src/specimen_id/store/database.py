@@ -337,10 +337,30 @@ class Database(Settings):
                 "software_version": software_version})
         return query_uuid
 
-    def queries(self, limit: int = 100) -> list[dict]:
+    def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
+        """Logged queries, newest first (only those decided for one specimen, if given)."""
+        where = "WHERE q.specimen_id = ?" if specimen_id is not None else ""
+        params = [specimen_id] if specimen_id is not None else []
         return [_decoded(r) for r in self.db.query(
             "SELECT q.*, s.name AS specimen FROM queries q LEFT JOIN specimens s "
-            "ON s.id = q.specimen_id ORDER BY q.id DESC LIMIT ?", [limit])]
+            f"ON s.id = q.specimen_id {where} ORDER BY q.id DESC LIMIT ?", [*params, limit])]
+
+    def image_of(self, kind: str, uuid_: str) -> Path:
+        """The managed image of a capture or a logged query, found by its UUID (never by a
+        path from outside, so nothing outside the database directory can be named)."""
+        table = {"capture": "captures", "query": "queries"}[kind]
+        row = self.db.execute(f"SELECT image_path FROM {table} WHERE uuid = ?", [uuid_]).fetchone()
+        if row is None or row[0] is None:
+            raise KeyError(uuid_)
+        return self.root / row[0]
+
+    def logged_query(self, uuid_: str) -> dict:
+        rows = [_decoded(r) for r in self.db.query(
+            "SELECT q.*, s.name AS specimen FROM queries q LEFT JOIN specimens s "
+            "ON s.id = q.specimen_id WHERE q.uuid = ?", [uuid_])]
+        if not rows:
+            raise KeyError(uuid_)
+        return rows[0]
 
     # -- summary --------------------------------------------------------------------------
 

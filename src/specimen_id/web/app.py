@@ -1,0 +1,198 @@
+"""The browse app: specimens, one specimen, query by upload, history, past results; each page
+has a JSON twin under /api. One Database is opened per request (SQLite connections are not
+shared across threads); the model is loaded once per process and stays loaded."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from .. import images
+from ..errors import ImageRefused, SpecimenIdError, UnknownSpecimen
+from ..store import Database
+from .safety import BodyLimit, SameOrigin, TokenRequired
+
+MAX_UPLOAD_BYTES = 50_000_000
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
+               max_upload: int = MAX_UPLOAD_BYTES) -> FastAPI:
+    """The app for one database directory. Off loopback a token is required (ValueError)."""
+    if not is_loopback(host) and not token:
+        raise ValueError(f"serving on {host} needs a token (--token or SPECIMEN_ID_TOKEN)")
+    app = FastAPI(title="specimen-id", docs_url=None, redoc_url=None)
+    root = Path(db_path)
+
+    def database() -> Database:
+        return Database(root)
+
+    def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
+
+    @app.exception_handler(SpecimenIdError)
+    async def domain_error(request: Request, error: SpecimenIdError):
+        status = 404 if isinstance(error, UnknownSpecimen) else 400 if isinstance(error, ImageRefused) else 503
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(error)}, status_code=status)
+        return page(request, "error.html", status, message=str(error))
+
+    def specimens_data(q: str) -> list[dict]:
+        with database() as db:
+            found = []
+            for specimen in db.specimens():
+                text = (specimen["name"] + " " + " ".join(f"{k} {v}" for k, v in specimen["metadata"].items())).lower()
+                if q.lower() in text:
+                    captures = db.captures(specimen["id"])
+                    found.append({"name": specimen["name"], "uuid": specimen["uuid"],
+                                  "metadata": specimen["metadata"], "captures": len(captures),
+                                  "cover": captures[0]["uuid"] if captures else None})
+            return found
+
+    @app.get("/", response_class=HTMLResponse)
+    def specimens_page(request: Request, q: str = ""):
+        return page(request, "specimens.html", specimens=specimens_data(q), q=q)
+
+    @app.get("/api/specimens")
+    def specimens_api(q: str = ""):
+        return specimens_data(q)
+
+    def specimen_data(name: str) -> dict:
+        with database() as db:
+            specimen = db.specimen(name)
+            return {**specimen, "captures": db.captures(specimen["id"]),
+                    "queries": db.queries(50, specimen["id"])}
+
+    @app.get("/specimens/{name}", response_class=HTMLResponse)
+    def specimen_page(request: Request, name: str):
+        return page(request, "specimen.html", specimen=specimen_data(name))
+
+    @app.get("/api/specimens/{name}")
+    def specimen_api(name: str):
+        return specimen_data(name)
+
+    @app.get("/images/{kind}/{uuid_}")
+    def image(kind: str, uuid_: str, size: int = 0):
+        """A capture's or query's managed image as PNG (size > 0: a thumbnail that fits)."""
+        import cv2
+
+        from ..models.preprocess import to_rgb8
+
+        if kind not in ("capture", "query"):
+            raise HTTPException(404)
+        with database() as db:
+            try:
+                path = db.image_of(kind, uuid_)
+            except KeyError:
+                raise HTTPException(404) from None
+        rgb = to_rgb8(images.load(path).pixels)
+        if size > 0:
+            scale = min(1.0, size / max(rgb.shape[:2]))
+            rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
+                             interpolation=cv2.INTER_AREA)
+        png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    async def run_query(upload: UploadFile, threshold: float | None) -> dict:
+        from ..models import embedder_for
+        from ..search import answer
+
+        data = await upload.read()
+        capture = images.decode(data, upload.filename or "upload")
+        with database() as db:
+            return answer(db, capture, embedder_for(db), threshold=threshold)
+
+    @app.get("/query", response_class=HTMLResponse)
+    def query_form(request: Request):
+        return page(request, "query.html", result=None)
+
+    @app.post("/query", response_class=HTMLResponse)
+    async def query_page(request: Request, file: UploadFile):
+        try:
+            result = await run_query(file, None)
+        except ImageRefused as e:
+            return page(request, "query.html", 400, result=None, error=str(e))
+        return page(request, "query.html", result=result)
+
+    @app.post("/api/query")
+    async def query_api(file: UploadFile, threshold: float | None = None):
+        return await run_query(file, threshold)
+
+    @app.get("/history", response_class=HTMLResponse)
+    def history_page(request: Request):
+        with database() as db:
+            return page(request, "history.html", queries=db.queries(500))
+
+    @app.get("/api/history")
+    def history_api(limit: int = 500):
+        with database() as db:
+            return db.queries(limit)
+
+    def past_result(uuid_: str) -> dict:
+        with database() as db:
+            try:
+                row = db.logged_query(uuid_)
+            except KeyError:
+                raise HTTPException(404, "no such query") from None
+        return {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
+                "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
+                "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
+                "exact": []}
+
+    @app.get("/queries/{uuid_}", response_class=HTMLResponse)
+    def past_query_page(request: Request, uuid_: str):
+        return page(request, "query.html", result=past_result(uuid_))
+
+    @app.get("/api/queries/{uuid_}")
+    def past_query_api(uuid_: str):
+        return past_result(uuid_)
+
+    @app.get("/matches/{query_uuid}/{capture_uuid}")
+    def matches(query_uuid: str, capture_uuid: str):
+        """The query and a candidate side by side, matched keypoints joined by lines."""
+        import cv2
+
+        from .. import local_features
+        from ..models.preprocess import to_rgb8
+
+        with database() as db:
+            try:
+                paths = db.image_of("query", query_uuid), db.image_of("capture", capture_uuid)
+            except KeyError:
+                raise HTTPException(404) from None
+        pixels = [images.load(p).pixels for p in paths]
+        check = local_features.verify(*(local_features.extract(p) for p in pixels))
+        tiles = []
+        for p in pixels:  # both at the verification's working size, so the points land right
+            rgb = to_rgb8(p)
+            scale = local_features.WORK_SIZE / max(rgb.shape[:2])
+            tiles.append(cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))))
+        height = max(t.shape[0] for t in tiles)
+        canvas = np.zeros((height, tiles[0].shape[1] + tiles[1].shape[1], 3), np.uint8)
+        canvas[:tiles[0].shape[0], :tiles[0].shape[1]] = tiles[0]
+        canvas[:tiles[1].shape[0], tiles[0].shape[1]:] = tiles[1]
+        for (qx, qy), (cx, cy) in check.pairs:
+            cv2.line(canvas, (int(qx), int(qy)), (int(cx) + tiles[0].shape[1], int(cy)), (0, 255, 0), 1)
+        png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))[1].tobytes()
+        return Response(png, media_type="image/png")
+
+    allowed = ["127.0.0.1", "localhost", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
+    app.add_middleware(SameOrigin)
+    app.add_middleware(BodyLimit, max_bytes=max_upload)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)
+    if token:
+        app.add_middleware(TokenRequired, token=token)
+    return app

@@ -1,0 +1,113 @@
+"""The browse app through an in-process HTTP client: pages, JSON twins, and its guards."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from specimen_id.web import create_app
+
+from conftest import QUERIES, SPECIMENS
+
+SAME_SITE = {"Origin": "http://127.0.0.1"}
+
+
+@pytest.fixture
+def client(enrolled):
+    enrolled("enroll", "-s", "he-tissue-b", "--meta", "stain=eosin", SPECIMENS / "he-tissue-b" / "capture-1.png")
+    return TestClient(create_app(enrolled.db), base_url="http://127.0.0.1")
+
+
+def _upload(client, path, url="/query", headers=SAME_SITE, **kw):
+    return client.post(url, files={"file": (path.name, path.read_bytes())}, headers=headers, **kw)
+
+
+def test_specimens_page_and_filter(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    for name in ("fluo-nuclei-a", "he-tissue-b", "brightfield-a"):
+        assert f">{name}</strong>" in page.text
+    filtered = client.get("/", params={"q": "eosin"}).text
+    assert ">he-tissue-b</strong>" in filtered and ">fluo-nuclei-a</strong>" not in filtered
+    data = client.get("/api/specimens").json()
+    assert {s["name"] for s in data} >= {"fluo-nuclei-a", "he-tissue-a"}
+    assert next(s for s in data if s["name"] == "he-tissue-a")["captures"] == 2
+
+
+def test_specimen_page_shows_captures_and_serves_images(client):
+    page = client.get("/specimens/he-tissue-a")
+    assert page.status_code == 200 and page.text.count("/images/capture/") >= 4
+    data = client.get("/api/specimens/he-tissue-a").json()
+    capture = data["captures"][0]["uuid"]
+    thumb = client.get(f"/images/capture/{capture}", params={"size": 128})
+    assert thumb.headers["content-type"] == "image/png" and thumb.content.startswith(b"\x89PNG")
+    assert client.get("/specimens/nobody").status_code == 404
+    assert client.get("/api/specimens/nobody").json() == {"error": "no specimen named 'nobody' (see `specimen-id list`)"}
+
+
+def test_query_by_upload_finds_the_specimen_and_is_logged(client):
+    page = _upload(client, QUERIES / "recapture-fluo-nuclei-c.jpg")
+    assert page.status_code == 200
+    assert 'id="decision-text">match</span>' in page.text and '<span id="specimen">fluo-nuclei-c</span>' in page.text
+    result = _upload(client, QUERIES / "recapture-he-tissue-a.jpg", "/api/query").json()
+    assert (result["decision"], result["specimen"]) == ("match", "he-tissue-a")
+    assert result["candidates"][0]["inliers"] > 10
+    history = client.get("/api/history").json()
+    assert [h["uuid"] for h in history[:2]] == [result["query_id"], history[1]["uuid"]]
+    assert "recapture-fluo-nuclei-c.jpg" in client.get("/history").text
+    again = client.get(f"/queries/{result['query_id']}")
+    assert again.status_code == 200 and '<span id="specimen">he-tissue-a</span>' in again.text
+    matches = client.get(f"/matches/{result['query_id']}/{result['candidates'][0]['capture']}")
+    assert matches.content.startswith(b"\x89PNG")
+
+
+def test_bad_upload_gets_a_message_and_changes_nothing(client, tmp_path):
+    junk = tmp_path / "notes.jpg"
+    junk.write_text("not an image at all")
+    page = _upload(client, junk)
+    assert page.status_code == 400 and "not an image" in page.text and 'id="error"' in page.text
+    api = _upload(client, junk, "/api/query")
+    assert api.status_code == 400 and "notes.jpg" in api.json()["error"]
+    assert client.get("/api/history").json() == []
+
+
+def test_uploads_are_limited_while_they_stream(enrolled):
+    client = TestClient(create_app(enrolled.db, max_upload=20_000), base_url="http://127.0.0.1")
+    big = SPECIMENS / "he-tissue-a" / "capture-1.png"  # ~150 kB
+    assert _upload(client, big).status_code == 413
+    assert client.get("/api/history").json() == []
+
+
+def test_cross_site_posts_and_foreign_hosts_are_refused(client):
+    refused = _upload(client, QUERIES / "recapture-he-tissue-a.jpg", headers={"Origin": "http://evil.example"})
+    assert refused.status_code == 403
+    assert client.get("/api/history").json() == []
+    rebinding = client.get("/", headers={"Host": "attacker.example"})
+    assert rebinding.status_code == 400
+
+
+@pytest.mark.parametrize("path", [
+    "/images/capture/../../specimens.sqlite", "/images/capture/..%2F..%2Fspecimens.sqlite",
+    "/images/capture/%2e%2e%2f%2e%2e%2fwrite.lock", "/images/../specimens.sqlite",
+    "/images/query/..%5C..%5Cspecimens.sqlite", "/images/etc/passwd", "/images/capture/%2Fetc%2Fpasswd",
+])
+def test_no_route_reads_outside_the_database(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert b"SQLite format" not in response.content and b"root:" not in response.content
+
+
+def test_off_loopback_needs_a_token(enrolled):
+    with pytest.raises(ValueError, match="needs a token"):
+        create_app(enrolled.db, host="0.0.0.0")
+    client = TestClient(create_app(enrolled.db, host="0.0.0.0", token="s3cret"), base_url="http://10.1.2.3")
+    assert client.get("/").status_code == 401
+    assert client.get("/", params={"token": "wrong"}).status_code == 401
+    first = client.get("/", params={"token": "s3cret"})
+    assert first.status_code == 200 and "specimen_id_token" in first.headers["set-cookie"]
+    assert client.get("/api/specimens").status_code == 200  # the cookie carries on
+    assert TestClient(client.app, base_url="http://10.1.2.3").get(
+        "/api/specimens", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_browse_refuses_an_open_address_without_a_token(run):
+    result = run("browse", "--host", "0.0.0.0")
+    assert result.exit_code == 2 and "needs a token" in result.output
