@@ -195,3 +195,28 @@ def test_python_api(tmp_path):
         assert (result["decision"], result["specimen"]) == ("match", "he-tissue-b")
         with pytest.raises(specimen_id.UnknownSpecimen):
             db.specimen("nobody")
+
+
+def test_curate_rename_merge_move_review_and_enrol_a_query(enrolled):
+    assert enrolled("rename", "brightfield-a", "bf-slide-1").exit_code == 0
+    assert enrolled("rename", "bf-slide-1", "he-tissue-b").exit_code == 1  # taken
+    assert "bf-slide-1" in enrolled("list").stdout.split()
+    (answer,) = _json_lines(enrolled("query", "--json", QUERIES / "recapture-brightfield-a.jpg").stdout)
+    assert answer["specimen"] == "bf-slide-1"
+    merged = enrolled("merge", "fluo-nuclei-c", "fluo-nuclei-a")
+    assert merged.exit_code == 0 and "1 capture(s) moved" in merged.stdout
+    assert "fluo-nuclei-c" not in enrolled("list").stdout.split()
+    (answer,) = _json_lines(enrolled("query", "--json", QUERIES / "recapture-fluo-nuclei-c.jpg").stdout)
+    assert answer["specimen"] == "fluo-nuclei-a"  # the merged specimen answers for both fields
+    capture = json.loads(enrolled("show", "--json", "he-tissue-a").stdout)["captures"][1]["uuid"]
+    assert enrolled("move", capture, "he-tissue-b").exit_code == 0
+    assert len(json.loads(enrolled("show", "--json", "he-tissue-b").stdout)["captures"]) == 2
+    assert enrolled("move", "no-such-capture", "he-tissue-b").exit_code == 1
+    assert enrolled("review", answer["query_id"], "confirmed", "--by", "ada").exit_code == 0
+    assert enrolled("review", answer["query_id"], "maybe", "--by", "ada").exit_code == 2
+    added = enrolled("enroll", "-s", "fluo-nuclei-a", "--query", answer["query_id"])
+    assert added.exit_code == 0 and "enrolled 1" in added.stdout
+    assert len(json.loads(enrolled("show", "--json", "fluo-nuclei-a").stdout)["captures"]) == 2 + 1 + 1
+    assert enrolled("enroll", "-s", "x", "--query", "nope").exit_code == 2
+    with sqlite3.connect(enrolled.db / "specimens.sqlite") as conn:
+        assert conn.execute("SELECT verdict, reviewer FROM reviews").fetchall() == [("confirmed", "ada")]

@@ -74,17 +74,26 @@ def _parse_meta(ctx, param, values) -> dict:
               help="Specimen metadata (repeatable).")
 @click.option("--allow-duplicate", is_flag=True,
               help="Enrol pixels even if another specimen already has them.")
+@click.option("--query", "queries", multiple=True, metavar="QUERY_ID",
+              help="Also enrol the image of this logged query (repeatable).")
 @_model_options
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.pass_context
-def enroll(ctx, specimen, folders, meta, allow_duplicate, model, weights, files):
-    """Enrol FILES as captures of one specimen, or a folder of specimen folders."""
+def enroll(ctx, specimen, folders, meta, allow_duplicate, queries, model, weights, files):
+    """Enrol FILES (or logged --query images) as captures of one specimen, or a folder of
+    specimen folders."""
     from .indexer import enroll_folders, folder_jobs
 
     if bool(specimen) == bool(folders):
         raise click.UsageError("give either --specimen NAME FILE... or --folders ROOT")
-    if specimen and not files:
-        raise click.UsageError("--specimen needs at least one FILE")
+    if specimen and not files and not queries:
+        raise click.UsageError("--specimen needs at least one FILE or --query")
+    if queries:
+        db = _open(ctx)
+        try:
+            files = (*files, *(db.image_of("query", q) for q in queries))
+        except KeyError as e:
+            raise click.BadParameter(f"no logged query {e}", param_hint="--query") from None
     if folders and files:
         raise click.UsageError("--folders takes no FILE arguments")
     if specimen is not None and not specimen.strip():
@@ -178,6 +187,48 @@ def remove(ctx, name):
         count = db.remove_specimen(name)
         db.save_index()
     click.echo(f"removed {name} and its {count} capture(s)")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("new_name")
+@click.pass_context
+def rename(ctx, name, new_name):
+    """Rename a specimen."""
+    _open(ctx).rename_specimen(name, new_name)
+    click.echo(f"renamed {name} to {new_name}")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def merge(ctx, source, target):
+    """Merge specimen SOURCE into TARGET (captures, queries, metadata)."""
+    moved = _open(ctx).merge_specimens(source, target)
+    click.echo(f"merged {source} into {target} ({moved} capture(s) moved)")
+
+
+@cli.command()
+@click.argument("capture")
+@click.argument("specimen")
+@click.pass_context
+def move(ctx, capture, specimen):
+    """Move a capture (by its id, see `show`) to another specimen."""
+    _open(ctx).move_capture(capture, specimen)
+    click.echo(f"moved capture {capture} to {specimen}")
+
+
+@cli.command()
+@click.argument("query_id")
+@click.argument("verdict", type=click.Choice(["confirmed", "rejected"]))
+@click.option("--by", "reviewer", envvar="USER", required=True, help="Who reviews (default: $USER).")
+@click.option("--note", default="")
+@click.pass_context
+def review(ctx, query_id, verdict, reviewer, note):
+    """Confirm or reject a logged decision (kept for calibration)."""
+    _open(ctx).review(query_id, verdict, reviewer, note)
+    click.echo(f"{verdict} query {query_id} by {reviewer}")
 
 
 @cli.command()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseDamaged, DatabaseLocked, ImageRefused, UnknownSpecimen
+from .curation import Curation
 from .files import store_image, tree_size
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
@@ -37,7 +38,7 @@ def default_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
 
 
-class Database(Settings):
+class Database(Settings, Curation):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 
@@ -342,7 +343,7 @@ class Database(Settings):
         where = "WHERE q.specimen_id = ?" if specimen_id is not None else ""
         params = [specimen_id] if specimen_id is not None else []
         return [_decoded(r) for r in self.db.query(
-            "SELECT q.*, s.name AS specimen FROM queries q LEFT JOIN specimens s "
+            f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
             f"ON s.id = q.specimen_id {where} ORDER BY q.id DESC LIMIT ?", [*params, limit])]
 
     def image_of(self, kind: str, uuid_: str) -> Path:
@@ -356,7 +357,7 @@ class Database(Settings):
 
     def logged_query(self, uuid_: str) -> dict:
         rows = [_decoded(r) for r in self.db.query(
-            "SELECT q.*, s.name AS specimen FROM queries q LEFT JOIN specimens s "
+            f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
             "ON s.id = q.specimen_id WHERE q.uuid = ?", [uuid_])]
         if not rows:
             raise KeyError(uuid_)
@@ -379,9 +380,17 @@ class Database(Settings):
         }
 
 
+# the latest review of a query, as "verdict|reviewer|time" (NULL when nobody reviewed it);
+# _decoded turns it into a dict
+_LATEST_REVIEW = ("(SELECT r.verdict || '|' || r.reviewer || '|' || r.created_at FROM reviews r "
+                  "WHERE r.query_id = q.id ORDER BY r.id DESC LIMIT 1) AS review")
+
+
 def _decoded(row: dict) -> dict:
     """JSON columns back to Python values."""
     for key in ("metadata", "exif", "candidates"):
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
+    if isinstance(row.get("review"), str):
+        row["review"] = dict(zip(("verdict", "reviewer", "at"), row["review"].split("|", 2)))
     return row

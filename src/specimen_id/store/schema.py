@@ -73,6 +73,19 @@ MIGRATIONS = [
         data BLOB NOT NULL
     );
     """,
+    # 4: a person's verdict on a logged decision (for calibration), and free notes on specimens
+    """
+    CREATE TABLE reviews (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        query_id INTEGER NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+        verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected')),
+        reviewer TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX reviews_query ON reviews(query_id);
+    ALTER TABLE specimens ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -1,0 +1,68 @@
+"""Curating what is enrolled: rename, merge, move, edit, and people's reviews of decisions.
+A mixin of Database (needs `self.db`, `specimen()`); none of these change an embedding, so the
+FAISS index stays valid: it maps capture ids, and owners are looked up in SQLite."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import SpecimenIdError
+from .settings import now
+
+VERDICTS = ("confirmed", "rejected")
+
+
+class Curation:
+    def rename_specimen(self, name: str, new_name: str) -> None:
+        specimen = self.specimen(name)
+        self._free(new_name)
+        with self.db.atomic():
+            self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
+
+    def merge_specimens(self, source: str, target: str) -> int:
+        """Move every capture and query of `source` to `target`, then drop `source`; returns
+        the captures moved. Metadata of both is kept (target's wins on a clash)."""
+        a, b = self.specimen(source), self.specimen(target)
+        if a["id"] == b["id"]:
+            raise SpecimenIdError(f"cannot merge {source!r} into itself")
+        with self.db.atomic():
+            moved = self.db.execute("UPDATE captures SET specimen_id = ? WHERE specimen_id = ?",
+                                    [b["id"], a["id"]]).rowcount
+            self.db.execute("UPDATE queries SET specimen_id = ? WHERE specimen_id = ?", [b["id"], a["id"]])
+            self.db.execute("UPDATE specimens SET metadata = ? WHERE id = ?",
+                            [json.dumps({**a["metadata"], **b["metadata"]}), b["id"]])
+            self.db.execute("DELETE FROM specimens WHERE id = ?", [a["id"]])
+        return moved
+
+    def move_capture(self, capture_uuid: str, target: str) -> None:
+        specimen = self.specimen(target)
+        with self.db.atomic():
+            if not self.db.execute("UPDATE captures SET specimen_id = ? WHERE uuid = ?",
+                                   [specimen["id"], capture_uuid]).rowcount:
+                raise SpecimenIdError(f"no capture {capture_uuid} (see `specimen-id show NAME`)")
+
+    def edit_specimen(self, name: str, metadata: dict, notes: str) -> None:
+        """Replace a specimen's metadata and notes."""
+        specimen = self.specimen(name)
+        with self.db.atomic():
+            self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
+                            [json.dumps(metadata), notes, specimen["id"]])
+
+    def review(self, query_uuid: str, verdict: str, reviewer: str, note: str = "") -> None:
+        """Record a person's verdict on a logged decision (the latest one counts)."""
+        if verdict not in VERDICTS:
+            raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
+        if not reviewer.strip():
+            raise SpecimenIdError("a review needs the reviewer's name")
+        row = self.db.execute("SELECT id FROM queries WHERE uuid = ?", [query_uuid]).fetchone()
+        if row is None:
+            raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
+        with self.db.atomic():
+            self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
+                                       "reviewer": reviewer.strip(), "note": note, "created_at": now()})
+
+    def _free(self, name: str) -> None:
+        if not name.strip():
+            raise SpecimenIdError("a specimen name cannot be empty")
+        if self.db.execute("SELECT 1 FROM specimens WHERE name = ?", [name]).fetchone():
+            raise SpecimenIdError(f"a specimen named {name!r} exists already (merge them instead?)")
