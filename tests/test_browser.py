@@ -90,3 +90,58 @@ def test_a_bad_upload_is_refused_on_the_page(server, page, tmp_path):
     expect(page.locator("#error")).to_contain_text("not an image")
     page.goto(server + "/history")
     expect(page.locator("#history")).to_contain_text("No queries yet.")
+
+
+def test_enrol_through_the_page_then_edit_and_rename(server, page):
+    page.goto(server + "/enrol")
+    page.fill("input[name=specimen]", "new-slide")
+    page.set_input_files("input[name=files]", [str(QUERIES / "never-enrolled-1.jpg"),
+                                               str(QUERIES / "never-enrolled-2.jpg")])
+    page.fill("textarea[name=metadata]", "stain = DAPI")
+    page.get_by_role("button", name="Enrol").click()
+    expect(page.locator("h1")).to_have_text("new-slide")
+    expect(page.locator("main .card img")).to_have_count(2)
+    expect(page.locator("#metadata")).to_contain_text("DAPI")
+    page.get_by_text("Edit metadata and notes").click()
+    page.fill("#edit textarea[name=notes]", "found in drawer 3")
+    page.locator("#edit button").click()
+    expect(page.locator("#notes")).to_have_text("found in drawer 3")
+    page.get_by_text("Rename or merge").click()
+    page.fill("#rename input[name=new_name]", "slide-7")
+    page.locator("#rename button").click()
+    expect(page.locator("h1")).to_have_text("slide-7")
+    # move one capture away, merge the rest into another specimen
+    page.locator(".move input").first.fill("he-tissue-b")
+    page.locator(".move button").first.click()
+    expect(page.locator("h1")).to_have_text("he-tissue-b")
+    expect(page.locator("main .card img")).to_have_count(2)
+    page.goto(server + "/specimens/slide-7")
+    page.get_by_text("Rename or merge").click()
+    page.fill("#merge input[name=into]", "he-tissue-b")
+    page.locator("#merge button").click()
+    expect(page.locator("main .card img")).to_have_count(3)
+    page.goto(server)
+    expect(page.locator("#specimens")).not_to_contain_text("slide-7")
+
+
+def test_review_an_ambiguous_result(server, page, enrolled):
+    # the same field enrolled under a second name makes its re-capture ambiguous
+    from specimen_id.store import Database
+
+    assert enrolled("enroll", "-s", "fluo-b-again", "--allow-duplicate",
+                    QUERIES.parent / "specimens" / "fluo-nuclei-b" / "capture-1.png").exit_code == 0
+    page.goto(server + "/query")
+    page.set_input_files("input[name=file]", str(QUERIES / "recapture-fluo-nuclei-b.jpg"))
+    page.get_by_role("button", name="Identify").click()
+    expect(page.locator("#decision-text")).to_have_text("ambiguous")
+    page.goto(server + "/history")
+    expect(page.locator("#pending")).to_contain_text("recapture-fluo-nuclei-b.jpg")
+    page.locator("#pending a").first.click()
+    page.fill("#review-form input[name=reviewer]", "ada")
+    page.get_by_role("button", name="Reject").click()
+    expect(page.locator("#review")).to_contain_text("rejected by ada")
+    page.goto(server + "/history")
+    expect(page.locator("#pending")).to_have_count(0)
+    expect(page.locator("#history")).to_contain_text("rejected by ada")
+    with Database(enrolled.db) as db:
+        assert db.count("reviews") == 1

@@ -111,3 +111,43 @@ def test_off_loopback_needs_a_token(enrolled):
 def test_browse_refuses_an_open_address_without_a_token(run):
     result = run("browse", "--host", "0.0.0.0")
     assert result.exit_code == 2 and "needs a token" in result.output
+
+
+def test_enrol_edit_and_curate_through_the_api(client):
+    files = [("files", (p.name, p.read_bytes())) for p in
+             (QUERIES / "never-enrolled-1.jpg", QUERIES / "never-enrolled-2.jpg")]
+    made = client.post("/api/enrol", data={"specimen": "new-slide", "metadata": "stain = DAPI\nlab = 2"},
+                       files=files, headers=SAME_SITE)
+    assert made.json() == {"specimen": "new-slide", "enrolled": 2, "skipped": 0, "refused": []}
+    data = client.get("/api/specimens/new-slide").json()
+    assert data["metadata"] == {"stain": "DAPI", "lab": "2"} and len(data["captures"]) == 2
+    bad = client.post("/api/enrol", data={"specimen": "x"}, headers=SAME_SITE,
+                      files=[("files", ("a.txt", b"hello"))])
+    assert bad.status_code == 400 and "not an image" in bad.json()["refused"][0]
+    assert client.post("/api/specimens/new-slide/edit", data={"metadata": "stain = H&E", "notes": "slide 7"},
+                       headers=SAME_SITE).status_code == 200
+    assert client.get("/api/specimens/new-slide").json()["notes"] == "slide 7"
+    assert client.post("/api/specimens/new-slide/edit", data={"metadata": "no equals sign"},
+                       headers=SAME_SITE).status_code == 400
+    assert client.post("/api/specimens/new-slide/rename", data={"new_name": "slide-7"}, headers=SAME_SITE).status_code == 200
+    capture = client.get("/api/specimens/slide-7").json()["captures"][0]["uuid"]
+    assert client.post(f"/api/captures/{capture}/move", data={"to": "he-tissue-b"}, headers=SAME_SITE).status_code == 200
+    assert client.post("/api/specimens/slide-7/merge", data={"into": "he-tissue-b"}, headers=SAME_SITE).json()["moved"] == 1
+    assert len(client.get("/api/specimens/he-tissue-b").json()["captures"]) == 3
+    assert client.get("/api/specimens/slide-7").status_code == 404
+    # a cross-site form cannot do any of it
+    assert client.post("/api/specimens/he-tissue-b/rename", data={"new_name": "pwned"},
+                       headers={"Origin": "http://evil.example"}).status_code == 403
+
+
+def test_review_and_add_a_query_as_reference(client):
+    result = _upload(client, QUERIES / "recapture-brightfield-a.jpg", "/api/query").json()
+    qid = result["query_id"]
+    assert client.post(f"/api/queries/{qid}/review", data={"verdict": "confirmed", "reviewer": "ada"},
+                       headers=SAME_SITE).status_code == 200
+    assert client.get(f"/api/queries/{qid}").json()["review"]["verdict"] == "confirmed"
+    assert client.post(f"/api/queries/{qid}/review", data={"verdict": "maybe", "reviewer": "ada"},
+                       headers=SAME_SITE).status_code == 400
+    added = client.post(f"/api/queries/{qid}/enrol", data={"specimen": "brightfield-a"}, headers=SAME_SITE)
+    assert added.json() == {"specimen": "brightfield-a", "enrolled": 1}
+    assert len(client.get("/api/specimens/brightfield-a").json()["captures"]) == 2

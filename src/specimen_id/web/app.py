@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import images
-from ..errors import ImageRefused, SpecimenIdError, UnknownSpecimen
+from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen
 from ..store import Database
 from .safety import BodyLimit, SameOrigin, TokenRequired
 
 MAX_UPLOAD_BYTES = 50_000_000
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def parse_metadata(text: str) -> dict:
+    """`key = value` lines (blank lines ignored) to a dict."""
+    pairs = [line.partition("=") for line in text.splitlines() if line.strip()]
+    bad = [key for key, sep, _ in pairs if not sep or not key.strip()]
+    if bad:
+        raise HTTPException(400, f"metadata lines must read key = value, not {bad[0]!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def is_loopback(host: str) -> bool:
@@ -45,10 +56,16 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
     @app.exception_handler(SpecimenIdError)
     async def domain_error(request: Request, error: SpecimenIdError):
-        status = 404 if isinstance(error, UnknownSpecimen) else 400 if isinstance(error, ImageRefused) else 503
+        status = 404 if isinstance(error, UnknownSpecimen) else 503 if isinstance(error, DatabaseUnusable) else 400
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": str(error)}, status_code=status)
         return page(request, "error.html", status, message=str(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": error.detail}, status_code=error.status_code)
+        return page(request, "error.html", error.status_code, message=error.detail)
 
     def specimens_data(q: str) -> list[dict]:
         with database() as db:
@@ -134,7 +151,10 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.get("/history", response_class=HTMLResponse)
     def history_page(request: Request):
         with database() as db:
-            return page(request, "history.html", queries=db.queries(500))
+            queries = db.queries(500)
+        # ambiguous decisions nobody has reviewed yet come first: they need a person
+        pending = [q for q in queries if q["decision"] == "ambiguous" and not q["review"]]
+        return page(request, "history.html", queries=queries, pending=pending)
 
     @app.get("/api/history")
     def history_api(limit: int = 500):
@@ -150,7 +170,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         return {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
                 "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
                 "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
-                "exact": []}
+                "review": row["review"], "exact": []}
 
     @app.get("/queries/{uuid_}", response_class=HTMLResponse)
     def past_query_page(request: Request, uuid_: str):
@@ -188,6 +208,97 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             cv2.line(canvas, (int(qx), int(qy)), (int(cx) + tiles[0].shape[1], int(cy)), (0, 255, 0), 1)
         png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))[1].tobytes()
         return Response(png, media_type="image/png")
+
+    # -- enrol and curate: each form posts, then redirects to the page that shows the result;
+    # each has an /api twin answering JSON.
+
+    def done(request: Request, url: str, data: dict):
+        if request.url.path.startswith("/api/"):
+            return data
+        return RedirectResponse(url, status_code=303)
+
+    @app.get("/enrol", response_class=HTMLResponse)
+    def enrol_form(request: Request):
+        return page(request, "enrol.html", report=None)
+
+    @app.post("/enrol")
+    @app.post("/api/enrol")
+    async def enrol(request: Request, specimen: str = Form(), files: list[UploadFile] = (),
+                    metadata: str = Form("")):
+        import tempfile
+
+        from ..indexer import enroll
+
+        name = specimen.strip()
+        if not name or not files:
+            raise HTTPException(400, "a specimen name and at least one file are needed")
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for i, upload in enumerate(files):  # the original name, in a folder of its own
+                path = Path(tmp) / str(i) / Path(upload.filename or "upload").name
+                path.parent.mkdir()
+                path.write_bytes(await upload.read())
+                paths.append(path)
+            with database() as db:
+                report = enroll(db, name, paths, parse_metadata(metadata))
+        data = {"specimen": name, "enrolled": len(report.enrolled), "skipped": len(report.skipped),
+                "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused]}
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(data, status_code=400 if report.refused and not report.enrolled else 200)
+        if report.refused:
+            return page(request, "enrol.html", 400, report=data)
+        return RedirectResponse(f"/specimens/{quote(name)}", status_code=303)
+
+    @app.post("/specimens/{name}/edit")
+    @app.post("/api/specimens/{name}/edit")
+    def edit(request: Request, name: str, metadata: str = Form(""), notes: str = Form("")):
+        with database() as db:
+            db.edit_specimen(name, parse_metadata(metadata), notes)
+        return done(request, f"/specimens/{quote(name)}", {"specimen": name})
+
+    @app.post("/specimens/{name}/rename")
+    @app.post("/api/specimens/{name}/rename")
+    def rename(request: Request, name: str, new_name: str = Form()):
+        with database() as db:
+            db.rename_specimen(name, new_name.strip())
+        return done(request, f"/specimens/{quote(new_name.strip())}", {"specimen": new_name.strip()})
+
+    @app.post("/specimens/{name}/merge")
+    @app.post("/api/specimens/{name}/merge")
+    def merge(request: Request, name: str, into: str = Form()):
+        with database() as db:
+            moved = db.merge_specimens(name, into)
+        return done(request, f"/specimens/{quote(into)}", {"specimen": into, "moved": moved})
+
+    @app.post("/captures/{uuid_}/move")
+    @app.post("/api/captures/{uuid_}/move")
+    def move(request: Request, uuid_: str, to: str = Form()):
+        with database() as db:
+            db.move_capture(uuid_, to)
+        return done(request, f"/specimens/{quote(to)}", {"capture": uuid_, "specimen": to})
+
+    @app.post("/queries/{uuid_}/review")
+    @app.post("/api/queries/{uuid_}/review")
+    def review(request: Request, uuid_: str, verdict: str = Form(), reviewer: str = Form(), note: str = Form("")):
+        with database() as db:
+            db.review(uuid_, verdict, reviewer, note)
+        return done(request, f"/queries/{uuid_}", {"query_id": uuid_, "verdict": verdict})
+
+    @app.post("/queries/{uuid_}/enrol")
+    @app.post("/api/queries/{uuid_}/enrol")
+    def enrol_query(request: Request, uuid_: str, specimen: str = Form()):
+        from ..indexer import enroll
+
+        with database() as db:
+            try:
+                path = db.image_of("query", uuid_)
+            except KeyError:
+                raise HTTPException(404, "no such query") from None
+            report = enroll(db, specimen, [path])
+        if report.refused:
+            raise HTTPException(400, str(report.refused[0]))
+        return done(request, f"/specimens/{quote(specimen)}", {"specimen": specimen,
+                                                               "enrolled": len(report.enrolled)})
 
     allowed = ["127.0.0.1", "localhost", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
     app.add_middleware(SameOrigin)
