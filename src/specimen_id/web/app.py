@@ -54,16 +54,20 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
 
+    def api(request: Request) -> bool:
+        """JSON twins live under /api; everything else is a page."""
+        return request.url.path.startswith("/api/")
+
     @app.exception_handler(SpecimenIdError)
     async def domain_error(request: Request, error: SpecimenIdError):
         status = 404 if isinstance(error, UnknownSpecimen) else 503 if isinstance(error, DatabaseUnusable) else 400
-        if request.url.path.startswith("/api/"):
+        if api(request):
             return JSONResponse({"error": str(error)}, status_code=status)
         return page(request, "error.html", status, message=str(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
-        if request.url.path.startswith("/api/"):
+        if api(request):
             return JSONResponse({"error": error.detail}, status_code=error.status_code)
         return page(request, "error.html", error.status_code, message=error.detail)
 
@@ -80,26 +84,18 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             return found
 
     @app.get("/", response_class=HTMLResponse)
-    def specimens_page(request: Request, q: str = ""):
-        return page(request, "specimens.html", specimens=specimens_data(q), q=q)
-
     @app.get("/api/specimens")
-    def specimens_api(q: str = ""):
-        return specimens_data(q)
-
-    def specimen_data(name: str) -> dict:
-        with database() as db:
-            specimen = db.specimen(name)
-            return {**specimen, "captures": db.captures(specimen["id"]),
-                    "queries": db.queries(50, specimen["id"])}
+    def specimens(request: Request, q: str = ""):
+        found = specimens_data(q)
+        return found if api(request) else page(request, "specimens.html", specimens=found, q=q)
 
     @app.get("/specimens/{name}", response_class=HTMLResponse)
-    def specimen_page(request: Request, name: str):
-        return page(request, "specimen.html", specimen=specimen_data(name))
-
     @app.get("/api/specimens/{name}")
-    def specimen_api(name: str):
-        return specimen_data(name)
+    def specimen(request: Request, name: str):
+        with database() as db:
+            found = db.specimen(name)
+            data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"])}
+        return data if api(request) else page(request, "specimen.html", specimen=data)
 
     @app.get("/images/{kind}/{uuid_}")
     def image(kind: str, uuid_: str, size: int = 0):
@@ -149,36 +145,29 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         return await run_query(file, threshold)
 
     @app.get("/history", response_class=HTMLResponse)
-    def history_page(request: Request):
+    @app.get("/api/history")
+    def history(request: Request, limit: int = 500):
         with database() as db:
-            queries = db.queries(500)
+            queries = db.queries(limit)
+        if api(request):
+            return queries
         # ambiguous decisions nobody has reviewed yet come first: they need a person
         pending = [q for q in queries if q["decision"] == "ambiguous" and not q["review"]]
         return page(request, "history.html", queries=queries, pending=pending)
 
-    @app.get("/api/history")
-    def history_api(limit: int = 500):
-        with database() as db:
-            return db.queries(limit)
-
-    def past_result(uuid_: str) -> dict:
+    @app.get("/queries/{uuid_}", response_class=HTMLResponse)
+    @app.get("/api/queries/{uuid_}")
+    def past_query(request: Request, uuid_: str):
         with database() as db:
             try:
                 row = db.logged_query(uuid_)
             except KeyError:
                 raise HTTPException(404, "no such query") from None
-        return {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
-                "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
-                "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
-                "review": row["review"], "exact": []}
-
-    @app.get("/queries/{uuid_}", response_class=HTMLResponse)
-    def past_query_page(request: Request, uuid_: str):
-        return page(request, "query.html", result=past_result(uuid_))
-
-    @app.get("/api/queries/{uuid_}")
-    def past_query_api(uuid_: str):
-        return past_result(uuid_)
+        result = {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
+                  "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
+                  "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
+                  "review": row["review"], "exact": []}
+        return result if api(request) else page(request, "query.html", result=result)
 
     @app.get("/matches/{query_uuid}/{capture_uuid}")
     def matches(query_uuid: str, capture_uuid: str):
@@ -213,7 +202,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     # each has an /api twin answering JSON.
 
     def done(request: Request, url: str, data: dict):
-        if request.url.path.startswith("/api/"):
+        if api(request):
             return data
         return RedirectResponse(url, status_code=303)
 
@@ -243,7 +232,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 report = enroll(db, name, paths, parse_metadata(metadata))
         data = {"specimen": name, "enrolled": len(report.enrolled), "skipped": len(report.skipped),
                 "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused]}
-        if request.url.path.startswith("/api/"):
+        if api(request):
             return JSONResponse(data, status_code=400 if report.refused and not report.enrolled else 200)
         if report.refused:
             return page(request, "enrol.html", 400, report=data)
