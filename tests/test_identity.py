@@ -135,7 +135,8 @@ def test_calibrate_stores_a_threshold_for_this_model_with_a_report(enrolled, tmp
     result = enrolled("calibrate", "--min-genuine", "20", "--fmr", "0.01", "--out", tmp_path / "cal")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
-    assert summary["genuine"] == 20 and summary["sources"] == {"repeat captures": 4, "simulated re-captures": 16}
+    assert summary["genuine"] == 20
+    assert summary["sources"] == {"repeat captures": 4, "reviewed queries": 0, "simulated re-captures": 16}
     assert summary["impostor"] == 20 * 5 and summary["score_kind"] == SCORE_KIND
     assert summary["fmr"] <= 0.01 and summary["tar"] >= 0.9
     png = cv2.imread(str(tmp_path / "cal" / "calibration.png"))
@@ -155,3 +156,14 @@ def test_calibrate_with_too_few_impostors_keeps_the_default_floor(enrolled, tmp_
     summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert summary["threshold"] >= DEFAULT_THRESHOLD
     assert "warning:" in (tmp_path / "cal" / "calibration.md").read_text()
+
+
+def test_reviewed_decisions_feed_calibration(enrolled, tmp_path):
+    confirmed, rejected = _answers(enrolled, QUERIES / "recapture-he-tissue-a.jpg",
+                                   QUERIES / "recapture-he-tissue-b.jpg")
+    assert enrolled("review", confirmed["query_id"], "confirmed", "--by", "ada").exit_code == 0
+    assert enrolled("review", rejected["query_id"], "rejected", "--by", "ada").exit_code == 0
+    assert enrolled("calibrate", "--min-genuine", "6", "--out", tmp_path / "cal").exit_code == 0
+    summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert summary["sources"] == {"repeat captures": 4, "reviewed queries": 2, "simulated re-captures": 1}
+    assert summary["genuine"] == 4 + 1 + 1 and summary["impostor"] == 5 * 5 + 1

@@ -151,3 +151,29 @@ def test_review_and_add_a_query_as_reference(client):
     added = client.post(f"/api/queries/{qid}/enrol", data={"specimen": "brightfield-a"}, headers=SAME_SITE)
     assert added.json() == {"specimen": "brightfield-a", "enrolled": 1}
     assert len(client.get("/api/specimens/brightfield-a").json()["captures"]) == 2
+
+
+def test_specimen_page_states_its_calibration(client, enrolled, tmp_path):
+    assert "the shipped default" in client.get("/specimens/he-tissue-a").text
+    assert enrolled("calibrate", "--min-genuine", "10", "--fmr", "0.05", "--out", tmp_path).exit_code == 0
+    data = client.get("/api/specimens/he-tissue-a").json()
+    assert data["calibration"]["target_fmr"] == 0.05
+    assert "calibrated for FMR 0.05" in client.get("/specimens/he-tissue-a").text
+
+
+def test_upload_limit_holds_without_a_declared_length(enrolled):
+    """A chunked upload that never says how long it is still stops at the limit."""
+    client = TestClient(create_app(enrolled.db, max_upload=20_000), base_url="http://127.0.0.1")
+    data = (QUERIES.parent / "specimens" / "he-tissue-a" / "capture-1.png").read_bytes()
+    boundary = "specimenboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks():
+        for i in range(0, len(body), 4096):
+            yield body[i:i + 4096]
+
+    response = client.post("/api/query", content=chunks(),
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413
+    assert client.get("/api/history").json() == []

@@ -1,7 +1,8 @@
 """`calibrate`: choose a database's threshold from its own genuine and impostor scores.
 
 Genuine scores come from specimens with two or more captures (each capture queried against the
-others, itself left out) and, where those are too few, from simulated re-captures of enrolled
+others, itself left out), from logged decisions a person confirmed (and impostor scores from
+those they rejected), and, where those are too few, from simulated re-captures of enrolled
 images. Impostor scores are every other specimen's score in the same queries. The threshold is
 the lowest that keeps the impostor share at or under the target false-match rate (never under
 the shipped default when there are too few impostor scores to see that rate), and it is stored
@@ -35,10 +36,14 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
         counts[owner["specimen"]] = counts.get(owner["specimen"], 0) + 1
     if len(counts) < 2:
         raise DatabaseUnusable("calibration needs at least two enrolled specimens")
-    genuine, impostor, sources = [], [], {"repeat captures": 0, "simulated re-captures": 0}
+    genuine, impostor = [], []
+    sources = {"repeat captures": 0, "reviewed queries": 0, "simulated re-captures": 0}
+    for verdict, score_ in db.reviewed_scores(SCORE_KIND):
+        (genuine if verdict == "confirmed" else impostor).append(score_)
+        sources["reviewed queries"] += 1
     rng = np.random.default_rng(seed)
     repeats = [(cid, path) for cid, path in files if counts[owners[cid]["specimen"]] > 1]
-    simulate = max(0, min_genuine - len(repeats))
+    simulate = max(0, min_genuine - len(repeats) - len(genuine))
     simulated = [files[i] for i in np.resize(rng.permutation(len(files)), simulate)]
     top_k = min(len(counts), 20)
 

@@ -61,6 +61,14 @@ class Curation:
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
 
+    def reviewed_scores(self, score_kind: str) -> list[tuple[str, float]]:
+        """(latest verdict, score) of every reviewed `match` scored this way: a confirmed match
+        is a genuine score, a rejected one an impostor's."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT r.verdict, q.score FROM queries q JOIN reviews r ON r.query_id = q.id "
+            "WHERE q.score_kind = ? AND q.decision = 'match' AND r.id = "
+            "(SELECT MAX(id) FROM reviews WHERE query_id = q.id)", [score_kind])]
+
     def _free(self, name: str) -> None:
         if not name.strip():
             raise SpecimenIdError("a specimen name cannot be empty")

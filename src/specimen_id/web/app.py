@@ -92,9 +92,15 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.get("/specimens/{name}", response_class=HTMLResponse)
     @app.get("/api/specimens/{name}")
     def specimen(request: Request, name: str):
+        from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
+
         with database() as db:
             found = db.specimen(name)
-            data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"])}
+            stored = db.setting("threshold")
+            calibration = stored.get("calibration") if isinstance(stored, dict) else None
+            data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
+                    "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD),
+                    "calibration": calibration if db.threshold(SCORE_KIND, -1) != -1 else None}
         return data if api(request) else page(request, "specimen.html", specimen=data)
 
     @app.get("/images/{kind}/{uuid_}")

@@ -36,27 +36,34 @@ def _header(scope, name: bytes) -> str | None:
 class BodyLimit:
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+        self.message = f"upload larger than {max_bytes / 1e6:g} MB"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _reply(send, 413, f"upload larger than {self.max_bytes // 1_000_000} MB")
-        seen = 0
+            return await _reply(send, 413, self.message)
+        seen, refused = 0, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > self.max_bytes and not refused:
+                refused = True  # answer now, then stop the app reading any further
+                await _reply(send, 413, self.message)
                 raise UploadTooLarge()
             return message
 
+        async def unless_refused(message):
+            if not refused:  # the app may turn the interruption into a response of its own
+                await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, unless_refused)
         except UploadTooLarge:
-            await _reply(send, 413, f"upload larger than {self.max_bytes // 1_000_000} MB")
+            pass
 
 
 class UploadTooLarge(Exception):
