@@ -177,3 +177,46 @@ def test_upload_limit_holds_without_a_declared_length(enrolled):
                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert response.status_code == 413
     assert client.get("/api/history").json() == []
+
+
+def test_hostile_form_and_query_values_get_clean_answers(client, enrolled):
+    # thresholds outside 0..1 (and nan, inf) are refused before anything is logged
+    for bad in ("inf", "nan", "-1", "2"):
+        assert _upload(client, QUERIES / "recapture-he-tissue-a.jpg", f"/api/query?threshold={bad}").status_code == 422
+    assert client.get("/api/history").json() == []
+    # an upload named ".." is still just a file
+    odd = client.post("/api/enrol", data={"specimen": "odd"}, headers=SAME_SITE,
+                      files=[("files", ("..", (QUERIES / "never-enrolled-1.jpg").read_bytes()))])
+    assert odd.status_code == 200 and odd.json()["enrolled"] == 1
+    # names with slashes would make unreachable pages: refused everywhere
+    slash = client.post("/api/enrol", data={"specimen": "box/1"}, headers=SAME_SITE,
+                        files=[("files", ("a.jpg", (QUERIES / "never-enrolled-2.jpg").read_bytes()))])
+    assert slash.status_code == 400 and "slash" in slash.json()["error"]
+    assert client.post("/api/specimens/odd/rename", data={"new_name": "a/b"}, headers=SAME_SITE).status_code == 400
+    assert enrolled("enroll", "-s", "c/d", QUERIES / "never-enrolled-2.jpg").exit_code == 1
+    # a form with a field missing gets a page, not a JSON error
+    missing = client.post("/specimens/odd/rename", data={}, headers=SAME_SITE)
+    assert missing.status_code == 422 and "new_name" in missing.text and "<html" in missing.text
+    assert client.get("/api/history", params={"limit": 10**20}).status_code == 422
+
+
+def test_renames_and_merges_reach_past_results_and_keep_notes(client):
+    result = _upload(client, QUERIES / "recapture-he-tissue-a.jpg", "/api/query").json()
+    assert client.post("/api/specimens/he-tissue-a/edit", data={"metadata": "", "notes": "cracked"},
+                       headers=SAME_SITE).status_code == 200
+    client.post("/api/specimens/he-tissue-a/rename", data={"new_name": "slide-9"}, headers=SAME_SITE)
+    past = client.get(f"/api/queries/{result['query_id']}").json()
+    assert past["candidates"][0]["specimen"] == "slide-9"
+    assert 'value="slide-9"' in client.get(f"/queries/{result['query_id']}").text
+    client.post("/api/specimens/slide-9/merge", data={"into": " he-tissue-b "}, headers=SAME_SITE)
+    assert client.get(f"/api/queries/{result['query_id']}").json()["candidates"][0]["specimen"] == "he-tissue-b"
+    assert client.get("/api/specimens/he-tissue-b").json()["notes"] == "cracked"
+    client.post(f"/api/queries/{result['query_id']}/review", data={"verdict": "confirmed", "reviewer": "Smith|J"},
+                headers=SAME_SITE)
+    assert client.get(f"/api/queries/{result['query_id']}").json()["review"]["reviewer"] == "Smith|J"
+
+
+def test_a_non_ascii_token_is_refused_not_crashed(enrolled):
+    client = TestClient(create_app(enrolled.db, host="0.0.0.0", token="s3cret"), base_url="http://10.1.2.3")
+    assert client.get("/", params={"token": "é"}).status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer \xe9".encode("latin-1")}).status_code == 401

@@ -114,7 +114,7 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, queries, model, weight
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=click.IntRange(min=1), help="How many specimens to list.")
-@click.option("--threshold", type=float, help="Decision threshold for this query only.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Decision threshold for this query only.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, per line.")
 @_model_options
 @click.pass_context

@@ -12,12 +12,21 @@ from .settings import now
 VERDICTS = ("confirmed", "rejected")
 
 
+def check_name(name: str) -> None:
+    """Specimen names appear in URLs and folder names: not empty, no slash."""
+    if not name.strip():
+        raise SpecimenIdError("a specimen name cannot be empty")
+    if "/" in name or "\\" in name:
+        raise SpecimenIdError(f"specimen names cannot contain slashes: {name!r}")
+
+
 class Curation:
     def rename_specimen(self, name: str, new_name: str) -> None:
         specimen = self.specimen(name)
         self._free(new_name)
-        with self.db.atomic():
+        with self.writing(), self.db.atomic():
             self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
+            self._rename_in_logged_candidates(name, new_name)
 
     def merge_specimens(self, source: str, target: str) -> int:
         """Move every capture and query of `source` to `target`, then drop `source`; returns
@@ -25,18 +34,20 @@ class Curation:
         a, b = self.specimen(source), self.specimen(target)
         if a["id"] == b["id"]:
             raise SpecimenIdError(f"cannot merge {source!r} into itself")
-        with self.db.atomic():
+        notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
+        with self.writing(), self.db.atomic():
             moved = self.db.execute("UPDATE captures SET specimen_id = ? WHERE specimen_id = ?",
                                     [b["id"], a["id"]]).rowcount
             self.db.execute("UPDATE queries SET specimen_id = ? WHERE specimen_id = ?", [b["id"], a["id"]])
-            self.db.execute("UPDATE specimens SET metadata = ? WHERE id = ?",
-                            [json.dumps({**a["metadata"], **b["metadata"]}), b["id"]])
+            self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
+                            [json.dumps({**a["metadata"], **b["metadata"]}), notes, b["id"]])
             self.db.execute("DELETE FROM specimens WHERE id = ?", [a["id"]])
+            self._rename_in_logged_candidates(source, target)
         return moved
 
     def move_capture(self, capture_uuid: str, target: str) -> None:
         specimen = self.specimen(target)
-        with self.db.atomic():
+        with self.writing(), self.db.atomic():
             if not self.db.execute("UPDATE captures SET specimen_id = ? WHERE uuid = ?",
                                    [specimen["id"], capture_uuid]).rowcount:
                 raise SpecimenIdError(f"no capture {capture_uuid} (see `specimen-id show NAME`)")
@@ -69,8 +80,18 @@ class Curation:
             "WHERE q.score_kind = ? AND q.decision = 'match' AND r.id = "
             "(SELECT MAX(id) FROM reviews WHERE query_id = q.id)", [score_kind])]
 
+    def _rename_in_logged_candidates(self, old: str, new: str) -> None:
+        """Past results name their candidates; keep them pointing at the specimen as it is now
+        called (inside the caller's transaction)."""
+        for qid, text in self.db.execute("SELECT id, candidates FROM queries WHERE instr(candidates, ?)",
+                                         [json.dumps(old)]).fetchall():
+            candidates = json.loads(text)
+            for c in candidates:
+                if c.get("specimen") == old:
+                    c["specimen"] = new
+            self.db.execute("UPDATE queries SET candidates = ? WHERE id = ?", [json.dumps(candidates), qid])
+
     def _free(self, name: str) -> None:
-        if not name.strip():
-            raise SpecimenIdError("a specimen name cannot be empty")
+        check_name(name)
         if self.db.execute("SELECT 1 FROM specimens WHERE name = ?", [name]).fetchone():
             raise SpecimenIdError(f"a specimen named {name!r} exists already (merge them instead?)")

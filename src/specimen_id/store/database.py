@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseDamaged, DatabaseLocked, ImageRefused, UnknownSpecimen
-from .curation import Curation
+from .curation import Curation, check_name
 from .files import store_image, tree_size
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
@@ -117,6 +117,7 @@ class Database(Settings, Curation):
             try:
                 found = self.specimen(name)
             except UnknownSpecimen:
+                check_name(name)
                 self.db["specimens"].insert({"uuid": str(uuid.uuid4()), "name": name,
                                              "metadata": json.dumps(metadata or {}),
                                              "created_at": now()})
@@ -380,17 +381,14 @@ class Database(Settings, Curation):
         }
 
 
-# the latest review of a query, as "verdict|reviewer|time" (NULL when nobody reviewed it);
-# _decoded turns it into a dict
-_LATEST_REVIEW = ("(SELECT r.verdict || '|' || r.reviewer || '|' || r.created_at FROM reviews r "
-                  "WHERE r.query_id = q.id ORDER BY r.id DESC LIMIT 1) AS review")
+# the latest review of a query as JSON (NULL when nobody reviewed it)
+_LATEST_REVIEW = ("(SELECT json_object('verdict', r.verdict, 'reviewer', r.reviewer, 'at', r.created_at) "
+                  "FROM reviews r WHERE r.query_id = q.id ORDER BY r.id DESC LIMIT 1) AS review")
 
 
 def _decoded(row: dict) -> dict:
     """JSON columns back to Python values."""
-    for key in ("metadata", "exif", "candidates"):
+    for key in ("metadata", "exif", "candidates", "review"):
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
-    if isinstance(row.get("review"), str):
-        row["review"] = dict(zip(("verdict", "reviewer", "at"), row["review"].split("|", 2)))
     return row

@@ -9,7 +9,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -64,6 +65,14 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         if api(request):
             return JSONResponse({"error": str(error)}, status_code=status)
         return page(request, "error.html", status, message=str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_form(request: Request, error: RequestValidationError):
+        fields = ", ".join(str(e["loc"][-1]) for e in error.errors())
+        message = f"missing or invalid: {fields}"
+        if api(request):
+            return JSONResponse({"error": message}, status_code=422)
+        return page(request, "error.html", 422, message=message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -147,12 +156,12 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         return page(request, "query.html", result=result)
 
     @app.post("/api/query")
-    async def query_api(file: UploadFile, threshold: float | None = None):
+    async def query_api(file: UploadFile, threshold: float | None = Query(None, ge=0, le=1)):
         return await run_query(file, threshold)
 
     @app.get("/history", response_class=HTMLResponse)
     @app.get("/api/history")
-    def history(request: Request, limit: int = 500):
+    def history(request: Request, limit: int = Query(500, ge=1, le=100_000)):
         with database() as db:
             queries = db.queries(limit)
         if api(request):
@@ -230,7 +239,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for i, upload in enumerate(files):  # the original name, in a folder of its own
-                path = Path(tmp) / str(i) / Path(upload.filename or "upload").name
+                filename = Path(upload.filename or "").name
+                path = Path(tmp) / str(i) / (filename if filename not in ("", ".", "..") else "upload")
                 path.parent.mkdir()
                 path.write_bytes(await upload.read())
                 paths.append(path)
@@ -261,6 +271,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.post("/specimens/{name}/merge")
     @app.post("/api/specimens/{name}/merge")
     def merge(request: Request, name: str, into: str = Form()):
+        into = into.strip()
         with database() as db:
             moved = db.merge_specimens(name, into)
         return done(request, f"/specimens/{quote(into)}", {"specimen": into, "moved": moved})
@@ -268,6 +279,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.post("/captures/{uuid_}/move")
     @app.post("/api/captures/{uuid_}/move")
     def move(request: Request, uuid_: str, to: str = Form()):
+        to = to.strip()
         with database() as db:
             db.move_capture(uuid_, to)
         return done(request, f"/specimens/{quote(to)}", {"capture": uuid_, "specimen": to})
@@ -291,7 +303,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 raise HTTPException(404, "no such query") from None
             report = enroll(db, specimen, [path])
         if report.refused:
-            raise HTTPException(400, str(report.refused[0]))
+            raise HTTPException(400, report.refused[0].reason)
         return done(request, f"/specimens/{quote(specimen)}", {"specimen": specimen,
                                                                "enrolled": len(report.enrolled)})
 

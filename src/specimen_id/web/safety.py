@@ -93,7 +93,7 @@ class TokenRequired:
         cookie = SimpleCookie(_header(scope, b"cookie") or "").get("specimen_id_token")
         from_url = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
         for candidate in (offered, cookie.value if cookie else "", from_url):
-            if candidate and hmac.compare_digest(candidate, self.token):
+            if candidate and hmac.compare_digest(candidate.encode(), self.token.encode()):
                 break
         else:
             return await _reply(send, 401, "token required (open the page once with ?token=...)")
