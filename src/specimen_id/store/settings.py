@@ -40,14 +40,20 @@ class Settings:
         return self.setting("model_id")
 
     def threshold(self, score_kind: str, default: float) -> float:
-        """The threshold set for this kind of score; a threshold set for another kind (an
-        older scoring, another model's calibration) is never applied: the default is."""
+        """The threshold set for this kind of score, else the default."""
+        record = self.threshold_record(score_kind)
+        return float(record["value"]) if record else default
+
+    def threshold_record(self, score_kind: str) -> dict | None:
+        """The stored threshold (with its calibration facts) when it applies to this kind of
+        score and this database's model; a threshold set for another kind (an older scoring,
+        another model's calibration) is never applied."""
         stored = self.setting("threshold")
         # (a bare number is a cosine threshold from before scores had kinds)
         if isinstance(stored, dict) and stored["score_kind"] == score_kind \
                 and stored["model_id"] in (None, self.model_id):
-            return float(stored["value"])
-        return default
+            return stored
+        return None
 
     def set_threshold(self, value: float, score_kind: str, model_id: str | None = None, **facts) -> None:
         """Store a threshold for a kind of score (and, when calibrated, for one model)."""

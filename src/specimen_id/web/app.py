@@ -105,11 +105,9 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
         with database() as db:
             found = db.specimen(name)
-            stored = db.setting("threshold")
-            calibration = stored.get("calibration") if isinstance(stored, dict) else None
+            record = db.threshold_record(SCORE_KIND) or {"value": DEFAULT_THRESHOLD}
             data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
-                    "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD),
-                    "calibration": calibration if db.threshold(SCORE_KIND, -1) != -1 else None}
+                    "threshold": record["value"], "calibration": record.get("calibration")}
         return data if api(request) else page(request, "specimen.html", specimen=data)
 
     @app.get("/images/{kind}/{uuid_}")
