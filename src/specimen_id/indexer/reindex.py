@@ -13,8 +13,8 @@ from .enroll import BATCH
 
 def reindex(db, model: str | None = None, weights=None, progress: bool = False) -> int:
     """Embed all captures with `model` (default: the database's own), recompute their local
-    features, and switch the database to both in one transaction; returns the number of captures embedded. Nothing
-    changes if any managed image cannot be read."""
+    features, and switch the database to both in one transaction; returns the number of
+    captures embedded. Nothing changes if any managed image cannot be read."""
     embedder = embedder_for(db, model, weights, check=False)
     with db.writing():
         files = db.capture_files()

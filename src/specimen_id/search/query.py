@@ -19,31 +19,33 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
     """The top_k specimens for one query, best fused score first, with their evidence
     (captures in `exclude` left out: calibration queries a capture against the others)."""
     k = max(shortlist, top_k)
+    scored: dict[int, dict] = {}  # capture id -> candidate, kept when the search widens
     while True:
         similarities, ids = db.search(vector[None], k)
-        pairs = [(float(s), int(i)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
-        owners = db.capture_owners([i for _, i in pairs])
-        stored = db.local_features([i for _, i in pairs], local_features.FEATURE_VERSION)
-        best: dict[str, dict] = {}
+        found = [(float(s), int(i)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
+        pairs = [(s, cid) for s, cid in found if cid not in exclude]
+        fresh = [cid for _, cid in pairs if cid not in scored]
+        owners = db.capture_owners(fresh)
+        stored = db.local_features(fresh, local_features.FEATURE_VERSION)
         for similarity, cid in pairs:
-            owner = owners.get(cid)
-            if owner is None or cid in exclude:
+            if cid in scored or cid not in owners:
                 continue
             other = LocalFeatures.from_bytes(stored[cid]) if cid in stored else None
             check = local_features.verify(features, other) if other else None
             inliers, correlation = (check.inliers, check.correlation) if check else (0, 0.0)
             keypoints = min(len(features), len(other)) if other else 0
-            candidate = {"specimen": owner["specimen"],
-                         "score": fused(similarity, inliers, keypoints, correlation),
-                         "capture": owner["uuid"], "cnn_similarity": similarity,
-                         "inliers": inliers, "keypoints": keypoints, "correlation": correlation}
-            held = best.get(owner["specimen"])
-            if held is None or (candidate["score"], similarity) > (held["score"], held["cnn_similarity"]):
-                best[owner["specimen"]] = candidate
+            scored[cid] = {"specimen": owners[cid]["specimen"],
+                           "score": fused(similarity, inliers, keypoints, correlation),
+                           "capture": owners[cid]["uuid"], "cnn_similarity": similarity,
+                           "inliers": inliers, "keypoints": keypoints, "correlation": correlation}
+        # best capture first, so each specimen keeps the first (best) of its captures
+        ordered = sorted(scored.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))
+        best: dict[str, dict] = {}
+        for candidate in ordered:
+            best.setdefault(candidate["specimen"], candidate)
         # Many captures of few specimens can hide the k-th specimen: look further if so.
-        if len(best) >= top_k or len(pairs) < k:
-            ranked = sorted(best.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))
-            return ranked[:top_k]
+        if len(best) >= top_k or len(found) < k:
+            return list(best.values())[:top_k]
         k *= 4
 
 
