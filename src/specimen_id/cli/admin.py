@@ -1,0 +1,112 @@
+"""Looking after a database: info, settings, re-embedding, calibration, the web page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..store.settings import SETTINGS
+from .base import cli, model_options, open_db
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def info(ctx, as_json):
+    """Counts, model, threshold and sizes of the database."""
+    from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
+
+    db = open_db(ctx)
+    facts = {**db.info(), "score_kind": SCORE_KIND,
+             "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)}
+    if as_json:
+        click.echo(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v / 1e6:.1f} MB" if key == "bytes" else f"{k} {v}"
+                              for k, v in value.items())
+        click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("key", required=False, type=click.Choice(sorted(SETTINGS)))
+@click.argument("value", required=False)
+@click.pass_context
+def config(ctx, key, value):
+    """Show or set a setting: threshold (on the fused score), margin (lead needed over the
+    runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified)."""
+    from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
+
+    db = open_db(ctx)
+    if value is not None:
+        try:
+            parsed = SETTINGS[key](value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a {SETTINGS[key].__name__}") from None
+        if not (0 <= parsed <= 1 if key in ("threshold", "margin") else parsed >= 1):
+            raise click.BadParameter(f"{key} {value} is out of range")
+        if key == "threshold":
+            db.set_threshold(parsed, SCORE_KIND)
+        else:
+            db.set_setting(key, parsed)
+    for k in [key] if key else sorted(SETTINGS):
+        shown = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD) if k == "threshold" else db.setting(k)
+        click.echo(f"{k} = {shown}")
+
+
+@cli.command()
+@model_options
+@click.pass_context
+def reindex(ctx, model, weights):
+    """Re-embed every capture (with another --model, or the database's own)."""
+    from ..indexer import reindex as run_reindex
+
+    db = open_db(ctx)
+    count = run_reindex(db, model, weights, progress=True)
+    click.echo(f"re-embedded {count} capture(s) with {db.model_id}")
+
+
+@cli.command()
+@click.option("--fmr", type=click.FloatRange(0, 1, min_open=True), default=0.001, show_default=True,
+              help="Target false-match rate per comparison.")
+@click.option("--min-genuine", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Simulate re-captures of enrolled images until there are this many genuine scores.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (default: DB/calibration).")
+@click.pass_context
+def calibrate(ctx, fmr, min_genuine, out):
+    """Choose and store the threshold for a target false-match rate, with a report."""
+    from ..search import calibrate as run_calibrate
+
+    summary = run_calibrate(open_db(ctx), fmr, min_genuine, out, progress=True)
+    click.echo(f"threshold = {summary['threshold']:.4f} for FMR {fmr:g} "
+               f"(TAR {summary['tar']:.3f}; {summary['genuine']} genuine, "
+               f"{summary['impostor']} impostor scores); report: {summary['report']}")
+    if summary["resolvable_fmr"] > fmr:
+        click.echo(f"warning: {summary['impostor']} impostor scores cannot resolve FMR {fmr:g}; "
+                   "see the report", err=True)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; anything but loopback needs --token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", envvar="SPECIMEN_ID_TOKEN", help="Token every request must carry off loopback.")
+@click.pass_context
+def browse(ctx, host, port, token):
+    """Serve a web page to browse specimens, query by upload, and review past queries."""
+    import uvicorn
+
+    from ..models import embedder_for
+    from ..web import create_app
+
+    try:
+        app = create_app(ctx.find_root().obj, host, token)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    embedder_for(open_db(ctx))  # load the model now, so the first query is as fast as the rest
+    click.echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,64 @@
+"""The `specimen-id` command: thin over the core. Commands open the database, call the core,
+and print; domain errors become one line on stderr and an exit code:
+0 success, 1 a refused input or unknown specimen, 2 usage, 3 database unusable as asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import SpecimenIdError
+from ..models.backbones import MODEL_NAMES
+from ..store.database import DB_ENV, DEFAULT_DIR
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SpecimenIdError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except OSError as e:  # disk full, permissions: the database cannot be written as asked
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"error: {e.strerror or e}{where}; the database keeps what was committed "
+                       "before it: run the command again once this is fixed", err=True)
+            ctx.exit(3)
+
+
+@click.group(cls=_Group)
+@click.option("--db", "db_path", type=click.Path(path_type=Path), envvar=DB_ENV,
+              default=DEFAULT_DIR, show_default=True, show_envvar=True,
+              help="Database directory (created on first use).")
+@click.version_option(__version__, prog_name="specimen-id")
+@click.pass_context
+def cli(ctx, db_path):
+    """Identify microscope captures against enrolled reference specimens."""
+    ctx.obj = db_path
+
+
+def open_db(ctx):
+    from ..store import Database
+
+    db = Database(ctx.find_root().obj)
+    ctx.call_on_close(db.close)
+    return db
+
+
+def model_options(fn):
+    fn = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+                      help="Local weights file (state dict) for the model, e.g. when offline.")(fn)
+    return click.option("--model", type=click.Choice(MODEL_NAMES),
+                        help="Backbone (default: the database's, else efficientnet_lite0).")(fn)
+
+
+def parse_meta(ctx, param, values) -> dict:
+    meta = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx, param)
+        meta[key.strip()] = value
+    return meta

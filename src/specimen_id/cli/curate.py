@@ -1,0 +1,92 @@
+"""Browse and correct what is enrolled: list, show, remove, rename, merge, move, review."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .base import cli, open_db
+
+
+@cli.command(name="list")
+@click.pass_context
+def list_(ctx):
+    """Enrolled specimen names, one per line."""
+    for specimen in open_db(ctx).specimens():
+        click.echo(specimen["name"])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx, name, as_json):
+    """A specimen's metadata and captures."""
+    db = open_db(ctx)
+    specimen = db.specimen(name)
+    captures = db.captures(specimen["id"])
+    if as_json:
+        click.echo(json.dumps({**specimen, "captures": captures}))
+        return
+    click.echo(f"{specimen['name']}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
+    for key, value in specimen["metadata"].items():
+        click.echo(f"  {key} = {value}")
+    click.echo(f"  {len(captures)} capture(s):")
+    for c in captures:
+        click.echo(f"    {c['uuid']}  {c['original_name']}  {c['width']}x{c['height']} "
+                   f"{c['format']} {c['dtype']}  sha256 {c['file_sha256'][:12]}  {c['created_at']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def remove(ctx, name):
+    """Remove a specimen with its captures and embeddings."""
+    db = open_db(ctx)
+    with db.writing():
+        count = db.remove_specimen(name)
+        db.save_index()
+    click.echo(f"removed {name} and its {count} capture(s)")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("new_name")
+@click.pass_context
+def rename(ctx, name, new_name):
+    """Rename a specimen."""
+    open_db(ctx).rename_specimen(name, new_name)
+    click.echo(f"renamed {name} to {new_name}")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def merge(ctx, source, target):
+    """Merge specimen SOURCE into TARGET (captures, queries, metadata)."""
+    moved = open_db(ctx).merge_specimens(source, target)
+    click.echo(f"merged {source} into {target} ({moved} capture(s) moved)")
+
+
+@cli.command()
+@click.argument("capture")
+@click.argument("specimen")
+@click.pass_context
+def move(ctx, capture, specimen):
+    """Move a capture (by its id, see `show`) to another specimen."""
+    open_db(ctx).move_capture(capture, specimen)
+    click.echo(f"moved capture {capture} to {specimen}")
+
+
+@cli.command()
+@click.argument("query_id")
+@click.argument("verdict", type=click.Choice(["confirmed", "rejected"]))
+@click.option("--by", "reviewer", envvar="USER", required=True, help="Who reviews (default: $USER).")
+@click.option("--note", default="")
+@click.pass_context
+def review(ctx, query_id, verdict, reviewer, note):
+    """Confirm or reject a logged decision (kept for calibration)."""
+    open_db(ctx).review(query_id, verdict, reviewer, note)
+    click.echo(f"{verdict} query {query_id} by {reviewer}")

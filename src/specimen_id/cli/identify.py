@@ -1,0 +1,92 @@
+"""Enrol and query: the two commands a person at the microscope uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .base import cli, model_options, open_db, parse_meta
+
+
+@cli.command()
+@click.option("--specimen", "-s", metavar="NAME", help="Specimen the FILES are captures of.")
+@click.option("--folders", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Enrol every subfolder of this folder as a specimen named after it.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=parse_meta,
+              help="Specimen metadata (repeatable).")
+@click.option("--allow-duplicate", is_flag=True,
+              help="Enrol pixels even if another specimen already has them.")
+@click.option("--query", "queries", multiple=True, metavar="QUERY_ID",
+              help="Also enrol the image of this logged query (repeatable).")
+@model_options
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_context
+def enroll(ctx, specimen, folders, meta, allow_duplicate, queries, model, weights, files):
+    """Enrol FILES (or logged --query images) as captures of one specimen, or a folder of
+    specimen folders."""
+    from ..indexer import enroll_folders, folder_jobs
+
+    if bool(specimen) == bool(folders):
+        raise click.UsageError("give either --specimen NAME FILE... or --folders ROOT")
+    if specimen and not files and not queries:
+        raise click.UsageError("--specimen needs at least one FILE or --query")
+    if queries:
+        db = open_db(ctx)
+        try:
+            files = (*files, *(db.image_of("query", q) for q in queries))
+        except KeyError as e:
+            raise click.BadParameter(f"no logged query {e}", param_hint="--query") from None
+    if folders and files:
+        raise click.UsageError("--folders takes no FILE arguments")
+    if specimen is not None and not specimen.strip():
+        raise click.BadParameter("the specimen name is empty", param_hint="--specimen")
+    jobs = folder_jobs(folders) if folders else [(specimen.strip(), list(files))]
+    report = enroll_folders(open_db(ctx), jobs, meta, model=model, weights=weights,
+                            allow_duplicate=allow_duplicate, progress=True)
+    for error in report.refused:
+        click.echo(f"refused: {error}", err=True)
+    for path, same in report.skipped:
+        if same == "pixels":  # a same-file re-run is the expected no-op; this is news
+            click.echo(f"skipped: {path}: same pixels as a capture already enrolled there", err=True)
+    click.echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "
+               f"(already enrolled), refused {len(report.refused)}")
+    ctx.exit(1 if report.refused else 0)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(min=1), help="How many specimens to list.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Decision threshold for this query only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, per line.")
+@model_options
+@click.pass_context
+def query(ctx, files, top_k, threshold, as_json, model, weights):
+    """Which enrolled specimen is each FILE?"""
+    from ..search import query as run_query
+
+    refused = False
+    for result in run_query(open_db(ctx), files, top_k, threshold, model=model, weights=weights):
+        refused |= result["decision"] == "refused"
+        if as_json:
+            click.echo(json.dumps(result))
+        elif result["decision"] == "refused":
+            click.echo(f"refused: {result['error']}", err=True)
+        else:
+            click.echo(_format_result(result))
+    ctx.exit(1 if refused else 0)
+
+
+def _format_result(result: dict) -> str:
+    head = f"{result['query']}: {result['decision']}"
+    if result["specimen"]:
+        head += f" {result['specimen']}"
+    lines = [f"{head} (score {result['score']:.3f}, threshold {result['threshold']:.3f})"]
+    for copy in result.get("exact", []):
+        lines.append(f"  same {copy['same']} as capture {copy['capture']} of {copy['specimen']}")
+    width = max((len(c["specimen"]) for c in result["candidates"]), default=0)
+    for i, c in enumerate(result["candidates"], 1):
+        lines.append(f"  {i:>2}. {c['specimen']:<{width}}  {c['score']:.3f}  (cnn {c['cnn_similarity']:.3f}, "
+                     f"{c['inliers']} inliers)  capture {c['capture']}")
+    return "\n".join(lines)
