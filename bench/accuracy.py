@@ -267,17 +267,10 @@ def baseline_rates(per_query, truths):
 def baselines(jobs, queries, embedder):
     """Per query index: [(specimen, similarity)] best first, for each baseline method."""
     import imagehash
-    import torch
     from PIL import Image
 
-    from specimen_id.models.preprocess import to_batch
-
     def gap(pixels):
-        bb = embedder.backbone
-        with torch.inference_mode():
-            fmap = bb.trunk(torch.from_numpy(to_batch([pixels], bb.input_size, bb.mean, bb.std)))
-        v = fmap.mean(dim=(2, 3))[0].numpy()
-        return v / np.linalg.norm(v)
+        return gap_vector(embedder, pixels)
 
     enrolled = [(name, p) for name, paths in jobs.items() for p in paths]
     decoded = {p: images.load(p) for _, p in enrolled}
@@ -302,19 +295,15 @@ def baselines(jobs, queries, embedder):
     return out
 
 
+def gap_vector(embedder, pixels) -> np.ndarray:
+    """The plain baseline: the same network's feature map, global-average pooled."""
+    v = embedder.trunk(embedder.preprocess(pixels)[None])[0].mean(axis=(1, 2))
+    return v / np.linalg.norm(v)
+
+
 def lookalike_fields(originals, queries, enrolled, embedder):
     """Queried fields with another enrolled field that the plain CNN finds this alike."""
-    import torch
-
-    from specimen_id.models.preprocess import to_batch
-
-    bb = embedder.backbone
-    vectors = []
-    for o in originals:
-        with torch.inference_mode():
-            v = bb.trunk(torch.from_numpy(to_batch([o], bb.input_size, bb.mean, bb.std))).mean(dim=(2, 3))[0].numpy()
-        vectors.append(v / np.linalg.norm(v))
-    vectors = np.array(vectors)
+    vectors = np.array([gap_vector(embedder, o) for o in originals])
     sims = vectors @ vectors.T
     query_rows = [i for _, i, _ in queries]
     enrolled_rows = [i for g, i, _ in queries if enrolled[g]]

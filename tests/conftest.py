@@ -1,13 +1,19 @@
 """Shared fixtures: the repository's sample images, real databases in tmp_path, and a CLI
 runner. Models are loaded once per session by specimen_id itself (its in-process cache)."""
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from specimen_id.cli import cli
+
+# Converted networks are cached per user; the suite starts from an empty cache of its own so
+# that it exercises the conversion, and its subprocesses share it.
+os.environ["SPECIMEN_ID_CACHE"] = tempfile.mkdtemp(prefix="specimen-id-cache-")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SPECIMENS = DATA / "specimens"

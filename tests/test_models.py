@@ -128,3 +128,36 @@ def test_importing_the_package_loads_no_torch():
             "heavy = {'torch', 'faiss', 'cv2', 'timm'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_openvino_runtime_gives_pytorch_answers_on_real_captures():
+    """The fast runtime is a faster way to the same vectors: on the sample captures each
+    embedding matches PyTorch's to cosine >= 0.9999 and ranks the captures the same way."""
+    import cv2
+
+    from conftest import QUERIES, SPECIMENS
+
+    paths = sorted(SPECIMENS.rglob("*.*"))[:6] + sorted(QUERIES.glob("*.jpg"))[:4]
+    pixels = [cv2.imread(str(p)) for p in paths]
+    fast = load_embedder(runtime="openvino").embed(pixels)
+    reference = load_embedder(runtime="torch").embed(pixels)
+    assert np.min(np.sum(fast * reference, axis=1)) >= 0.9999
+    np.testing.assert_array_equal(np.argsort(-fast @ fast.T, axis=1)[:, :3],
+                                  np.argsort(-reference @ reference.T, axis=1)[:, :3])
+
+
+def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    from specimen_id.models import Embedder
+
+    monkeypatch.setenv("SPECIMEN_ID_CACHE", str(tmp_path))
+    backbone = load_backbone()
+    image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    first = Embedder(backbone).embed([image])
+    (xml,) = (tmp_path / "openvino").glob("*.xml")
+    assert xml.with_suffix(".bin").stat().st_size > 12e6  # float32 weights (3.4M), not fp16
+    stamp = xml.stat().st_mtime_ns
+    np.testing.assert_array_equal(Embedder(backbone).embed([image]), first)
+    assert xml.stat().st_mtime_ns == stamp  # read back, not converted again
+    xml.write_text("<net damaged")
+    np.testing.assert_array_equal(Embedder(backbone).embed([image]), first)
+    assert "damaged" not in xml.read_text()[:100]

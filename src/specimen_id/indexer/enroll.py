@@ -1,5 +1,6 @@
-"""Enrolling captures of specimens: decode, embed in batches, store each batch in one
-transaction, save the index once at the end. A refused file never stops the batch."""
+"""Enrolling captures of specimens: decode and extract features ahead in worker threads (see
+pipeline.py), embed in batches, store each batch in one transaction, save the index once at
+the end. A refused file never stops the batch."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from .. import images, local_features
 from ..errors import DuplicateContent, ImageRefused, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
+from .pipeline import evidence, prepare
 
-BATCH = 16
+BATCH = 16  # captures per transaction: a kill loses at most this much work
 
 
 @dataclass
@@ -49,13 +51,14 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     report = EnrolReport()
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
+        known = db.enrolled_file_hashes()  # a re-run skips these without extracting features
         for name, paths in jobs:
-            report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar))
+            report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar))
         db.save_index()
     return report
 
 
-def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar) -> EnrolReport:
+def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar) -> EnrolReport:
     report = EnrolReport()
     try:
         db.specimen(name)
@@ -64,28 +67,38 @@ def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, bar) -> En
     except UnknownSpecimen:
         pass  # created with its first capture, in the same transaction
     seen = {"file": set(), "pixels": set()}  # what this run has enrolled already
-    for start in range(0, len(paths), BATCH):
-        chunk, batch = paths[start:start + BATCH], []
-        for path in chunk:
-            try:
-                capture = images.load(path)
-                same = _already_enrolled(db, capture, name, seen, allow_duplicate)
-            except ImageRefused as e:
-                report.refused.append(e)
-                continue
-            if same:
-                report.skipped.append((str(path), same))
-                continue
-            seen["file"].add(capture.file_sha256)
-            seen["pixels"].add(capture.pixel_sha256)
-            batch.append(capture)
-        if batch:
-            vectors = embedder.embed([c.pixels for c in batch])
-            features = [local_features.extract(c.pixels).to_bytes() for c in batch]
-            db.add_captures(name, metadata, batch, vectors, embedder.model_id, features,
-                            local_features.FEATURE_VERSION)
-            report.enrolled += [c.name for c in batch]
-        bar.update(len(chunk))
+    batch = []
+
+    def store():
+        vectors, features = evidence(embedder, batch)
+        db.add_captures(name, metadata, [p.capture for p in batch], vectors, embedder.model_id,
+                        features, local_features.FEATURE_VERSION)
+        report.enrolled.extend(p.capture.name for p in batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    for prepared in prepare(paths, images.load, embedder,
+                            wanted=lambda c: c.file_sha256 not in known):
+        capture = prepared.capture
+        try:
+            if prepared.error:
+                raise prepared.error
+            same = _already_enrolled(db, capture, name, seen, allow_duplicate)
+        except ImageRefused as e:
+            report.refused.append(e)
+            bar.update(1)
+            continue
+        if same:
+            report.skipped.append((str(prepared.item), same))
+            bar.update(1)
+            continue
+        seen["file"].add(capture.file_sha256)
+        seen["pixels"].add(capture.pixel_sha256)
+        batch.append(prepared)
+        if len(batch) == BATCH:
+            store()
+    if batch:
+        store()
     return report
 
 

@@ -3,12 +3,15 @@ of preprocessing or local-feature recipe."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import local_features
 from ..models import embedder_for
 from ..progress import progress_bar
 from .enroll import BATCH
+from .pipeline import evidence, prepare
 
 
 def reindex(db, model: str | None = None, weights=None, progress: bool = False) -> int:
@@ -19,15 +22,27 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
     with db.writing():
         files = db.capture_files()
         vectors = np.empty((len(files), embedder.dim), np.float32)
-        features = []
+        features, batch = [], []
+
+        def embed():
+            done = len(features)
+            vectors[done:done + len(batch)], more = evidence(embedder, batch)
+            features.extend(more)
+            bar.update(len(batch))
+            batch.clear()
+
         with progress_bar(len(files), "reindex", progress) as bar:
-            for start in range(0, len(files), BATCH):
-                chunk = files[start:start + BATCH]
-                pixels = [db.capture_pixels(path) for _, path in chunk]
-                vectors[start:start + len(chunk)] = embedder.embed(pixels)
-                features += [local_features.extract(p).to_bytes() for p in pixels]
-                bar.update(len(chunk))
+            for prepared in prepare(files, lambda file: _Managed(db.capture_pixels(file[1])), embedder):
+                batch.append(prepared)
+                if len(batch) == BATCH:
+                    embed()
+            if batch:
+                embed()
         db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors, features,
                               local_features.FEATURE_VERSION, embedder.name, embedder.weights_path)
         db.save_index()
     return len(files)
+
+
+class _Managed(NamedTuple):
+    pixels: np.ndarray

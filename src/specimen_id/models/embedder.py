@@ -8,60 +8,63 @@ import numpy as np
 
 from ..local_features import FEATURE_VERSION
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .preprocess import GEM_P, PREPROCESS_VERSION, to_batch
+from .preprocess import GEM_P, PREPROCESS_VERSION, to_input
+from .runtime import compile_trunk
+
+# Images per forward pass. Measured on 2 cores (bench/speed.py, OpenVINO): 4 beats 1 (less
+# per-call overhead) and 8+ (activations fall out of cache).
+BATCH = 4
 
 
 class Embedder:
     """A backbone's GeM-pooled feature map as a unit vector. Inner product of two embeddings is their
     cosine similarity, which is what the FAISS index ranks by."""
 
-    def __init__(self, backbone: Backbone, weights_path: Path | None = None):
-        import torch
-
+    def __init__(self, backbone: Backbone, weights_path: Path | None = None,
+                 runtime: str | None = None):
         self.backbone = backbone
         self.weights_path = weights_path  # the explicit weights file, None for the default
         self.name = backbone.name
         # name, weights and the whole recipe from pixels to stored evidence (CNN input and
-        # pooling, local features): a database never mixes two model_ids.
+        # pooling, local features): a database never mixes two model_ids. The runtime is not
+        # part of it: both give the same vectors to within 1e-5.
         self.model_id = (f"{backbone.name}:{backbone.weights_sha256[:16]}:"
                          f"p{PREPROCESS_VERSION}+{FEATURE_VERSION}")
-        # channels-last is faster for these depthwise/1x1-heavy CPU graphs, same answers.
-        backbone.net.to(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            probe = torch.zeros(1, 3, backbone.input_size, backbone.input_size)
-            self.dim = int(backbone.trunk(probe).shape[1])
+        self.trunk = compile_trunk(backbone, runtime)
+        probe = np.zeros((1, 3, backbone.input_size, backbone.input_size), np.float32)
+        self.dim = int(self.trunk(probe).shape[1])
 
-    def embed(self, pixel_list, batch_size: int = 1) -> np.ndarray:
-        """Decoded captures (any dtype/channels, see preprocess) to an (n, dim) float32 array.
-        Batch 1 is fastest on a small CPU (measured on 2 cores: 67 images/s at 1, 58 at 8,
-        45 at 32): the per-image activations stay in cache."""
-        import torch
-
-        out = np.empty((len(pixel_list), self.dim), np.float32)
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        """A decoded capture (any dtype/channels, see preprocess) to the network's input."""
         bb = self.backbone
-        for start in range(0, len(pixel_list), batch_size):
-            batch = to_batch(pixel_list[start:start + batch_size], bb.input_size, bb.mean, bb.std)
-            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                fmap = bb.trunk(x)
-            pooled = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1 / GEM_P)
-            out[start:start + len(batch)] = pooled.numpy()
+        return to_input(pixels, bb.input_size, bb.mean, bb.std)
+
+    def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """(n, 3, size, size) network inputs to (n, dim) unit float32 vectors (GeM pooled)."""
+        out = np.empty((len(inputs), self.dim), np.float32)
+        for start in range(0, len(inputs), BATCH):
+            fmap = np.maximum(self.trunk(inputs[start:start + BATCH]), 1e-6)
+            out[start:start + BATCH] = np.mean(fmap ** GEM_P, axis=(2, 3)) ** (1 / GEM_P)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
+    def embed(self, pixel_list) -> np.ndarray:
+        """Decoded captures to an (n, dim) float32 array of unit vectors."""
+        return self.embed_inputs(np.stack([self.preprocess(p) for p in pixel_list]))
 
-def load_embedder(name: str = DEFAULT_MODEL, weights=None) -> Embedder:
-    """A ready embedder; kept per (model, weights file) so that a long-lived process (tests,
-    the web app, the Python API) loads each model once."""
-    key = (name, None)
+
+def load_embedder(name: str = DEFAULT_MODEL, weights=None, runtime: str | None = None) -> Embedder:
+    """A ready embedder; kept per (model, weights file, runtime) so that a long-lived process
+    (tests, the web app, the Python API) loads each model once."""
+    key = (name, runtime, None)
     if weights is not None and Path(weights).is_file():
         weights = Path(weights).resolve()
         stat = weights.stat()
-        key = (name, str(weights), stat.st_size, stat.st_mtime_ns)
+        key = (name, runtime, str(weights), stat.st_size, stat.st_mtime_ns)
     elif weights is not None:
         return Embedder(load_backbone(name, weights))  # raises the clear "no such file" error
     if key not in _loaded:
-        _loaded[key] = Embedder(load_backbone(name, weights), weights)
+        _loaded[key] = Embedder(load_backbone(name, weights), weights, runtime)
     return _loaded[key]
 
 

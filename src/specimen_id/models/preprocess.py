@@ -39,12 +39,10 @@ def to_rgb8(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def to_batch(pixel_list, size: int, mean, std) -> np.ndarray:
-    """Captures to one float32 NCHW batch, normalised per channel."""
+def to_input(pixels: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """One capture to a CHW float32 array, normalised per channel."""
     import cv2
 
-    batch = np.empty((len(pixel_list), size, size, 3), np.float32)
-    for i, pixels in enumerate(pixel_list):
-        batch[i] = cv2.resize(to_rgb8(pixels), (size, size), interpolation=cv2.INTER_AREA)
-    batch = (batch / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return batch.transpose(0, 3, 1, 2)
+    rgb = cv2.resize(to_rgb8(pixels), (size, size), interpolation=cv2.INTER_AREA)
+    x = (rgb.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return x.transpose(2, 0, 1)

@@ -155,6 +155,9 @@ class Database(Settings, Curation):
             "JOIN specimens s ON s.id = c.specimen_id WHERE c.file_sha256 = ? OR c.pixel_sha256 = ?",
             [file_sha256, pixel_sha256]))
 
+    def enrolled_file_hashes(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT file_sha256 FROM captures")}
+
     def add_captures(self, specimen_name: str, metadata: dict | None, captures, vectors: np.ndarray,
                      model_id: str, features: list[bytes], feature_version: str) -> list[int]:
         """Store captures of a specimen (created if new) with their embeddings and local

@@ -1,0 +1,69 @@
+"""The enrolment pipeline: while the caller embeds one batch and writes it to the database,
+worker threads read, decode, hash and extract the local features of the captures ahead.
+
+Threads rather than processes: OpenCV (decode, SIFT, resize), hashlib and OpenVINO release the
+GIL for their heavy work, and captures need not be pickled between processes. Results come
+back in input order, so duplicate checks and the database see the files as the user listed them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+
+from .. import local_features
+from ..errors import ImageRefused
+
+
+@dataclass
+class Prepared:
+    item: object  # what the caller asked for (a path, a capture id…)
+    capture: object = None  # whatever `load` returned; it has `.pixels`
+    error: ImageRefused | None = None
+    features: bytes | None = None  # local features, serialised
+    cnn_input: np.ndarray | None = None  # CHW float32, ready for the network
+
+    def complete(self, embedder) -> "Prepared":
+        """Compute what a worker skipped (see `wanted` in `prepare`)."""
+        if self.features is None:
+            self.features = local_features.extract(self.capture.pixels).to_bytes()
+        if self.cnn_input is None:
+            self.cnn_input = embedder.preprocess(self.capture.pixels)
+        return self
+
+
+def prepare(items, load, embedder, wanted=lambda capture: True, workers: int | None = None):
+    """Yield a Prepared per item, in order. `load(item)` reads and decodes (raising
+    ImageRefused for a bad file); features and CNN input are computed ahead only for captures
+    `wanted` says are likely to be stored (a re-run's already-enrolled files are not)."""
+    workers = workers or os.cpu_count() or 2
+    ahead = 4 * workers  # bounds memory: at most this many decoded captures wait
+
+    def work(item) -> Prepared:
+        try:
+            capture = load(item)
+        except ImageRefused as e:
+            return Prepared(item, error=e)
+        done = Prepared(item, capture)
+        return done.complete(embedder) if wanted(capture) else done
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
+        items = iter(items)
+        pending = deque(pool.submit(work, item) for item in islice(items, ahead))
+        while pending:
+            result = pending.popleft().result()
+            for item in islice(items, 1):
+                pending.append(pool.submit(work, item))
+            yield result
+
+
+def evidence(embedder, batch: list[Prepared]) -> tuple[np.ndarray, list[bytes]]:
+    """Embeddings and local features of a batch of prepared captures."""
+    for p in batch:
+        p.complete(embedder)
+    return embedder.embed_inputs(np.stack([p.cnn_input for p in batch])), [p.features for p in batch]
