@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..store.settings import SETTINGS
+from ..store.settings import SETTINGS, parse_setting
 from .base import cli, model_options, open_db
 
 
@@ -37,19 +37,22 @@ def info(ctx, as_json):
 @click.pass_context
 def config(ctx, key, value):
     """Show or set a setting: threshold (on the fused score), margin (lead needed over the
-    runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified)."""
+    runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified),
+    index (auto, flat, ivf, hnsw or compact)."""
     from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
 
     db = open_db(ctx)
     if value is not None:
         try:
-            parsed = SETTINGS[key](value)
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a {SETTINGS[key].__name__}") from None
-        if not (0 <= parsed <= 1 if key in ("threshold", "margin") else parsed >= 1):
-            raise click.BadParameter(f"{key} {value} is out of range")
+            parsed = parse_setting(key, value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
         if key == "threshold":
             db.set_threshold(parsed, SCORE_KIND)
+        elif key == "index":
+            with db.writing():  # build the new kind now, not in the next query
+                db.set_setting(key, parsed)
+                db.save_index()
         else:
             db.set_setting(key, parsed)
     for k in [key] if key else sorted(SETTINGS):

@@ -27,7 +27,7 @@ from .curation import Curation, check_name
 from .files import store_image, tree_size
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
-from .vectors import VectorIndex
+from .vectors import VectorIndex, chosen_kind
 
 DB_ENV = "SPECIMEN_ID_DB"
 DEFAULT_DIR = "specimen-db"
@@ -203,9 +203,10 @@ class Database(Settings, Curation):
             self.db.execute("DELETE FROM captures WHERE specimen_id = ?", [specimen["id"]])
             self.db.execute("DELETE FROM specimens WHERE id = ?", [specimen["id"]])
             generation = self._bump_generation(self.model_id, None)
-        if index is not None and index.generation == generation - 1:
-            index.remove(ids)
+        if index is not None and index.generation == generation - 1 and index.remove(ids):
             index.generation = generation
+        else:
+            self._index = None
         self._delete_unreferenced_images({c["image_path"] for c in captures})
         return len(ids)
 
@@ -276,7 +277,7 @@ class Database(Settings, Curation):
             generation, model_id = self.generation, self.model_id
             dim = int(self.setting("embedding_dim", 1))
             ids, vectors = self.embeddings(model_id, dim)
-        index = VectorIndex.build(ids, vectors, generation, model_id, dim)
+        index = VectorIndex.build(ids, vectors, generation, model_id, dim, self.setting("index"))
         from filelock import Timeout
 
         try:
@@ -288,8 +289,12 @@ class Database(Settings, Curation):
         return index
 
     def save_index(self) -> None:
-        """Write the current index file (call under `writing()`, after a change)."""
+        """Write the current index file (call under `writing()`, after a change); an index
+        that has grown past its kind (see vectors.chosen_kind) is rebuilt here, by the
+        writer, never by a reader."""
         index = self.index()
+        if index is not None and index.kind != chosen_kind(self.setting("index"), len(index)):
+            index = self._index = self._rebuild_index()
         if index is not None:
             index.save(self.index_path)
 
@@ -302,7 +307,21 @@ class Database(Settings, Curation):
         index = self.index()
         if index is None or not len(index):
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
-        return index.search(vectors, k)
+        scores, ids = index.search(vectors, index.candidates(k))
+        if not index.exact_scores:  # the compact index estimates; the stored vectors know
+            for row, vector in enumerate(np.asarray(vectors, np.float32)):
+                stored = self.vectors_of(ids[row], index.model_id, index.dim)
+                scores[row] = [stored[i] @ vector if i in stored else -1.0 for i in ids[row]]
+            order = np.argsort(-scores, axis=1, kind="stable")
+            scores, ids = np.take_along_axis(scores, order, 1)[:, :k], np.take_along_axis(ids, order, 1)[:, :k]
+        return scores, ids
+
+    def vectors_of(self, ids, model_id: str, dim: int) -> dict[int, np.ndarray]:
+        ids = [int(i) for i in ids if i >= 0]
+        rows = self.db.execute(
+            f"SELECT capture_id, vector FROM embeddings WHERE model_id = ? AND capture_id IN "
+            f"({','.join('?' * len(ids))})", [model_id, *ids]).fetchall() if ids else []
+        return {cid: np.frombuffer(blob, np.float32, dim) for cid, blob in rows}
 
     def local_features(self, ids, version: str) -> dict[int, bytes]:
         """capture id -> stored local features of that version."""

@@ -12,8 +12,23 @@ from ..errors import ModelMismatch
 
 # Settings a user may change with `config`, their types and defaults. The threshold is kept
 # with the kind of score it applies to (see `threshold`).
-SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int}
-DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100}
+SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int, "index": str}
+DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100, "index": "auto"}
+
+
+def parse_setting(key: str, text: str):
+    """A user's value for a setting, checked; ValueError says what is wrong."""
+    from .vectors import INDEX_KINDS
+
+    try:
+        value = SETTINGS[key](text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a {SETTINGS[key].__name__}") from None
+    if key == "index" and value not in INDEX_KINDS:
+        raise ValueError(f"index {text!r} is not one of {', '.join(INDEX_KINDS)}")
+    if key in ("threshold", "margin") and not 0 <= value <= 1 or key in ("top_k", "shortlist") and value < 1:
+        raise ValueError(f"{key} {text} is out of range")
+    return value
 
 
 def now() -> str:
