@@ -37,7 +37,8 @@ def info(ctx, as_json):
 @click.pass_context
 def config(ctx, key, value):
     """Show or set a setting: threshold (on the fused score), margin (lead needed over the
-    runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified)."""
+    runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified), and
+    the quality gate's min_focus, max_dark_clipped, max_bright_clipped, min_side."""
     from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
 
     db = open_db(ctx)
@@ -46,7 +47,8 @@ def config(ctx, key, value):
             parsed = SETTINGS[key](value)
         except ValueError:
             raise click.BadParameter(f"{value!r} is not a {SETTINGS[key].__name__}") from None
-        if not (0 <= parsed <= 1 if key in ("threshold", "margin") else parsed >= 1):
+        shares = ("threshold", "margin", "max_dark_clipped", "max_bright_clipped")
+        if not (0 <= parsed <= 1 if key in shares else parsed >= 0 if key == "min_focus" else parsed >= 1):
             raise click.BadParameter(f"{key} {value} is out of range")
         if key == "threshold":
             db.set_threshold(parsed, SCORE_KIND)

@@ -9,11 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ModelMismatch
+from ..quality import LIMITS
 
 # Settings a user may change with `config`, their types and defaults. The threshold is kept
 # with the kind of score it applies to (see `threshold`).
-SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int}
-DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100}
+# The quality gate's limits are settings too (quality.py says how their defaults were chosen).
+SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int,
+            **{key: type(value) for key, value in LIMITS.items()}}
+DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100, **LIMITS}
 
 
 def now() -> str:
