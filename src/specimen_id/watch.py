@@ -10,7 +10,7 @@ A file is ready when its size and mtime have not changed for `settle` polls; it 
 once, hashed (sha256 of the bytes: camera apps reuse names, content is what counts) and
 decoded. Content already handled (recorded in the database's `watched` table) is skipped. A
 file that does not decode yet is given `patience` more polls, unchanged, before it is refused
-as damaged: a writer may pause mid-file."""
+(a writer may pause mid-file), so a non-image is reported after that wait too."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
-from .errors import DamagedImage, ImageRefused
+from .errors import ImageRefused
 
 
 @dataclass
@@ -84,11 +84,11 @@ class Watcher:
             return 1
         try:
             capture = images.decode(data, str(path))
-        except DamagedImage as e:
-            if seen.stable < self.settle + self.patience:
-                return 0  # perhaps still being written: ask again at the next poll
-            return self._record(seen, digest, path, "refused", f"refused: {e}")
         except ImageRefused as e:
+            # A PNG or TIFF cut short may not even show a whole header yet: any refusal may
+            # be a writer still at work, so the file gets `patience` unchanged polls first.
+            if seen.stable < self.settle + self.patience:
+                return 0
             return self._record(seen, digest, path, "refused", f"refused: {e}")
         outcome, line = self.act(capture, path)
         return self._record(seen, digest, path, outcome, line)
