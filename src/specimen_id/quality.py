@@ -12,13 +12,13 @@ import numpy as np
 
 # Limits, stored as database settings (`specimen-id config`), chosen from the real data: the 16
 # images in data/ and the 664 DSB 2018 fields in ../shared/data (fluorescence, brightfield,
-# H&E). Focus (on a 0..255 scale) of those real fields: 12.0 at the lowest, 30 at the 5th
+# H&E). Focus (on a 0..255 scale) of those 680 real fields: 12.0 at the lowest, 30 at the 5th
 # percentile, 104 median. Blurred by a Gaussian of sigma 1.5 / 2 / 3 px: medians 15 / 12 / 8.7,
-# so a limit of 10 refuses none of the real fields and about a quarter / 40 % / 60 % of the
-# blurred ones (sparse fields hold little detail even when sharp: focus alone cannot tell them
-# from blurred dense ones). Up to 86 % black pixels is normal in fluorescence (a black
-# background): only a nearly all-black field is refused. Saturated pixels: at most 3.0 % in
-# the real fields, while half of them scaled by a gain of 3 exceed 0.6 % and a quarter 100 %.
+# so a limit of 10 refuses none of the real fields and 24 / 41 / 58 % of the blurred ones
+# (sparse fields hold little detail even when sharp: focus alone cannot tell them from blurred
+# dense ones). Up to 86 % black pixels is normal in fluorescence (a black background): only a
+# nearly all-black field is refused. Saturated pixels: at most 3.0 % in the real fields;
+# scaled by a gain of 3, 25 % of them exceed the 5 % limit (dim fields stay unsaturated).
 LIMITS = {"min_focus": 10.0, "max_dark_clipped": 0.95, "max_bright_clipped": 0.05, "min_side": 64}
 SIDE = 512
 
