@@ -9,11 +9,10 @@ import time
 
 import pytest
 import uvicorn
+from conftest import QUERIES
 from playwright.sync_api import expect, sync_playwright
 
 from specimen_id.web import create_app
-
-from conftest import QUERIES
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -4,7 +4,6 @@ import json
 import sqlite3
 
 import pytest
-
 from conftest import QUERIES, SPECIMENS
 
 NAMES = sorted(p.name for p in SPECIMENS.iterdir())

@@ -6,13 +6,12 @@ import sqlite3
 
 import cv2
 import numpy as np
+from conftest import QUERIES, SPECIMENS
 from PIL import Image, PngImagePlugin
 
 from specimen_id import images, local_features
 from specimen_id.local_features import LocalFeatures
 from specimen_id.search.score import DEFAULT_THRESHOLD, SCORE_KIND, fused
-
-from conftest import QUERIES, SPECIMENS
 
 NAMES = sorted(p.name for p in SPECIMENS.iterdir())
 

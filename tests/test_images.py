@@ -8,12 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import SPECIMENS
 from PIL import Image, ImageOps
 
 from specimen_id import images
 from specimen_id.errors import DamagedImage, ImageTooLarge, NotAnImage
-
-from conftest import SPECIMENS
 
 FIELD = SPECIMENS / "he-tissue-a" / "capture-1.png"
 

@@ -5,12 +5,17 @@ import json
 
 import numpy as np
 import pytest
+from conftest import QUERIES
 
 from specimen_id.store import Database
-from specimen_id.store.vectors import (COMPACT_DIM, FLAT_MAX, MIN_TRAINED, VectorIndex, chosen_kind,
-                                       recall_at)
-
-from conftest import QUERIES
+from specimen_id.store.vectors import (
+    COMPACT_DIM,
+    FLAT_MAX,
+    MIN_TRAINED,
+    VectorIndex,
+    chosen_kind,
+    recall_at,
+)
 
 
 def _clustered(n: int, dim: int = 1280, seed: int = 0) -> np.ndarray:

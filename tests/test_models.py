@@ -134,7 +134,6 @@ def test_openvino_runtime_gives_pytorch_answers_on_real_captures():
     """The fast runtime is a faster way to the same vectors: on the sample captures each
     embedding matches PyTorch's to cosine >= 0.9999 and ranks the captures the same way."""
     import cv2
-
     from conftest import QUERIES, SPECIMENS
 
     paths = sorted(SPECIMENS.rglob("*.*"))[:6] + sorted(QUERIES.glob("*.jpg"))[:4]

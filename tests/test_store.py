@@ -6,12 +6,11 @@ import sqlite3
 
 import torch
 import torchvision
+from conftest import QUERIES, SPECIMENS
 
 from specimen_id.store import Database
 from specimen_id.store.schema import MIGRATIONS, migrate
 from specimen_id.store.vectors import VectorIndex
-
-from conftest import QUERIES, SPECIMENS
 
 
 def _answer(run, query):
@@ -92,7 +91,7 @@ def test_migration_from_a_version_1_database(tmp_path):
     conn.commit()
     conn.close()
     db = Database(root)
-    assert db.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+    assert db.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert db.specimen("old-slide")["notes"] == "" and db.count("reviews") == 0
     assert db.specimen("old-slide")["metadata"] == {"stain": "DAPI"}
     (query,) = db.queries()

@@ -1,11 +1,10 @@
 """The browse app through an in-process HTTP client: pages, JSON twins, and its guards."""
 
 import pytest
+from conftest import QUERIES, SPECIMENS
 from fastapi.testclient import TestClient
 
 from specimen_id.web import create_app
-
-from conftest import QUERIES, SPECIMENS
 
 SAME_SITE = {"Origin": "http://127.0.0.1"}
 

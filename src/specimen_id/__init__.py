@@ -17,8 +17,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 from .errors import (  # noqa: E402
-    DatabaseLocked, DatabaseUnusable, ImageRefused, ModelMismatch, NotAnImage, SpecimenIdError,
-    UnknownSpecimen, WeightsUnavailable,
+    DatabaseLocked,
+    DatabaseUnusable,
+    ImageRefused,
+    ModelMismatch,
+    NotAnImage,
+    SpecimenIdError,
+    UnknownSpecimen,
+    WeightsUnavailable,
 )
 from .indexer import enroll, enroll_folders, reindex  # noqa: E402
 from .search import query  # noqa: E402

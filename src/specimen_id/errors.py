@@ -32,6 +32,14 @@ class DuplicateContent(ImageRefused):
     """The same pixels are already enrolled under another specimen."""
 
 
+class LowQuality(ImageRefused):
+    """Out of focus, badly exposed or too small to enrol (see quality.py)."""
+
+
+class CaptureFailed(SpecimenIdError):
+    """A camera or video source that cannot be opened or stops giving frames."""
+
+
 class UnknownSpecimen(SpecimenIdError):
     def __init__(self, name):
         self.name = name

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ FORMATS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": "we
 # 100 megapixels: far above any microscope camera, far below what would exhaust memory.
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "SPECIMEN_ID_MAX_PIXELS"
+
+# PNG text chunk in which `specimen-id capture` records how the capture was taken (JSON)
+ACQUISITION_KEY = "specimen-id:acquisition"
 
 _EXIF_ORIENTATION, _EXIF_DATETIME, _EXIF_MAKE, _EXIF_MODEL = 0x0112, 0x0132, 0x010F, 0x0110
 
@@ -38,6 +42,14 @@ class Capture:
     file_sha256: str
     pixel_sha256: str
     exif: dict
+    acquisition: dict | None = None  # device, controls, frames: from `specimen-id capture`
+
+    @cached_property
+    def quality(self) -> dict:
+        """Focus, clipping and size (see quality.py), measured once."""
+        from .quality import measure
+
+        return measure(self.pixels)
 
     @property
     def height(self) -> int:
@@ -78,6 +90,7 @@ def decode(data: bytes, name: str) -> Capture:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
             exif = header.getexif()
+            text = dict(getattr(header, "text", None) or {})
     except Image.DecompressionBombError:
         raise ImageTooLarge(name, f"is too large to decode safely (over {max_pixels():,} pixels)") from None
     except Exception:
@@ -96,7 +109,19 @@ def decode(data: bytes, name: str) -> Capture:
             facts[key] = exif[tag].strip("\x00 ")
     return Capture(name=name, data=data, pixels=pixels, format=fmt,
                    file_sha256=hashlib.sha256(data).hexdigest(),
-                   pixel_sha256=pixel_sha256(pixels), exif=facts)
+                   pixel_sha256=pixel_sha256(pixels), exif=facts,
+                   acquisition=_acquisition(text.get(ACQUISITION_KEY)))
+
+
+def _acquisition(text: str | None) -> dict | None:
+    """The capture settings a PNG carries, if any (a malformed record is ignored, not fatal)."""
+    import json
+
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _decode_pixels(data: bytes, name: str, fmt: str) -> np.ndarray:

@@ -18,12 +18,15 @@ from .base import cli, model_options, open_db, parse_meta
               help="Specimen metadata (repeatable).")
 @click.option("--allow-duplicate", is_flag=True,
               help="Enrol pixels even if another specimen already has them.")
+@click.option("--allow-low-quality", is_flag=True,
+              help="Enrol captures below the quality limits (focus, exposure, size) too.")
 @click.option("--query", "queries", multiple=True, metavar="QUERY_ID",
               help="Also enrol the image of this logged query (repeatable).")
 @model_options
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.pass_context
-def enroll(ctx, specimen, folders, meta, allow_duplicate, queries, model, weights, files):
+def enroll(ctx, specimen, folders, meta, allow_duplicate, allow_low_quality, queries, model, weights,
+           files):
     """Enrol FILES (or logged --query images) as captures of one specimen, or a folder of
     specimen folders."""
     from ..indexer import enroll_folders, folder_jobs
@@ -44,7 +47,8 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, queries, model, weight
         raise click.BadParameter("the specimen name is empty", param_hint="--specimen")
     jobs = folder_jobs(folders) if folders else [(specimen.strip(), list(files))]
     report = enroll_folders(open_db(ctx), jobs, meta, model=model, weights=weights,
-                            allow_duplicate=allow_duplicate, progress=True)
+                            allow_duplicate=allow_duplicate, progress=True,
+                            allow_low_quality=allow_low_quality)
     for error in report.refused:
         click.echo(f"refused: {error}", err=True)
     for path, same in report.skipped:
@@ -75,6 +79,8 @@ def query(ctx, files, top_k, threshold, as_json, model, weights):
             click.echo(f"refused: {result['error']}", err=True)
         else:
             click.echo(_format_result(result))
+        for warning in result.get("warnings", []):
+            click.echo(f"warning: {result['query']}: {warning}", err=True)
     ctx.exit(1 if refused else 0)
 
 

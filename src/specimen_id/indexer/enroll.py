@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import images, local_features
+from .. import images, local_features, quality
 from ..errors import DuplicateContent, ImageRefused, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
@@ -43,22 +43,26 @@ def folder_jobs(root) -> list[tuple[str, list[Path]]]:
 
 
 def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weights=None,
-                   embedder=None, allow_duplicate: bool = False, progress: bool = False) -> EnrolReport:
+                   embedder=None, allow_duplicate: bool = False, progress: bool = False,
+                   allow_low_quality: bool = False) -> EnrolReport:
     """Enrol (specimen name, files) jobs under one write lock, with one progress bar. A file
     whose pixels are already enrolled under another specimen is refused unless
-    allow_duplicate; one already enrolled under the same specimen is skipped."""
+    allow_duplicate; one already enrolled under the same specimen is skipped; one below the
+    quality limits (quality.py) is refused unless allow_low_quality."""
     embedder = embedder or embedder_for(db, model, weights)
     report = EnrolReport()
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
         known = db.enrolled_file_hashes()  # a re-run skips these without extracting features
         for name, paths in jobs:
-            report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar))
+            report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar,
+                                   allow_low_quality))
         db.save_index()
     return report
 
 
-def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar) -> EnrolReport:
+def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar,
+                allow_low_quality) -> EnrolReport:
     report = EnrolReport()
     try:
         db.specimen(name)
@@ -77,12 +81,13 @@ def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar
         bar.update(len(batch))
         batch.clear()
 
-    for prepared in prepare(paths, images.load, embedder,
+    for prepared in prepare(paths, _load_and_measure, embedder,
                             wanted=lambda c: c.file_sha256 not in known):
         capture = prepared.capture
         try:
             if prepared.error:
                 raise prepared.error
+            quality.gate(db, capture, allow_low_quality)
             same = _already_enrolled(db, capture, name, seen, allow_duplicate)
         except ImageRefused as e:
             report.refused.append(e)
@@ -100,6 +105,12 @@ def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar
     if batch:
         store()
     return report
+
+
+def _load_and_measure(path):
+    capture = images.load(path)
+    capture.quality  # noqa: B018  (measured here, in a worker thread, not in the writer's)
+    return capture
 
 
 def _already_enrolled(db, capture, name, seen, allow_duplicate) -> str | None:

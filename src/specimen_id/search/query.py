@@ -7,7 +7,7 @@ list. Exact copies (same file, same pixels) are reported on their own."""
 
 from __future__ import annotations
 
-from .. import __version__, images, local_features
+from .. import __version__, images, local_features, quality
 from ..errors import ImageRefused
 from ..local_features import LocalFeatures
 from ..models import embedder_for
@@ -84,7 +84,10 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
     decision, specimen, score = decide(ranked, threshold, margin)
     result = {"query": capture.name, "decision": decision, "specimen": specimen, "score": score,
               "threshold": float(threshold), "margin": margin, "score_kind": SCORE_KIND,
-              "candidates": ranked[:top_k], "exact": exact_copies(db, capture)}
+              "candidates": ranked[:top_k], "exact": exact_copies(db, capture),
+              # a low-quality query is answered, with a warning: the person is at the microscope
+              "quality": capture.quality,
+              "warnings": quality.problems(capture.quality, quality.limits(db))}
     if log:
         result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold, top_k,
                                           __version__, SCORE_KIND)

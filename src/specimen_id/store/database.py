@@ -28,6 +28,7 @@ from .files import store_image, tree_size
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
 from .vectors import VectorIndex, chosen_kind
+from .watched import Watched
 
 DB_ENV = "SPECIMEN_ID_DB"
 DEFAULT_DIR = "specimen-db"
@@ -38,7 +39,7 @@ def default_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
 
 
-class Database(Settings, Curation):
+class Database(Settings, Curation, Watched):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 
@@ -177,7 +178,10 @@ class Database(Settings, Curation):
                     "image_path": path, "original_name": os.path.basename(capture.name),
                     "format": capture.format, "width": capture.width, "height": capture.height,
                     "dtype": str(capture.pixels.dtype), "channels": capture.channels,
-                    "exif": json.dumps(capture.exif), "created_at": now()}).last_pk
+                    "exif": json.dumps(capture.exif), "created_at": now(),
+                    "quality": json.dumps(capture.quality),
+                    "acquisition": json.dumps(capture.acquisition) if capture.acquisition else None,
+                }).last_pk
                 self.db["embeddings"].insert({"capture_id": cid, "model_id": model_id,
                                               "vector": np.asarray(vector, np.float32).tobytes()})
                 self.db["local_features"].insert({"capture_id": cid, "version": feature_version,
@@ -358,7 +362,7 @@ class Database(Settings, Curation):
                 "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
                 "specimen_id": specimen_id, "score": result["score"],
                 "candidates": json.dumps(result["candidates"]),
-                "software_version": software_version})
+                "software_version": software_version, "quality": json.dumps(capture.quality)})
         return query_uuid
 
     def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
@@ -410,7 +414,7 @@ _LATEST_REVIEW = ("(SELECT json_object('verdict', r.verdict, 'reviewer', r.revie
 
 def _decoded(row: dict) -> dict:
     """JSON columns back to Python values."""
-    for key in ("metadata", "exif", "candidates", "review"):
+    for key in ("metadata", "exif", "candidates", "review", "quality", "acquisition"):
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
     return row

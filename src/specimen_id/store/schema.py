@@ -86,6 +86,21 @@ MIGRATIONS = [
     CREATE INDEX reviews_query ON reviews(query_id);
     ALTER TABLE specimens ADD COLUMN notes TEXT NOT NULL DEFAULT '';
     """,
+    # 5: from the microscope itself: each capture's and query's quality measures (focus,
+    # clipping, size), how a capture was taken (device, controls locked, frames averaged), and
+    # the content a watched folder has handled, so a restarted `watch` never handles it twice.
+    """
+    ALTER TABLE captures ADD COLUMN quality TEXT;
+    ALTER TABLE captures ADD COLUMN acquisition TEXT;
+    ALTER TABLE queries ADD COLUMN quality TEXT;
+    CREATE TABLE watched (
+        file_sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        handled_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

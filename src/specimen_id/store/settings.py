@@ -9,11 +9,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ModelMismatch
+from ..quality import LIMITS
 
 # Settings a user may change with `config`, their types and defaults. The threshold is kept
 # with the kind of score it applies to (see `threshold`).
-SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int, "index": str}
-DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100, "index": "auto"}
+# The quality gate's limits are settings too (quality.py says how their defaults were chosen).
+SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int, "index": str,
+            **{key: type(value) for key, value in LIMITS.items()}}
+DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100, "index": "auto", **LIMITS}
+SHARES = ("threshold", "margin", "max_dark_clipped", "max_bright_clipped")  # 0..1
 
 
 def parse_setting(key: str, text: str):
@@ -26,7 +30,8 @@ def parse_setting(key: str, text: str):
         raise ValueError(f"{text!r} is not a {SETTINGS[key].__name__}") from None
     if key == "index" and value not in INDEX_KINDS:
         raise ValueError(f"index {text!r} is not one of {', '.join(INDEX_KINDS)}")
-    if key in ("threshold", "margin") and not 0 <= value <= 1 or key in ("top_k", "shortlist") and value < 1:
+    if key != "index" and not (0 <= value <= 1 if key in SHARES
+                               else value >= 0 if key == "min_focus" else value >= 1):
         raise ValueError(f"{key} {text} is out of range")
     return value
 

@@ -1,0 +1,149 @@
+"""`watch`: a camera app's folder, handled by content, once, across restarts; partial files,
+duplicates and non-images each get one line. The long-running mode runs as a real process
+fed by a writer that saves files slowly and reuses names."""
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SPECIMENS
+
+import specimen_id
+from specimen_id.store import Database
+
+FIELDS = [sorted(d.iterdir())[0] for d in sorted(SPECIMENS.iterdir())]
+
+
+def _captures(db_dir):
+    with Database(db_dir) as db:
+        return db.count("captures")
+
+
+def test_once_handles_each_content_once_and_remembers_it(run, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(FIELDS[0], inbox / "IMG_0001.png")
+    shutil.copy(FIELDS[1], inbox / "IMG_0002.png")
+    shutil.copy(FIELDS[0], inbox / "IMG_0001 copy.png")  # same content, another name
+    (inbox / "notes.txt").write_text("stage at x=12.5 y=3.1\n")
+    (inbox / "IMG_0003.png").write_bytes(FIELDS[2].read_bytes()[:5000])  # cut short
+    (inbox / ".IMG_0004.png.tmp").write_bytes(b"being written")  # hidden: the app's temp file
+
+    result = run("watch", inbox, "--enroll", "slide", "--once")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5
+    assert sum(line.startswith("enrolled: ") for line in lines) == 2
+    (dup,) = [line for line in lines if line.startswith("skipped: ")]
+    assert "already enrolled" in dup and "IMG_0001" in dup
+    assert f"refused: {inbox / 'notes.txt'}: is not an image (no known image format in its content)" in lines
+    assert any(line.startswith(f"refused: {inbox / 'IMG_0003.png'}: ") for line in lines)
+    assert _captures(run.db) == 2
+
+    # a restart handles nothing twice: every file's content is already recorded
+    again = run("watch", inbox, "--enroll", "slide", "--once")
+    assert again.exit_code == 0
+    assert len(again.stdout.splitlines()) == 5
+    assert all(line.startswith("skipped: ") for line in again.stdout.splitlines())
+    assert _captures(run.db) == 2
+
+
+def test_once_queries_by_default(enrolled, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(FIELDS[3], inbox / "shot.png")
+    result = enrolled("watch", inbox, "--once")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"match: {inbox / 'shot.png'}: {FIELDS[3].parent.name} (score ")
+
+
+class _Watch:
+    """`specimen-id watch` as a real process, its lines collected by a reader thread."""
+
+    def __init__(self, db, folder, *args):
+        env = {**os.environ, "PYTHONPATH": str(Path(specimen_id.__file__).parents[1])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "specimen_id.cli", "--db", str(db), "watch", str(folder),
+             "--interval", "0.2", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env)
+        self.lines, self._queue = [], queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+
+    def wait_for(self, prefix, deadline=180):
+        """The next line starting with prefix (every line read is kept in self.lines)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                line = self._queue.get(timeout=1)
+            except queue.Empty:
+                assert self.proc.poll() is None, "\n".join(self.lines)
+                continue
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        pytest.fail(f"no line {prefix!r} in:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+        return self.proc.returncode
+
+
+def _write_slowly(path, data, pieces=4, pause=0.7):
+    """A camera app saving over a slow link: the file exists half-written for a while (each
+    pause is longer than the watcher's 2 polls of settling)."""
+    with open(path, "wb") as f:
+        step = len(data) // pieces + 1
+        for start in range(0, len(data), step):
+            f.write(data[start:start + step])
+            f.flush()
+            os.fsync(f.fileno())
+            time.sleep(pause)
+
+
+def test_a_running_watch_waits_for_complete_files_follows_content_and_resumes(tmp_path):
+    db, inbox = tmp_path / "db", tmp_path / "inbox"
+    inbox.mkdir()
+    watch = _Watch(db, inbox, "--enroll", "slide")
+    try:
+        watch.wait_for("watching ")
+        _write_slowly(inbox / "IMG_0001.png", FIELDS[0].read_bytes())
+        first = watch.wait_for("enrolled: ")
+        assert first == f"enrolled: {inbox / 'IMG_0001.png'} as a capture of slide"
+        # the app reuses the name for the next shot: new content, handled again
+        _write_slowly(inbox / "IMG_0001.png", FIELDS[1].read_bytes())
+        assert watch.wait_for("enrolled: ") == first
+        # the first shot again under a new name: same content, skipped
+        _write_slowly(inbox / "IMG_0002.png", FIELDS[0].read_bytes(), pieces=1)
+        assert "already enrolled" in watch.wait_for("skipped: ")
+        (inbox / "readme.txt").write_text("not a capture")
+        assert watch.wait_for("refused: ") == f"refused: {inbox / 'readme.txt'}: is not an image " \
+                                              "(no known image format in its content)"
+    finally:
+        assert watch.stop() == 0
+    assert not any(line.startswith("refused:") and ".png" in line for line in watch.lines), watch.lines
+    assert _captures(db) == 2
+
+    # restarted: what is in the folder was handled before, so nothing is enrolled again
+    again = _Watch(db, inbox, "--enroll", "slide")
+    try:
+        assert "already" in again.wait_for("skipped: ")
+        assert "already" in again.wait_for("skipped: ")
+        assert "already" in again.wait_for("skipped: ")
+        _write_slowly(inbox / "IMG_0003.png", FIELDS[2].read_bytes())
+        assert again.wait_for("enrolled: ") == f"enrolled: {inbox / 'IMG_0003.png'} as a capture of slide"
+    finally:
+        assert again.stop() == 0
+    assert _captures(db) == 3
