@@ -70,17 +70,17 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, np.float32)
         index = cls(dim, generation, model_id, chosen_kind(kind, len(vectors)))
         if index.index is None:
-            index._train(vectors)
+            index.train(vectors, len(vectors))
         index.add(ids, vectors)
         index.tune(np.asarray(ids, np.int64), vectors)
         return index
 
-    def _train(self, vectors) -> None:
-        """IVF lists: about 2*sqrt(n) of them (a power of two), trained on a sample. Unit
-        vectors rank the same by L2 as by inner product, and L2 lets PCA centre the data."""
+    def train(self, vectors, n: int) -> None:
+        """IVF lists for an index of n vectors: about 2*sqrt(n) of them (a power of two),
+        trained on a sample of `vectors`. Unit vectors rank the same by L2 as by inner
+        product, and L2 lets PCA centre the data."""
         import faiss
 
-        n = len(vectors)
         nlist = int(2 ** np.clip(np.round(np.log2(2 * np.sqrt(max(n, 1)))), 4, 16))
         while nlist > 16 and n < 39 * nlist:  # k-means wants ~39 points per list
             nlist //= 2
@@ -89,7 +89,7 @@ class VectorIndex:
         self.index = faiss.index_factory(self.dim, spec, metric)
         ivf = faiss.extract_index_ivf(self.index)
         ivf.cp.max_points_per_centroid = 64  # enough for stable lists, 4x less k-means work
-        sample = np.random.default_rng(0).permutation(n)[:64 * nlist]
+        sample = np.random.default_rng(0).permutation(len(vectors))[:64 * nlist]
         self.index.train(vectors[np.sort(sample)])
 
     def tune(self, ids: np.ndarray, vectors, queries: int = 200) -> None:
@@ -104,10 +104,14 @@ class VectorIndex:
         sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
         exact = faiss.IndexFlatIP(self.dim)
         exact.add(vectors)
-        truth = ids[exact.search(sample, 10)[1]]
+        self.tune_on(sample, ids[exact.search(sample, 10)[1]])
+
+    def tune_on(self, queries: np.ndarray, truth: np.ndarray) -> None:
+        """The smallest search effort reaching TARGET_RECALL for these queries, given the ids
+        of their exact 10 nearest neighbours."""
         for value in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
             self._set_search(value)
-            found = self.search(sample, self.candidates(10))[1]
+            found = self.search(queries, self.candidates(10))[1]
             if recall_at(found, truth) >= TARGET_RECALL:
                 return
 
