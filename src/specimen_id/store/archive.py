@@ -73,7 +73,12 @@ def export_archive(db, archive) -> dict:
             _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
         with open(part, "rb") as f:
             os.fsync(f.fileno())
-        os.link(part, archive)  # fails if the name was taken meanwhile: never overwrite
+        try:
+            os.link(part, archive)  # fails if the name was taken meanwhile: never overwrite
+        except FileExistsError:
+            raise SpecimenIdError(f"{archive} exists already; choose a new name") from None
+        except OSError:  # no hard links (FAT/exFAT backup drives): the check above must do
+            os.replace(part, archive)
     return manifest
 
 
