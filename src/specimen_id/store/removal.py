@@ -24,9 +24,11 @@ class Removal:
                 self._audit("remove", specimen, before={"removed_at": None}, after={"removed_at": at},
                             captures=len(ids))
                 generation = self._bump_generation(self.model_id, None)
-            if index is not None and index.generation == generation - 1:
-                index.remove(ids)
+            # (an index kind that cannot remove ids answers False: then it is rebuilt)
+            if index is not None and index.generation == generation - 1 and index.remove(ids) is not False:
                 index.generation = generation
+            else:
+                self._index = None
             self.save_index()
         return len(ids)
 
