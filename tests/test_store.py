@@ -93,6 +93,7 @@ def test_migration_from_a_version_1_database(tmp_path):
     db = Database(root)
     assert db.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert db.specimen("old-slide")["notes"] == "" and db.count("reviews") == 0
+    assert db.specimen("old-slide")["removed_at"] is None and db.audit_trail() == []
     assert db.specimen("old-slide")["metadata"] == {"stain": "DAPI"}
     (query,) = db.queries()
     assert query["score_kind"] == "cosine" and query["image_path"] is None

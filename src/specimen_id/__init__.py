@@ -29,9 +29,12 @@ from .errors import (  # noqa: E402
 from .indexer import enroll, enroll_folders, reindex  # noqa: E402
 from .search import query  # noqa: E402
 from .store import Database as open_database  # noqa: E402
+from .store.archive import export_archive, import_archive  # noqa: E402
+from .store.csvfile import export_csv, import_csv  # noqa: E402
 
 __all__ = [
     "DatabaseLocked", "DatabaseUnusable", "ImageRefused", "ModelMismatch", "NotAnImage",
     "SpecimenIdError", "UnknownSpecimen", "WeightsUnavailable", "__version__", "enroll",
-    "enroll_folders", "open_database", "query", "reindex",
+    "enroll_folders", "export_archive", "export_csv", "import_archive", "import_csv", "open_database",
+    "query", "reindex",
 ]

@@ -46,6 +46,15 @@ class UnknownSpecimen(SpecimenIdError):
         super().__init__(f"no specimen named {name!r} (see `specimen-id list`)")
 
 
+class SpecimenRemoved(UnknownSpecimen):
+    """A soft-deleted specimen: gone from list and query, its name reserved until purged."""
+
+    def __init__(self, name):
+        self.name = name
+        SpecimenIdError.__init__(self, f"specimen {name!r} was removed; `specimen-id restore {name}` "
+                                       f"brings it back, `specimen-id purge {name}` frees the name")
+
+
 class DatabaseUnusable(SpecimenIdError):
     """The database cannot be used as asked; the message says what to do."""
 

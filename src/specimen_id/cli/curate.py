@@ -42,12 +42,10 @@ def show(ctx, name, as_json):
 @click.argument("name")
 @click.pass_context
 def remove(ctx, name):
-    """Remove a specimen with its captures and embeddings."""
-    db = open_db(ctx)
-    with db.writing():
-        count = db.remove_specimen(name)
-        db.save_index()
-    click.echo(f"removed {name} and its {count} capture(s)")
+    """Remove a specimen from list, query and the web pages (kept until `purge`; `restore` undoes)."""
+    count = open_db(ctx).remove_specimen(name)
+    click.echo(f"removed {name} and its {count} capture(s) (kept until purged: "
+               f"`specimen-id restore {name}` undoes this)")
 
 
 @cli.command()

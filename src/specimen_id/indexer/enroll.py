@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import images, local_features, quality
-from ..errors import DuplicateContent, ImageRefused, UnknownSpecimen
+from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
 from .pipeline import evidence, prepare
@@ -68,6 +68,10 @@ def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar
         db.specimen(name)
         if metadata:
             db.ensure_specimen(name, metadata)
+    except SpecimenRemoved as e:  # its name is reserved until purged; the other jobs go on
+        report.refused += [ImageRefused(path, str(e)) for path in paths]
+        bar.update(len(paths))
+        return report
     except UnknownSpecimen:
         pass  # created with its first capture, in the same transaction
     seen = {"file": set(), "pixels": set()}  # what this run has enrolled already

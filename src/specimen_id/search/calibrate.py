@@ -31,6 +31,7 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
     embedder = embedder_for(db)
     files = db.capture_files()
     owners = db.capture_owners([cid for cid, _ in files])
+    files = [(cid, path) for cid, path in files if cid in owners]  # removed specimens left out
     counts: dict[str, int] = {}
     for owner in owners.values():
         counts[owner["specimen"]] = counts.get(owner["specimen"], 0) + 1

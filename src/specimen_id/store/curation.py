@@ -1,12 +1,13 @@
 """Curating what is enrolled: rename, merge, move, edit, and people's reviews of decisions.
-A mixin of Database (needs `self.db`, `specimen()`); none of these change an embedding, so the
+A mixin of Database (needs `self.db`, `specimen()`, `_audit()`); each change is audited in its
+own transaction. None of these change an embedding, so the
 FAISS index stays valid: it maps capture ids, and owners are looked up in SQLite."""
 
 from __future__ import annotations
 
 import json
 
-from ..errors import SpecimenIdError
+from ..errors import SpecimenIdError, SpecimenRemoved
 from .settings import now
 
 VERDICTS = ("confirmed", "rejected")
@@ -27,6 +28,7 @@ class Curation:
         with self.writing(), self.db.atomic():
             self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
             self._rename_in_logged_candidates(name, new_name)
+            self._audit("rename", specimen, before={"name": name}, after={"name": new_name})
 
     def merge_specimens(self, source: str, target: str) -> int:
         """Move every capture and query of `source` to `target`, then drop `source`; returns
@@ -36,6 +38,8 @@ class Curation:
             raise SpecimenIdError(f"cannot merge {source!r} into itself")
         notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
         with self.writing(), self.db.atomic():
+            captures = [r[0] for r in self.db.execute("SELECT uuid FROM captures WHERE specimen_id = ?",
+                                                      [a["id"]])]
             moved = self.db.execute("UPDATE captures SET specimen_id = ? WHERE specimen_id = ?",
                                     [b["id"], a["id"]]).rowcount
             self.db.execute("UPDATE queries SET specimen_id = ? WHERE specimen_id = ?", [b["id"], a["id"]])
@@ -43,21 +47,38 @@ class Curation:
                             [json.dumps({**a["metadata"], **b["metadata"]}), notes, b["id"]])
             self.db.execute("DELETE FROM specimens WHERE id = ?", [a["id"]])
             self._rename_in_logged_candidates(source, target)
+            merged = {"merged_into": b["uuid"], "captures": captures}
+            self._audit("merge", a, before={"name": a["name"], "metadata": a["metadata"], "notes": a["notes"]},
+                        after=merged)
+            self._audit("merge", b, before={"metadata": b["metadata"], "notes": b["notes"]},
+                        after={"metadata": {**a["metadata"], **b["metadata"]}, "notes": notes},
+                        merged_from=a["uuid"], captures=captures)
         return moved
 
     def move_capture(self, capture_uuid: str, target: str) -> None:
         specimen = self.specimen(target)
         with self.writing(), self.db.atomic():
-            if not self.db.execute("UPDATE captures SET specimen_id = ? WHERE uuid = ?",
-                                   [specimen["id"], capture_uuid]).rowcount:
+            row = self.db.execute("SELECT s.uuid, s.name, s.removed_at FROM captures c JOIN specimens s "
+                                  "ON s.id = c.specimen_id WHERE c.uuid = ?", [capture_uuid]).fetchone()
+            if row is None:
                 raise SpecimenIdError(f"no capture {capture_uuid} (see `specimen-id show NAME`)")
+            if row[2] is not None:
+                raise SpecimenRemoved(row[1])
+            self.db.execute("UPDATE captures SET specimen_id = ? WHERE uuid = ?", [specimen["id"], capture_uuid])
+            self._audit("move", specimen, capture_uuid, before={"specimen": row[0], "name": row[1]},
+                        after={"specimen": specimen["uuid"], "name": specimen["name"]})
 
     def edit_specimen(self, name: str, metadata: dict, notes: str) -> None:
         """Replace a specimen's metadata and notes."""
         specimen = self.specimen(name)
+        before = {"metadata": specimen["metadata"], "notes": specimen["notes"]}
+        after = {"metadata": metadata, "notes": notes}
+        if before == after:
+            return
         with self.db.atomic():
             self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
                             [json.dumps(metadata), notes, specimen["id"]])
+            self._audit("edit", specimen, before=before, after=after)
 
     def review(self, query_uuid: str, verdict: str, reviewer: str, note: str = "") -> None:
         """Record a person's verdict on a logged decision (the latest one counts)."""
@@ -65,12 +86,15 @@ class Curation:
             raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
         if not reviewer.strip():
             raise SpecimenIdError("a review needs the reviewer's name")
-        row = self.db.execute("SELECT id FROM queries WHERE uuid = ?", [query_uuid]).fetchone()
+        row = self.db.execute("SELECT q.id, s.uuid, s.name FROM queries q LEFT JOIN specimens s "
+                              "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
         if row is None:
             raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
         with self.db.atomic():
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
+            self._audit("review", {"uuid": row[1], "name": row[2]} if row[1] else None, query=query_uuid,
+                        after={"verdict": verdict, "reviewer": reviewer.strip(), "note": note})
 
     def reviewed_scores(self, score_kind: str) -> list[tuple[str, float]]:
         """(latest verdict, score) of every reviewed `match` scored this way: a confirmed match
@@ -93,5 +117,8 @@ class Curation:
 
     def _free(self, name: str) -> None:
         check_name(name)
-        if self.db.execute("SELECT 1 FROM specimens WHERE name = ?", [name]).fetchone():
+        row = self.db.execute("SELECT removed_at FROM specimens WHERE name = ?", [name]).fetchone()
+        if row and row[0] is not None:
+            raise SpecimenRemoved(name)  # the name stays reserved until purged
+        if row:
             raise SpecimenIdError(f"a specimen named {name!r} exists already (merge them instead?)")

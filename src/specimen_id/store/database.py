@@ -22,9 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseDamaged, DatabaseLocked, ImageRefused, UnknownSpecimen
+from ..errors import (
+    DatabaseDamaged,
+    DatabaseLocked,
+    ImageRefused,
+    SpecimenRemoved,
+    UnknownSpecimen,
+)
+from .audit import Audit
 from .curation import Curation, check_name
 from .files import store_image, tree_size
+from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
 from .vectors import VectorIndex, chosen_kind
@@ -39,7 +47,7 @@ def default_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
 
 
-class Database(Settings, Curation, Watched):
+class Database(Settings, Curation, Removal, Audit, Watched):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 
@@ -103,13 +111,16 @@ class Database(Settings, Curation, Watched):
 
     def specimens(self) -> list[dict]:
         return [_decoded(r) for r in self.db.query(
-            "SELECT s.*, COUNT(c.id) AS captures FROM specimens s "
-            "LEFT JOIN captures c ON c.specimen_id = s.id GROUP BY s.id ORDER BY s.name")]
+            "SELECT s.*, COUNT(c.id) AS captures FROM specimens s LEFT JOIN captures c "
+            "ON c.specimen_id = s.id WHERE s.removed_at IS NULL GROUP BY s.id ORDER BY s.name")]
 
-    def specimen(self, name: str) -> dict:
+    def specimen(self, name: str, removed: bool = False) -> dict:
+        """The named specimen; a removed one only when asked for (else SpecimenRemoved)."""
         rows = list(self.db.query("SELECT * FROM specimens WHERE name = ?", [name]))
         if not rows:
             raise UnknownSpecimen(name)
+        if rows[0]["removed_at"] is not None and not removed:
+            raise SpecimenRemoved(name)
         return _decoded(rows[0])
 
     def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
@@ -117,16 +128,22 @@ class Database(Settings, Curation, Watched):
         with self.db.atomic():
             try:
                 found = self.specimen(name)
+            except SpecimenRemoved:
+                raise
             except UnknownSpecimen:
                 check_name(name)
                 self.db["specimens"].insert({"uuid": str(uuid.uuid4()), "name": name,
                                              "metadata": json.dumps(metadata or {}),
                                              "created_at": now()})
-                return self.specimen(name)
-            if metadata:
-                merged = {**found["metadata"], **metadata}
+                created = self.specimen(name)
+                self._audit("create", created, after={"metadata": created["metadata"]})
+                return created
+            merged = {**found["metadata"], **(metadata or {})}
+            if merged != found["metadata"]:
                 self.db.execute("UPDATE specimens SET metadata = ? WHERE id = ?",
                                 [json.dumps(merged), found["id"]])
+                self._audit("edit", found, before={"metadata": found["metadata"]},
+                            after={"metadata": merged})
                 found["metadata"] = merged
         return found
 
@@ -135,7 +152,8 @@ class Database(Settings, Curation, Watched):
             "SELECT * FROM captures WHERE specimen_id = ? ORDER BY id", [specimen_id])]
 
     def capture_files(self) -> list[tuple[int, Path]]:
-        """(capture id, managed image path) of every capture."""
+        """(capture id, managed image path) of every capture, removed ones included (reindex
+        re-embeds them too, so a restore finds embeddings of the current model)."""
         return [(r[0], self.root / r[1]) for r in
                 self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
 
@@ -153,7 +171,8 @@ class Database(Settings, Curation, Watched):
         """Enrolled captures with this exact file or these exact pixels, with their specimen."""
         return list(self.db.query(
             "SELECT c.id, c.uuid, c.file_sha256, c.pixel_sha256, s.name AS specimen FROM captures c "
-            "JOIN specimens s ON s.id = c.specimen_id WHERE c.file_sha256 = ? OR c.pixel_sha256 = ?",
+            "JOIN specimens s ON s.id = c.specimen_id WHERE s.removed_at IS NULL "
+            "AND (c.file_sha256 = ? OR c.pixel_sha256 = ?)",
             [file_sha256, pixel_sha256]))
 
     def enrolled_file_hashes(self) -> set[str]:
@@ -172,8 +191,9 @@ class Database(Settings, Curation, Watched):
             specimen = self.ensure_specimen(specimen_name, metadata)
             for capture, vector, blob in zip(captures, vectors, features):
                 path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+                capture_uuid = str(uuid.uuid4())
                 cid = self.db["captures"].insert({
-                    "uuid": str(uuid.uuid4()), "specimen_id": specimen["id"],
+                    "uuid": capture_uuid, "specimen_id": specimen["id"],
                     "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
                     "image_path": path, "original_name": os.path.basename(capture.name),
                     "format": capture.format, "width": capture.width, "height": capture.height,
@@ -186,6 +206,9 @@ class Database(Settings, Curation, Watched):
                                               "vector": np.asarray(vector, np.float32).tobytes()})
                 self.db["local_features"].insert({"capture_id": cid, "version": feature_version,
                                                   "data": blob})
+                self._audit("enrol", specimen, capture_uuid,
+                            after={"original_name": os.path.basename(capture.name),
+                                   "file_sha256": capture.file_sha256, "model_id": model_id})
                 rows.append(cid)
             generation = self._bump_generation(model_id, vectors.shape[1])
         if index is not None and index.describes(generation - 1, model_id):
@@ -194,34 +217,6 @@ class Database(Settings, Curation, Watched):
         else:
             self._index = None
         return rows
-
-    def remove_specimen(self, name: str) -> int:
-        """Delete a specimen, its captures and their embeddings; returns the captures removed."""
-        specimen = self.specimen(name)
-        captures = self.captures(specimen["id"])
-        ids = [c["id"] for c in captures]
-        index = self.index()
-        with self.db.atomic():
-            self.db.execute("UPDATE queries SET specimen_id = NULL WHERE specimen_id = ?",
-                            [specimen["id"]])
-            self.db.execute("DELETE FROM captures WHERE specimen_id = ?", [specimen["id"]])
-            self.db.execute("DELETE FROM specimens WHERE id = ?", [specimen["id"]])
-            generation = self._bump_generation(self.model_id, None)
-        if index is not None and index.generation == generation - 1 and index.remove(ids):
-            index.generation = generation
-        else:
-            self._index = None
-        self._delete_unreferenced_images({c["image_path"] for c in captures})
-        return len(ids)
-
-    def _delete_unreferenced_images(self, paths: set[str]) -> None:
-        """Delete these managed files unless another capture or a logged query still uses
-        them (content-addressed files are shared; nothing else in images/ is touched)."""
-        for path in paths:
-            used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
-                                   "SELECT 1 FROM queries WHERE image_path = ?", [path, path])
-            if used.fetchone() is None:
-                (self.root / path).unlink(missing_ok=True)
 
     # -- embeddings and the index ---------------------------------------------------------
 
@@ -237,9 +232,12 @@ class Database(Settings, Curation, Watched):
         return generation
 
     def embeddings(self, model_id: str, dim: int):
-        """(ids, vectors) of every capture embedded with this model: (n,) and (n, dim)."""
-        rows = self.db.execute("SELECT capture_id, vector FROM embeddings WHERE model_id = ? "
-                               "ORDER BY capture_id", [model_id]).fetchall()
+        """(ids, vectors) of every capture embedded with this model, removed specimens left out
+        (the one source the index is built from, so index and database agree): (n,), (n, dim)."""
+        rows = self.db.execute(
+            "SELECT e.capture_id, e.vector FROM embeddings e JOIN captures c ON c.id = e.capture_id "
+            "JOIN specimens s ON s.id = c.specimen_id WHERE e.model_id = ? AND s.removed_at IS NULL "
+            "ORDER BY e.capture_id", [model_id]).fetchall()
         ids = np.array([r[0] for r in rows], np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32)
         return ids, vectors.reshape(len(rows), dim)
@@ -249,6 +247,8 @@ class Database(Settings, Curation, Watched):
         """Switch the database to new embeddings, local features and the model that made
         them, in one transaction."""
         with self.db.atomic():
+            self._audit("reindex", before={"model_id": self.model_id},
+                        after={"model_id": model_id, "model": model_name, "captures": len(ids)})
             self._put_model(model_name, weights)
             self.db.execute("DELETE FROM embeddings")
             self.db.execute("DELETE FROM local_features")
@@ -343,7 +343,8 @@ class Database(Settings, Curation, Watched):
         marks = ",".join("?" * len(ids))
         return {r["id"]: r for r in self.db.query(
             f"SELECT c.id, c.uuid, s.name AS specimen, s.id AS specimen_id FROM captures c "
-            f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks})", ids)}
+            f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks}) AND s.removed_at IS NULL",
+            ids)}
 
     # -- query log ------------------------------------------------------------------------
 
@@ -376,8 +377,10 @@ class Database(Settings, Curation, Watched):
     def image_of(self, kind: str, uuid_: str) -> Path:
         """The managed image of a capture or a logged query, found by its UUID (never by a
         path from outside, so nothing outside the database directory can be named)."""
-        table = {"capture": "captures", "query": "queries"}[kind]
-        row = self.db.execute(f"SELECT image_path FROM {table} WHERE uuid = ?", [uuid_]).fetchone()
+        sql = {"capture": "SELECT image_path FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                          "WHERE c.uuid = ? AND s.removed_at IS NULL",  # removed: not shown
+               "query": "SELECT image_path FROM queries WHERE uuid = ?"}[kind]
+        row = self.db.execute(sql, [uuid_]).fetchone()
         if row is None or row[0] is None:
             raise KeyError(uuid_)
         return self.root / row[0]
@@ -396,8 +399,7 @@ class Database(Settings, Curation, Watched):
         index = self.index()
         return {
             "path": str(self.root.resolve()),
-            "specimens": self.count("specimens"), "captures": self.count("captures"),
-            "queries": self.count("queries"),
+            **self.active_counts(), "queries": self.count("queries"),
             "model_id": self.model_id, "model": self.setting("model_name"),
             "settings": {key: self.setting(key) for key in DEFAULTS},
             "index_vectors": len(index) if index is not None else 0,

@@ -86,7 +86,29 @@ MIGRATIONS = [
     CREATE INDEX reviews_query ON reviews(query_id);
     ALTER TABLE specimens ADD COLUMN notes TEXT NOT NULL DEFAULT '';
     """,
-    # 5: from the microscope itself: each capture's and query's quality measures (focus,
+    # 5: an append-only audit trail of every change (who, where, when, what: before/after), and
+    # soft delete: a removed specimen keeps its rows and images until it is purged.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        user TEXT NOT NULL,
+        station TEXT NOT NULL,
+        client TEXT,
+        action TEXT NOT NULL,
+        specimen_uuid TEXT,
+        specimen_name TEXT,
+        capture_uuid TEXT,
+        changes TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_specimen ON audit(specimen_uuid);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    ALTER TABLE specimens ADD COLUMN removed_at TEXT;
+    """,
+    # 6: from the microscope itself: each capture's and query's quality measures (focus,
     # clipping, size), how a capture was taken (device, controls locked, frames averaged), and
     # the content a watched folder has handled, so a restarted `watch` never handles it twice.
     """

@@ -48,8 +48,11 @@ class Settings:
         return json.loads(row[0]) if row else DEFAULTS.get(key, default)
 
     def set_setting(self, key: str, value) -> None:
+        """Change a setting a user chose (audited; internal facts use `_put_setting`)."""
         with self.db.atomic():
+            before = self.setting(key)
             self._put_setting(key, value)
+            self._audit("setting", key=key, before=before, after=value)
 
     def _put_setting(self, key, value) -> None:
         self.db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "

