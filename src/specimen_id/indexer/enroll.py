@@ -22,11 +22,6 @@ class EnrolReport:
     skipped: list = field(default_factory=list)  # (path, "file"|"pixels"): already enrolled there
     refused: list = field(default_factory=list)  # ImageRefused errors, one per bad file
 
-    def add(self, other: "EnrolReport") -> None:
-        self.enrolled += other.enrolled
-        self.skipped += other.skipped
-        self.refused += other.refused
-
 
 def enroll(db, specimen: str, paths, metadata: dict | None = None, **options) -> EnrolReport:
     """Enrol files as captures of one specimen (created on its first capture)."""
@@ -53,62 +48,65 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     report = EnrolReport()
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
+        items = [(name, path) for name, paths in jobs if _open_specimen(db, name, paths, metadata, report, bar)
+                 for path in paths]
         known = db.enrolled_file_hashes()  # a re-run skips these without extracting features
-        for name, paths in jobs:
-            report.add(_enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar,
-                                   allow_low_quality))
+        # one pipeline across all specimens, so that many one-file specimens overlap too
+        batch, seen = [], {}
+
+        def store():
+            name = batch[0].item[0]
+            vectors, features = evidence(embedder, batch)
+            db.add_captures(name, metadata, [p.capture for p in batch], vectors, embedder.model_id,
+                            features, local_features.FEATURE_VERSION)
+            report.enrolled.extend(p.capture.name for p in batch)
+            bar.update(len(batch))
+            batch.clear()
+
+        for prepared in prepare(items, lambda item: _load_and_measure(item[1]), embedder,
+                                wanted=lambda c: c.file_sha256 not in known):
+            name, capture = prepared.item[0], prepared.capture
+            if batch and batch[0].item[0] != name:
+                store()  # add_captures stores one specimen's captures
+            here = seen.setdefault(name, {"file": set(), "pixels": set()})  # this run's, so far
+            try:
+                if prepared.error:
+                    raise prepared.error
+                quality.gate(db, capture, allow_low_quality)
+                same = _already_enrolled(db, capture, name, here, allow_duplicate)
+            except ImageRefused as e:
+                report.refused.append(e)
+                bar.update(1)
+                continue
+            if same:
+                report.skipped.append((str(prepared.item[1]), same))
+                bar.update(1)
+                continue
+            here["file"].add(capture.file_sha256)
+            here["pixels"].add(capture.pixel_sha256)
+            batch.append(prepared)
+            if len(batch) == BATCH:
+                store()
+        if batch:
+            store()
         db.save_index()
     return report
 
 
-def _enroll_one(db, embedder, name, paths, metadata, allow_duplicate, known, bar,
-                allow_low_quality) -> EnrolReport:
-    report = EnrolReport()
+def _open_specimen(db, name, paths, metadata, report, bar) -> bool:
+    """Whether files may be enrolled under this name now (updating an existing specimen's
+    metadata); a removed specimen's name is reserved until purged, so its files are refused."""
     try:
         db.specimen(name)
         if metadata:
             db.ensure_specimen(name, metadata)
-    except SpecimenRemoved as e:  # its name is reserved until purged; the other jobs go on
+    except SpecimenRemoved as e:
         report.refused += [ImageRefused(path, str(e)) for path in paths]
         bar.update(len(paths))
-        return report
+        return False
     except UnknownSpecimen:
         pass  # created with its first capture, in the same transaction
-    seen = {"file": set(), "pixels": set()}  # what this run has enrolled already
-    batch = []
-
-    def store():
-        vectors, features = evidence(embedder, batch)
-        db.add_captures(name, metadata, [p.capture for p in batch], vectors, embedder.model_id,
-                        features, local_features.FEATURE_VERSION)
-        report.enrolled.extend(p.capture.name for p in batch)
-        bar.update(len(batch))
-        batch.clear()
-
-    for prepared in prepare(paths, _load_and_measure, embedder,
-                            wanted=lambda c: c.file_sha256 not in known):
-        capture = prepared.capture
-        try:
-            if prepared.error:
-                raise prepared.error
-            quality.gate(db, capture, allow_low_quality)
-            same = _already_enrolled(db, capture, name, seen, allow_duplicate)
-        except ImageRefused as e:
-            report.refused.append(e)
-            bar.update(1)
-            continue
-        if same:
-            report.skipped.append((str(prepared.item), same))
-            bar.update(1)
-            continue
-        seen["file"].add(capture.file_sha256)
-        seen["pixels"].add(capture.pixel_sha256)
-        batch.append(prepared)
-        if len(batch) == BATCH:
-            store()
-    if batch:
-        store()
-    return report
+    return True
 
 
 def _load_and_measure(path):
