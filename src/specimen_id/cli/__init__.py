@@ -1,6 +1,6 @@
 """The `specimen-id` command. Each module below adds its commands to the one group."""
 
-from . import admin, curate, identify  # noqa: F401  (registers the commands)
+from . import admin, curate, identify, integrity  # noqa: F401  (registers the commands)
 from .base import cli
 
 

@@ -253,6 +253,32 @@ class Database(Settings, Curation):
             self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
         self._index = None
 
+    def restore_vectors(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
+                        feature_version: str) -> None:
+        """Put recomputed embeddings and local features of some captures in place of whatever
+        they had, and drop embeddings of any other model, in one transaction (repair; call
+        under `writing()`)."""
+        marks = ",".join("?" * len(ids))
+        ids = [int(i) for i in ids]
+        with self.db.atomic():
+            self.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids)
+            self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks})", ids)
+            self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
+            self.db["embeddings"].insert_all(
+                {"capture_id": i, "model_id": model_id, "vector": v.tobytes()}
+                for i, v in zip(ids, np.asarray(vectors, np.float32)))
+            self.db["local_features"].insert_all(
+                {"capture_id": i, "version": feature_version, "data": blob}
+                for i, blob in zip(ids, features))
+            self._bump_generation(model_id, vectors.shape[1])
+        self._index = None
+
+    def rebuild_index(self) -> VectorIndex | None:
+        """Build the index from the stored embeddings whatever the file says, and save it
+        (call under `writing()`)."""
+        self._index = self._rebuild_index() if self.model_id else None
+        return self._index
+
     def index(self) -> VectorIndex | None:
         """The FAISS index matching the database now: the saved file if its generation and
         model agree with SQLite, else rebuilt from the stored embeddings (and saved when no
