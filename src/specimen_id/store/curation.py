@@ -68,7 +68,7 @@ class Curation:
         row = self.db.execute("SELECT id FROM queries WHERE uuid = ?", [query_uuid]).fetchone()
         if row is None:
             raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
-        with self.db.atomic():
+        with self.transaction():
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
 

@@ -88,6 +88,28 @@ class Database(Settings, Curation):
         finally:
             self._lock.release()
 
+    @contextmanager
+    def transaction(self):
+        """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
+        waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
+        when it reads first (insert() reads the table's columns) and another process commits
+        before its first write (a query being logged), SQLite fails it at once with "database
+        is locked" instead of waiting. Nested, it is a savepoint."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield self
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            with self.db.atomic():  # a savepoint inside it
+                yield self
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def _write_lock(self):
         from filelock import FileLock
 
@@ -113,7 +135,7 @@ class Database(Settings, Curation):
 
     def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
         """The named specimen, created if new; metadata given is merged into what it has."""
-        with self.db.atomic():
+        with self.transaction():
             try:
                 found = self.specimen(name)
             except UnknownSpecimen:
@@ -164,7 +186,7 @@ class Database(Settings, Curation):
         self.require_model(model_id)
         index = self.index()
         rows = []
-        with self.db.atomic():
+        with self.transaction():
             specimen = self.ensure_specimen(specimen_name, metadata)
             for capture, vector, blob in zip(captures, vectors, features):
                 path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
@@ -194,7 +216,7 @@ class Database(Settings, Curation):
         captures = self.captures(specimen["id"])
         ids = [c["id"] for c in captures]
         index = self.index()
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute("UPDATE queries SET specimen_id = NULL WHERE specimen_id = ?",
                             [specimen["id"]])
             self.db.execute("DELETE FROM captures WHERE specimen_id = ?", [specimen["id"]])
@@ -240,7 +262,7 @@ class Database(Settings, Curation):
                            feature_version: str, model_name: str, weights: Path | None) -> None:
         """Switch the database to new embeddings, local features and the model that made
         them, in one transaction."""
-        with self.db.atomic():
+        with self.transaction():
             self._put_model(model_name, weights)
             self.db.execute("DELETE FROM embeddings")
             self.db.execute("DELETE FROM local_features")
@@ -260,7 +282,7 @@ class Database(Settings, Curation):
         under `writing()`)."""
         marks = ",".join("?" * len(ids))
         ids = [int(i) for i in ids]
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids)
             self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks})", ids)
             self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
@@ -354,7 +376,7 @@ class Database(Settings, Curation):
         if result.get("specimen"):
             specimen_id = self.specimen(result["specimen"])["id"]
         query_uuid = str(uuid.uuid4())
-        with self.db.atomic():
+        with self.transaction():
             self.db["queries"].insert({
                 "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
                 "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
