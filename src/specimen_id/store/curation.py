@@ -5,6 +5,7 @@ FAISS index stays valid: it maps capture ids, and owners are looked up in SQLite
 from __future__ import annotations
 
 import json
+import math
 
 from ..errors import SpecimenIdError
 from .settings import now
@@ -18,6 +19,21 @@ def check_name(name: str) -> None:
         raise SpecimenIdError("a specimen name cannot be empty")
     if "/" in name or "\\" in name:
         raise SpecimenIdError(f"specimen names cannot contain slashes: {name!r}")
+
+
+def check_metadata(metadata) -> None:
+    """Metadata is a mapping of text keys to plain values (text, numbers, true/false, null):
+    anything else (objects, nesting, NaN, which is not JSON) is refused before anything is
+    stored."""
+    if not isinstance(metadata, dict):
+        raise SpecimenIdError(f"metadata must be a mapping of keys to values, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key.strip():
+            raise SpecimenIdError(f"metadata keys must be non-empty text, not {key!r}")
+        if not (value is None or isinstance(value, (str, bool, int))
+                or (isinstance(value, float) and math.isfinite(value))):
+            raise SpecimenIdError(f"metadata value of {key!r} must be text, a finite number, "
+                                  f"true/false or null, not {type(value).__name__} {value!r}")
 
 
 class Curation:
@@ -54,6 +70,7 @@ class Curation:
 
     def edit_specimen(self, name: str, metadata: dict, notes: str) -> None:
         """Replace a specimen's metadata and notes."""
+        check_metadata(metadata)
         specimen = self.specimen(name)
         with self.db.atomic():
             self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseDamaged, DatabaseLocked, ImageRefused, UnknownSpecimen
-from .curation import Curation, check_name
+from .curation import Curation, check_metadata, check_name
 from .files import store_image, tree_size
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
@@ -135,6 +135,8 @@ class Database(Settings, Curation):
 
     def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
         """The named specimen, created if new; metadata given is merged into what it has."""
+        if metadata is not None:
+            check_metadata(metadata)
         with self.transaction():
             try:
                 found = self.specimen(name)
