@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -84,6 +85,14 @@ def load(path: str | os.PathLike) -> Capture:
 
 
 def decode(data: bytes, name: str) -> Capture:
+    # Pillow warns (on stderr) about odd EXIF in damaged files; the refusal or the decoded
+    # pixels are what a user is told.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode(data, name)
+
+
+def _decode(data: bytes, name: str) -> Capture:
     from PIL import Image
 
     try:
@@ -127,6 +136,9 @@ def _acquisition(text: str | None) -> dict | None:
 def _decode_pixels(data: bytes, name: str, fmt: str) -> np.ndarray:
     import cv2
 
+    # OpenCV's decoders print their own complaints ("libpng error: ...") to stderr; the
+    # refusal below is the one line a user gets.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
         raise DamagedImage(name, f"cannot be decoded: truncated or corrupt {fmt} file")

@@ -44,8 +44,9 @@ def capture(ctx, device, frames, warmup, bit_depth, out, then_query, then_enroll
     for aspect in facts["not_locked"]:
         click.echo(f"warning: {aspect} not locked: {facts['controls'][aspect]}", err=True)
     if then_enroll:
+        # meta={}: ctx.invoke passes defaults as they are, without the option's parsing callback
         ctx.invoke(_command("enroll"), specimen=then_enroll, files=(out,), allow_low_quality=allow_low_quality,
-                   model=model, weights=weights)
+                   model=model, weights=weights, meta={})
     elif then_query:
         ctx.invoke(_command("query"), files=(out,), model=model, weights=weights)
 

@@ -11,6 +11,7 @@ for this model_id and score kind only.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..models import embedder_for
 from ..models.preprocess import to_rgb8
 from ..progress import progress_bar
 from ..simulate import Recapture
+from ..store.files import write_atomic
 from .query import rank
 from .score import DEFAULT_THRESHOLD, SCORE_KIND
 
@@ -120,9 +122,12 @@ def write_report(out_dir: Path, summary: dict, genuine: np.ndarray, impostor: np
     det.set(xlabel="false match rate", ylabel="false non-match rate", title="DET curve")
     det.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png", dpi=100)
+    # every report file whole or absent, even if the process is killed while writing it
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    (out_dir / "calibration.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "calibration.png", png.getvalue())
+    write_atomic(out_dir / "calibration.json", json.dumps(summary, indent=2).encode())
     lines = [
         "# Calibration", "",
         f"- model: `{summary['model_id']}`, score kind `{summary['score_kind']}`",
@@ -137,4 +142,4 @@ def write_report(out_dir: Path, summary: dict, genuine: np.ndarray, impostor: np
                      "impostor score and the shipped default. Enrol more specimens, or repeat "
                      "captures, and calibrate again.")
     lines += ["", "![score distributions and DET curve](calibration.png)", ""]
-    (out_dir / "calibration.md").write_text("\n".join(lines))
+    write_atomic(out_dir / "calibration.md", "\n".join(lines).encode())

@@ -102,7 +102,7 @@ def import_archive(archive, root) -> dict:
                 raise DatabaseDamaged(f"{archive}: the database holds {counts}, the manifest says "
                                       f"{manifest['counts']}")
             with db.writing():
-                with db.db.atomic():
+                with db.transaction():
                     db._audit("import", archive=archive.name, source=manifest.get("source"),
                               exported_at=manifest["created_at"], counts=counts)
                 db.save_index()  # rebuilt from the stored embeddings

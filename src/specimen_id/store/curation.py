@@ -6,6 +6,7 @@ FAISS index stays valid: it maps capture ids, and owners are looked up in SQLite
 from __future__ import annotations
 
 import json
+import math
 
 from ..errors import SpecimenIdError, SpecimenRemoved
 from .settings import now
@@ -21,11 +22,26 @@ def check_name(name: str) -> None:
         raise SpecimenIdError(f"specimen names cannot contain slashes: {name!r}")
 
 
+def check_metadata(metadata) -> None:
+    """Metadata is a mapping of text keys to plain values (text, numbers, true/false, null):
+    anything else (objects, nesting, NaN, which is not JSON) is refused before anything is
+    stored."""
+    if not isinstance(metadata, dict):
+        raise SpecimenIdError(f"metadata must be a mapping of keys to values, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key.strip():
+            raise SpecimenIdError(f"metadata keys must be non-empty text, not {key!r}")
+        if not (value is None or isinstance(value, (str, bool, int))
+                or (isinstance(value, float) and math.isfinite(value))):
+            raise SpecimenIdError(f"metadata value of {key!r} must be text, a finite number, "
+                                  f"true/false or null, not {type(value).__name__} {value!r}")
+
+
 class Curation:
     def rename_specimen(self, name: str, new_name: str) -> None:
         specimen = self.specimen(name)
         self._free(new_name)
-        with self.writing(), self.db.atomic():
+        with self.writing(), self.transaction():
             self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
             self._rename_in_logged_candidates(name, new_name)
             self._audit("rename", specimen, before={"name": name}, after={"name": new_name})
@@ -37,7 +53,7 @@ class Curation:
         if a["id"] == b["id"]:
             raise SpecimenIdError(f"cannot merge {source!r} into itself")
         notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
-        with self.writing(), self.db.atomic():
+        with self.writing(), self.transaction():
             captures = [r[0] for r in self.db.execute("SELECT uuid FROM captures WHERE specimen_id = ?",
                                                       [a["id"]])]
             moved = self.db.execute("UPDATE captures SET specimen_id = ? WHERE specimen_id = ?",
@@ -57,7 +73,7 @@ class Curation:
 
     def move_capture(self, capture_uuid: str, target: str) -> None:
         specimen = self.specimen(target)
-        with self.writing(), self.db.atomic():
+        with self.writing(), self.transaction():
             row = self.db.execute("SELECT s.uuid, s.name, s.removed_at FROM captures c JOIN specimens s "
                                   "ON s.id = c.specimen_id WHERE c.uuid = ?", [capture_uuid]).fetchone()
             if row is None:
@@ -70,12 +86,13 @@ class Curation:
 
     def edit_specimen(self, name: str, metadata: dict, notes: str) -> None:
         """Replace a specimen's metadata and notes."""
+        check_metadata(metadata)
         specimen = self.specimen(name)
         before = {"metadata": specimen["metadata"], "notes": specimen["notes"]}
         after = {"metadata": metadata, "notes": notes}
         if before == after:
             return
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
                             [json.dumps(metadata), notes, specimen["id"]])
             self._audit("edit", specimen, before=before, after=after)
@@ -90,7 +107,7 @@ class Curation:
                               "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
         if row is None:
             raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
-        with self.db.atomic():
+        with self.transaction():
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
             self._audit("review", {"uuid": row[1], "name": row[2]} if row[1] else None, query=query_uuid,

@@ -30,7 +30,7 @@ from ..errors import (
     UnknownSpecimen,
 )
 from .audit import Audit
-from .curation import Curation, check_name
+from .curation import Curation, check_metadata, check_name
 from .files import store_image, tree_size
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
@@ -97,6 +97,28 @@ class Database(Settings, Curation, Removal, Audit, Watched):
         finally:
             self._lock.release()
 
+    @contextmanager
+    def transaction(self):
+        """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
+        waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
+        when it reads first (insert() reads the table's columns) and another process commits
+        before its first write (a query being logged), SQLite fails it at once with "database
+        is locked" instead of waiting. Nested, it is a savepoint."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield self
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            with self.db.atomic():  # a savepoint inside it
+                yield self
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def _write_lock(self):
         from filelock import FileLock
 
@@ -125,7 +147,9 @@ class Database(Settings, Curation, Removal, Audit, Watched):
 
     def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
         """The named specimen, created if new; metadata given is merged into what it has."""
-        with self.db.atomic():
+        if metadata is not None:
+            check_metadata(metadata)
+        with self.transaction():
             try:
                 found = self.specimen(name)
             except SpecimenRemoved:
@@ -187,7 +211,7 @@ class Database(Settings, Curation, Removal, Audit, Watched):
         self.require_model(model_id)
         index = self.index()
         rows = []
-        with self.db.atomic():
+        with self.transaction():
             specimen = self.ensure_specimen(specimen_name, metadata)
             for capture, vector, blob in zip(captures, vectors, features):
                 path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
@@ -246,7 +270,7 @@ class Database(Settings, Curation, Removal, Audit, Watched):
                            feature_version: str, model_name: str, weights: Path | None) -> None:
         """Switch the database to new embeddings, local features and the model that made
         them, in one transaction."""
-        with self.db.atomic():
+        with self.transaction():
             self._audit("reindex", before={"model_id": self.model_id},
                         after={"model_id": model_id, "model": model_name, "captures": len(ids)})
             self._put_model(model_name, weights)
@@ -260,6 +284,32 @@ class Database(Settings, Curation, Removal, Audit, Watched):
                 for i, blob in zip(ids, features))
             self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
         self._index = None
+
+    def restore_vectors(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
+                        feature_version: str) -> None:
+        """Put recomputed embeddings and local features of some captures in place of whatever
+        they had, and drop embeddings of any other model, in one transaction (repair; call
+        under `writing()`)."""
+        marks = ",".join("?" * len(ids))
+        ids = [int(i) for i in ids]
+        with self.transaction():
+            self.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids)
+            self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks})", ids)
+            self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
+            self.db["embeddings"].insert_all(
+                {"capture_id": i, "model_id": model_id, "vector": v.tobytes()}
+                for i, v in zip(ids, np.asarray(vectors, np.float32)))
+            self.db["local_features"].insert_all(
+                {"capture_id": i, "version": feature_version, "data": blob}
+                for i, blob in zip(ids, features))
+            self._bump_generation(model_id, vectors.shape[1])
+        self._index = None
+
+    def rebuild_index(self) -> VectorIndex | None:
+        """Build the index from the stored embeddings whatever the file says, and save it
+        (call under `writing()`)."""
+        self._index = self._rebuild_index() if self.model_id else None
+        return self._index
 
     def index(self) -> VectorIndex | None:
         """The FAISS index matching the database now: the saved file if its generation and
@@ -355,7 +405,7 @@ class Database(Settings, Curation, Removal, Audit, Watched):
         if result.get("specimen"):
             specimen_id = self.specimen(result["specimen"])["id"]
         query_uuid = str(uuid.uuid4())
-        with self.db.atomic():
+        with self.transaction():
             self.db["queries"].insert({
                 "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
                 "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,

@@ -18,7 +18,7 @@ class Removal:
             specimen = self.specimen(name)
             ids = [c["id"] for c in self.captures(specimen["id"])]
             index = self.index()
-            with self.db.atomic():
+            with self.transaction():
                 at = now()
                 self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [at, specimen["id"]])
                 self._audit("remove", specimen, before={"removed_at": None}, after={"removed_at": at},
@@ -39,7 +39,7 @@ class Removal:
             specimen = self.removed_specimen(name)
             ids = [c["id"] for c in self.captures(specimen["id"])]
             index = self.index()
-            with self.db.atomic():
+            with self.transaction():
                 self.db.execute("UPDATE specimens SET removed_at = NULL WHERE id = ?", [specimen["id"]])
                 self._audit("restore", specimen, before={"removed_at": specimen["removed_at"]},
                             after={"removed_at": None}, captures=len(ids))
@@ -62,7 +62,7 @@ class Removal:
         with self.writing():
             specimen = self.removed_specimen(name)
             captures = self.captures(specimen["id"])
-            with self.db.atomic():
+            with self.transaction():
                 self._audit("purge", specimen, before={
                     "name": specimen["name"], "metadata": specimen["metadata"], "notes": specimen["notes"],
                     "created_at": specimen["created_at"], "removed_at": specimen["removed_at"],

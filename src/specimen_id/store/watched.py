@@ -16,7 +16,7 @@ class Watched:
 
     def mark_watched(self, file_sha256: str, name: str, outcome: str, detail: str = "") -> None:
         """Record content as handled (the first record wins: content is handled once)."""
-        with self.writing(), self.db.atomic():
+        with self.writing(), self.transaction():
             self.db.execute("INSERT OR IGNORE INTO watched(file_sha256, name, outcome, detail, "
                             "handled_at) VALUES (?, ?, ?, ?, ?)",
                             [file_sha256, name, outcome, detail, now()])

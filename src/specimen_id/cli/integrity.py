@@ -1,0 +1,39 @@
+"""Checking and fixing a database directory: verify, repair."""
+
+from __future__ import annotations
+
+import click
+
+from .base import cli, open_db
+
+
+@cli.command()
+@click.pass_context
+def verify(ctx):
+    """Check SQLite, embeddings, the index and every managed image; one line per finding.
+    Exits 1 when there is a problem (notices are harmless leftovers)."""
+    from ..store.integrity import verify as run_verify
+
+    report = run_verify(open_db(ctx))
+    for finding in report.findings:
+        click.echo(str(finding))
+    click.echo(report.summary())
+    ctx.exit(1 if report.problems else 0)
+
+
+@cli.command()
+@click.pass_context
+def repair(ctx):
+    """Fix what can be fixed from SQLite and the managed images (index, embeddings, local
+    features, leftover files); say what cannot."""
+    from ..indexer.repair import repair as run_repair
+
+    result = run_repair(open_db(ctx))
+    for line in result.fixed:
+        click.echo(f"fixed: {line}")
+    for line in result.unfixable:
+        click.echo(f"cannot fix: {line}")
+    for finding in result.after.problems:
+        click.echo(f"still: {finding}")
+    click.echo(result.after.summary())
+    ctx.exit(1 if result.after.problems else 0)

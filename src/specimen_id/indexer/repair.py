@@ -1,0 +1,105 @@
+"""`repair`: fix what `verify` finds, from the source of truth (SQLite rows and the managed
+images): recompute missing or damaged embeddings and local features from the images, drop
+embeddings of another model, rebuild the index, remove leftover files. What cannot be fixed
+that way (a missing or altered image, a damaged SQLite file) is reported with the captures it
+affects; nothing is deleted to make verify pass."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import images, local_features
+from ..errors import ImageRefused
+from ..models import embedder_for
+from ..store.integrity import Report, verify
+
+# A query process writes its image copy before it logs the query, without the write lock: a
+# fresh unreferenced file may be one it is about to refer to, so it is left alone.
+LEFTOVER_MIN_AGE_S = 60
+
+
+@dataclass
+class RepairReport:
+    fixed: list[str] = field(default_factory=list)
+    unfixable: list[str] = field(default_factory=list)
+    after: Report | None = None  # verify's report once repaired
+
+
+def repair(db) -> RepairReport:
+    out = RepairReport()
+    with db.writing():
+        found = verify(db)
+        if any(f.kind in ("sqlite", "schema") for f in found.problems):
+            out.unfixable += [f.message for f in found.problems if f.kind in ("sqlite", "schema")]
+            out.after = found
+            return out
+        bad_images = {f.capture_id for f in found.problems if f.kind == "image" and f.capture_id}
+        for f in found.problems:
+            if f.kind == "image":
+                what = "restore that file" if f.capture_id else "the logged query cannot be shown again"
+                out.unfixable.append(f"{f.message}: {what} (or remove the specimen)"
+                                     if f.capture_id else f"{f.message}; {what}")
+        stale = sorted({f.capture_id for f in found.problems
+                        if f.kind in ("embedding", "features") and f.capture_id is not None})
+        stray = sum(f.kind == "stray" for f in found.problems)
+        _recompute(db, [c for c in stale if c not in bad_images], stray, out)
+        for cid in sorted(set(stale) & bad_images):
+            out.unfixable.append(f"capture id {cid}: embedding or local features cannot be "
+                                 "recomputed without its image")
+        index = db.rebuild_index()
+        if any(f.kind == "index" for f in found.findings):
+            out.fixed.append(f"rebuilt index.faiss from the database ({len(index or [])} vectors)")
+        _remove_leftovers(db, found, out)
+        out.after = verify(db)
+    return out
+
+
+def _recompute(db, ids: list[int], stray: int, out: RepairReport) -> None:
+    """Embeddings and local features of these captures, from their managed images, with the
+    database's own model (and embeddings of other models dropped)."""
+    if not ids and not stray:
+        return
+    embedder = embedder_for(db, check=False)
+    if embedder.model_id != db.model_id:
+        out.unfixable.append(f"this database's model {db.model_id} is not the one specimen-id now "
+                             f"builds ({embedder.model_id}); run `specimen-id reindex`")
+        return
+    paths = dict(db.capture_files())
+    done, vectors, features = [], [], []
+    for cid in ids:
+        try:
+            pixels = images.load(paths[cid]).pixels
+        except ImageRefused as e:
+            out.unfixable.append(f"capture id {cid}: {e}")
+            continue
+        vectors.append(embedder.embed([pixels])[0])
+        features.append(local_features.extract(pixels).to_bytes())
+        done.append(cid)
+    array = np.array(vectors, np.float32).reshape(len(done), embedder.dim)
+    db.restore_vectors(embedder.model_id, done, array, features, local_features.FEATURE_VERSION)
+    if done:
+        out.fixed.append(f"recomputed the embedding and local features of {len(done)} capture(s) "
+                         "from their images")
+    if stray:
+        out.fixed.append(f"dropped {stray} embedding(s) of another model")
+
+
+def _remove_leftovers(db, found: Report, out: RepairReport) -> None:
+    young = 0
+    for f in found.findings:
+        if f.kind not in ("orphan", "temp") or f.path is None:
+            continue
+        try:
+            if time.time() - f.path.stat().st_mtime < LEFTOVER_MIN_AGE_S:
+                young += 1
+                continue
+            f.path.unlink()
+        except FileNotFoundError:
+            continue
+        out.fixed.append(f"removed {f.path.relative_to(db.root)}")
+    if young:
+        out.unfixable.append(f"kept {young} unreferenced file(s) younger than {LEFTOVER_MIN_AGE_S} s "
+                             "(a running query may be about to refer to them); run repair again later")

@@ -1,0 +1,265 @@
+"""`verify`: does the database directory hold what SQLite says it holds?
+
+Checks SQLite itself (integrity, foreign keys, schema version), every capture's embedding and
+local features against the database's model, the index file against the embeddings it is built
+from (id by id, vector by vector), and every managed image against its SHA-256.
+
+Findings come in two kinds. A *problem* is something stored that is lost, damaged or
+disagrees, and that nothing fixes by itself: verify fails on it. A *notice* is harmless and
+expected after an interrupted process: an index file that is stale, missing or unreadable (it
+is rebuilt from SQLite on the next open), an image file no row refers to, or a temporary file
+(a writer killed between writing a file and committing, or between committing and deleting,
+leaves these; nothing stored depends on them). `repair` removes notices too.
+
+Reads only: nothing here writes to the database directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .files import image_relpath
+from .schema import MIGRATIONS, schema_version
+from .vectors import VectorIndex
+
+NORM_TOLERANCE = 1e-3  # stored vectors are L2-normalised float32
+
+
+@dataclass
+class Finding:
+    kind: str  # sqlite, schema, embedding, stray, features, index, image, orphan, temp
+    message: str
+    problem: bool = True  # False: a notice (harmless, see the module docstring)
+    capture_id: int | None = None
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        return f"{'problem' if self.problem else 'notice'}: {self.message}"
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # what was checked, for the summary line
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.problem]
+
+    @property
+    def notices(self) -> list[Finding]:
+        return [f for f in self.findings if not f.problem]
+
+    def add(self, kind: str, message: str, **facts) -> None:
+        self.findings.append(Finding(kind, message, **facts))
+
+    def summary(self) -> str:
+        c = self.counts
+        head = "ok" if not self.problems else f"{len(self.problems)} problem(s)"
+        return (f"{head}: {c.get('specimens', 0)} specimen(s), {c.get('captures', 0)} capture(s), "
+                f"{c.get('files', 0)} image file(s), index generation {c.get('generation', 0)}"
+                + (f"; {len(self.notices)} notice(s)" if self.notices else ""))
+
+
+def verify(db) -> Report:
+    """Check a database (an open store.Database) and report every finding."""
+    report = Report()
+    conn = db.db.conn
+    if not _sqlite_ok(conn, report):
+        return report  # the rest would read damaged pages
+    # One read transaction: every check below sees the same committed state, even while
+    # another process enrols.
+    with db.db.atomic():
+        _check_schema(conn, report)
+        captures = _check_vectors(db, report)
+        _check_index(db, report)
+        referenced = _check_images(db, report, captures)
+    _check_leftovers(db.root, referenced, report)
+    return report
+
+
+def _sqlite_ok(conn, report: Report) -> bool:
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        if rows != ["ok"]:
+            for row in rows:
+                report.add("sqlite", f"specimens.sqlite: {row} (restore it from a backup)")
+            return False
+        for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check"):
+            report.add("sqlite", f"specimens.sqlite: row {rowid} of {table} refers to a missing {parent} row")
+    except sqlite3.DatabaseError as e:
+        report.add("sqlite", f"specimens.sqlite cannot be read ({e}); restore it from a backup")
+        return False
+    return True
+
+
+def _check_schema(conn, report: Report) -> None:
+    version = schema_version(conn)
+    if version != len(MIGRATIONS):
+        report.add("schema", f"schema version {version}, this specimen-id expects {len(MIGRATIONS)}")
+
+
+def _check_vectors(db, report: Report) -> dict[int, dict]:
+    """Every capture has one sound embedding of the current model and current local features;
+    returns the captures by id."""
+    from ..local_features import FEATURE_VERSION
+
+    captures = {r["id"]: r for r in db.db.query(
+        "SELECT c.id, c.uuid, c.image_path, c.file_sha256, s.name AS specimen FROM captures c "
+        "LEFT JOIN specimens s ON s.id = c.specimen_id")}
+    report.counts.update(specimens=db.count("specimens"), captures=len(captures),
+                         generation=db.generation)
+    model_id, dim = db.model_id, db.setting("embedding_dim")
+    if captures and not (model_id and dim):
+        report.add("embedding", "captures exist but no model is recorded; run `specimen-id reindex`")
+        return captures
+    embedded = set()
+    for cid, mid, blob in db.db.execute("SELECT capture_id, model_id, vector FROM embeddings"):
+        who = _who(captures.get(cid), cid)
+        if mid != model_id:
+            report.add("stray", f"{who}: stray embedding of another model ({mid})")
+            continue
+        embedded.add(cid)
+        if len(blob) != 4 * int(dim):
+            report.add("embedding", f"{who}: embedding has {len(blob) // 4} values, not {dim}", capture_id=cid)
+            continue
+        vector = np.frombuffer(blob, np.float32)
+        if not np.all(np.isfinite(vector)):
+            report.add("embedding", f"{who}: embedding holds NaN or infinite values", capture_id=cid)
+        elif abs(float(np.linalg.norm(vector)) - 1) > NORM_TOLERANCE:
+            report.add("embedding", f"{who}: embedding is not unit length "
+                                    f"(norm {np.linalg.norm(vector):.4f})", capture_id=cid)
+    for cid in sorted(set(captures) - embedded):
+        report.add("embedding", f"{_who(captures[cid], cid)}: no embedding for model {model_id}", capture_id=cid)
+    versions = dict(db.db.execute("SELECT capture_id, version FROM local_features").fetchall())
+    for cid in sorted(captures):
+        if versions.get(cid) != FEATURE_VERSION:
+            found = f"version {versions[cid]}" if cid in versions else "none"
+            report.add("features", f"{_who(captures[cid], cid)}: no local features of version "
+                                   f"{FEATURE_VERSION} ({found})", capture_id=cid)
+    return captures
+
+
+def _check_index(db, report: Report) -> None:
+    """The index file against the embeddings it is built from (db.embeddings, the index's own
+    source), id by id and vector by vector."""
+    path = db.index_path
+    model_id, dim, generation = db.model_id, db.setting("embedding_dim"), db.generation
+    if not model_id:
+        return
+    index = VectorIndex.load(path)
+    if index is None:
+        state = "missing" if not path.exists() else "unreadable"
+        report.add("index", f"{path.name} is {state}; it is rebuilt from the database on next "
+                            "use (or by `repair`)", problem=False, path=path)
+        return
+    if not index.describes(generation, model_id):
+        report.add("index", f"{path.name} is stale (generation {index.generation}, model "
+                            f"{index.model_id}; the database is at {generation}, {model_id}); it is "
+                            "rebuilt on next use (or by `repair`)", problem=False, path=path)
+        return
+    try:
+        ids, vectors = db.embeddings(model_id, int(dim))
+    except ValueError:
+        report.add("index", f"{path.name} not compared: the stored embeddings are damaged (above)")
+        return
+    held, held_vectors = _index_contents(index)
+    if index.dim != int(dim) or len(held) != len(ids):
+        report.add("index", f"{path.name} claims generation {generation} but holds {len(held)} "
+                            f"vectors of {index.dim} values; the database has {len(ids)} of {dim}", path=path)
+        return
+    order = np.argsort(held)
+    missing, extra = set(ids.tolist()) - set(held.tolist()), set(held.tolist()) - set(ids.tolist())
+    if missing or extra:
+        report.add("index", f"{path.name} disagrees with the database: captures "
+                            f"{sorted(missing)} missing, {sorted(extra)} not in the database", path=path)
+        return
+    differ = ids[~np.all(held_vectors[order] == vectors, axis=1)]
+    if len(differ):
+        report.add("index", f"{path.name} holds other vectors than the database for captures "
+                            f"{differ.tolist()}", path=path)
+
+
+def _index_contents(index: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) held by a flat IDMap index, in its own order."""
+    import faiss
+
+    ids = index.ids()
+    flat = faiss.downcast_index(index.index.index)
+    return ids, flat.reconstruct_n(0, len(ids)) if len(ids) else np.empty((0, index.dim), np.float32)
+
+
+def _check_images(db, report: Report, captures: dict) -> set[str]:
+    """Every managed image (of captures and logged queries) is present, named for its content
+    and has that content; returns the referenced paths."""
+    referenced, hashes = set(), {}
+    for cid, row in sorted(captures.items()):
+        referenced.add(row["image_path"])
+        actual = hashes.setdefault(row["image_path"], _sha256(db.root / row["image_path"]))
+        who = _who(row, cid)
+        if actual is None:
+            report.add("image", f"{who}: image file {row['image_path']} is missing", capture_id=cid,
+                       path=db.root / row["image_path"])
+        elif actual != row["file_sha256"]:
+            report.add("image", f"{who}: image file {row['image_path']} was altered (its SHA-256 is "
+                                f"{actual[:12]}…, recorded {row['file_sha256'][:12]}…)", capture_id=cid,
+                       path=db.root / row["image_path"])
+        elif not row["image_path"].startswith(image_relpath(row["file_sha256"], "")):
+            report.add("image", f"{who}: image file {row['image_path']} is not named for its content",
+                       capture_id=cid)
+    for quuid, path, sha in db.db.execute(
+            "SELECT uuid, image_path, file_sha256 FROM queries WHERE image_path IS NOT NULL"):
+        referenced.add(path)
+        actual = hashes.setdefault(path, _sha256(db.root / path))
+        if actual != sha:
+            state = "is missing" if actual is None else "was altered"
+            report.add("image", f"logged query {quuid}: image file {path} {state}", path=db.root / path)
+    report.counts["files"] = len(referenced)
+    return referenced
+
+
+def _check_leftovers(root: Path, referenced: set[str], report: Report) -> None:
+    for path in leftovers(root, referenced):
+        if path.name.endswith(".tmp"):
+            report.add("temp", f"{path.relative_to(root)}: temporary file left by an interrupted "
+                               "write", problem=False, path=path)
+        else:
+            report.add("orphan", f"{path.relative_to(root)}: image file no capture or query refers "
+                                 "to", problem=False, path=path)
+
+
+def leftovers(root: Path, referenced: set[str]) -> list[Path]:
+    """Temporary files (files.write_atomic's `.NAME.*.tmp`) in the directory and under images/,
+    and image files no row refers to."""
+    found = [p for p in root.glob(".*.tmp") if p.is_file()]
+    images = root / "images"
+    if images.is_dir():
+        for path in sorted(images.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and (path.name.endswith(".tmp") or rel not in referenced):
+                found.append(path)
+    return found
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "unreadable"
+
+
+def _who(row: dict | None, cid: int) -> str:
+    if row is None:
+        return f"capture {cid} (no such capture)"
+    return f"capture {row['uuid']} of {row['specimen']!r}"
