@@ -31,11 +31,13 @@ from ..errors import (
 )
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
+from .embeddings import Embeddings
 from .files import store_image, tree_size
+from .querylog import QueryLog, decoded
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
-from .vectors import VectorIndex, chosen_kind
+from .vectors import VectorIndex
 from .watched import Watched
 
 DB_ENV = "SPECIMEN_ID_DB"
@@ -47,7 +49,7 @@ def default_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
 
 
-class Database(Settings, Curation, Removal, Audit, Watched):
+class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 
@@ -132,7 +134,7 @@ class Database(Settings, Curation, Removal, Audit, Watched):
         return self.db[table].count
 
     def specimens(self) -> list[dict]:
-        return [_decoded(r) for r in self.db.query(
+        return [decoded(r) for r in self.db.query(
             "SELECT s.*, COUNT(c.id) AS captures FROM specimens s LEFT JOIN captures c "
             "ON c.specimen_id = s.id WHERE s.removed_at IS NULL GROUP BY s.id ORDER BY s.name")]
 
@@ -143,7 +145,7 @@ class Database(Settings, Curation, Removal, Audit, Watched):
             raise UnknownSpecimen(name)
         if rows[0]["removed_at"] is not None and not removed:
             raise SpecimenRemoved(name)
-        return _decoded(rows[0])
+        return decoded(rows[0])
 
     def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
         """The named specimen, created if new; metadata given is merged into what it has."""
@@ -172,7 +174,7 @@ class Database(Settings, Curation, Removal, Audit, Watched):
         return found
 
     def captures(self, specimen_id: int) -> list[dict]:
-        return [_decoded(r) for r in self.db.query(
+        return [decoded(r) for r in self.db.query(
             "SELECT * FROM captures WHERE specimen_id = ? ORDER BY id", [specimen_id])]
 
     def capture_files(self) -> list[tuple[int, Path]]:
@@ -242,141 +244,6 @@ class Database(Settings, Curation, Removal, Audit, Watched):
             self._index = None
         return rows
 
-    # -- embeddings and the index ---------------------------------------------------------
-
-    def _bump_generation(self, model_id, dim) -> int:
-        """Inside a write transaction: the embedding set changed, so every index file made
-        before is stale."""
-        generation = self.generation + 1
-        self._put_setting("index_generation", generation)
-        if model_id:
-            self._put_setting("model_id", model_id)
-        if dim:
-            self._put_setting("embedding_dim", int(dim))
-        return generation
-
-    def embeddings(self, model_id: str, dim: int):
-        """(ids, vectors) of every capture embedded with this model, removed specimens left out
-        (the one source the index is built from, so index and database agree): (n,), (n, dim)."""
-        rows = self.db.execute(
-            "SELECT e.capture_id, e.vector FROM embeddings e JOIN captures c ON c.id = e.capture_id "
-            "JOIN specimens s ON s.id = c.specimen_id WHERE e.model_id = ? AND s.removed_at IS NULL "
-            "ORDER BY e.capture_id", [model_id]).fetchall()
-        ids = np.array([r[0] for r in rows], np.int64)
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32)
-        return ids, vectors.reshape(len(rows), dim)
-
-    def replace_embeddings(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
-                           feature_version: str, model_name: str, weights: Path | None) -> None:
-        """Switch the database to new embeddings, local features and the model that made
-        them, in one transaction."""
-        with self.transaction():
-            self._audit("reindex", before={"model_id": self.model_id},
-                        after={"model_id": model_id, "model": model_name, "captures": len(ids)})
-            self._put_model(model_name, weights)
-            self.db.execute("DELETE FROM embeddings")
-            self.db.execute("DELETE FROM local_features")
-            self.db["embeddings"].insert_all(
-                {"capture_id": int(i), "model_id": model_id, "vector": v.tobytes()}
-                for i, v in zip(ids, np.asarray(vectors, np.float32)))
-            self.db["local_features"].insert_all(
-                {"capture_id": int(i), "version": feature_version, "data": blob}
-                for i, blob in zip(ids, features))
-            self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
-        self._index = None
-
-    def restore_vectors(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
-                        feature_version: str) -> None:
-        """Put recomputed embeddings and local features of some captures in place of whatever
-        they had, and drop embeddings of any other model, in one transaction (repair; call
-        under `writing()`)."""
-        marks = ",".join("?" * len(ids))
-        ids = [int(i) for i in ids]
-        with self.transaction():
-            self.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids)
-            self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks})", ids)
-            self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
-            self.db["embeddings"].insert_all(
-                {"capture_id": i, "model_id": model_id, "vector": v.tobytes()}
-                for i, v in zip(ids, np.asarray(vectors, np.float32)))
-            self.db["local_features"].insert_all(
-                {"capture_id": i, "version": feature_version, "data": blob}
-                for i, blob in zip(ids, features))
-            self._bump_generation(model_id, vectors.shape[1])
-        self._index = None
-
-    def rebuild_index(self) -> VectorIndex | None:
-        """Build the index from the stored embeddings whatever the file says, and save it
-        (call under `writing()`)."""
-        self._index = self._rebuild_index() if self.model_id else None
-        return self._index
-
-    def index(self) -> VectorIndex | None:
-        """The FAISS index matching the database now: the saved file if its generation and
-        model agree with SQLite, else rebuilt from the stored embeddings (and saved when no
-        other process holds the write lock). None while nothing is enrolled."""
-        generation, model_id = self.generation, self.model_id
-        if self._index is not None and self._index.describes(generation, model_id):
-            return self._index
-        if not model_id:
-            return None
-        index = VectorIndex.load(self.index_path)
-        if index is None or not index.describes(generation, model_id):
-            index = self._rebuild_index()
-        self._index = index
-        return index
-
-    def _rebuild_index(self) -> VectorIndex:
-        with self.db.atomic():  # one snapshot: the generation and the vectors it counts
-            generation, model_id = self.generation, self.model_id
-            dim = int(self.setting("embedding_dim", 1))
-            ids, vectors = self.embeddings(model_id, dim)
-        index = VectorIndex.build(ids, vectors, generation, model_id, dim, self.setting("index"))
-        from filelock import Timeout
-
-        try:
-            with self._write_lock().acquire(timeout=0):
-                if self.generation == generation:
-                    index.save(self.index_path)
-        except Timeout:
-            pass  # another process is writing; it saves its own index when done
-        return index
-
-    def save_index(self) -> None:
-        """Write the current index file (call under `writing()`, after a change); an index
-        that has grown past its kind (see vectors.chosen_kind) is rebuilt here, by the
-        writer, never by a reader."""
-        index = self.index()
-        if index is not None and index.kind != chosen_kind(self.setting("index"), len(index)):
-            index = self._index = self._rebuild_index()
-        if index is not None:
-            index.save(self.index_path)
-
-    @property
-    def index_path(self) -> Path:
-        return self.root / "index.faiss"
-
-    def search(self, vectors: np.ndarray, k: int):
-        """Nearest captures for each vector: (scores, capture ids), both (n, k')."""
-        index = self.index()
-        if index is None or not len(index):
-            return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
-        scores, ids = index.search(vectors, index.candidates(k))
-        if not index.exact_scores:  # the compact index estimates; the stored vectors know
-            for row, vector in enumerate(np.asarray(vectors, np.float32)):
-                stored = self.vectors_of(ids[row], index.model_id, index.dim)
-                scores[row] = [stored[i] @ vector if i in stored else -1.0 for i in ids[row]]
-            order = np.argsort(-scores, axis=1, kind="stable")
-            scores, ids = np.take_along_axis(scores, order, 1)[:, :k], np.take_along_axis(ids, order, 1)[:, :k]
-        return scores, ids
-
-    def vectors_of(self, ids, model_id: str, dim: int) -> dict[int, np.ndarray]:
-        ids = [int(i) for i in ids if i >= 0]
-        rows = self.db.execute(
-            f"SELECT capture_id, vector FROM embeddings WHERE model_id = ? AND capture_id IN "
-            f"({','.join('?' * len(ids))})", [model_id, *ids]).fetchall() if ids else []
-        return {cid: np.frombuffer(blob, np.float32, dim) for cid, blob in rows}
-
     def local_features(self, ids, version: str) -> dict[int, bytes]:
         """capture id -> stored local features of that version."""
         ids = [int(i) for i in ids]
@@ -396,53 +263,6 @@ class Database(Settings, Curation, Removal, Audit, Watched):
             f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks}) AND s.removed_at IS NULL",
             ids)}
 
-    # -- query log ------------------------------------------------------------------------
-
-    def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
-                  software_version: str, score_kind: str = "cosine") -> str:
-        image_path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
-        specimen_id = None
-        if result.get("specimen"):
-            specimen_id = self.specimen(result["specimen"])["id"]
-        query_uuid = str(uuid.uuid4())
-        with self.transaction():
-            self.db["queries"].insert({
-                "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
-                "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
-                "image_path": image_path, "model_id": model_id, "threshold": threshold,
-                "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
-                "specimen_id": specimen_id, "score": result["score"],
-                "candidates": json.dumps(result["candidates"]),
-                "software_version": software_version, "quality": json.dumps(capture.quality)})
-        return query_uuid
-
-    def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
-        """Logged queries, newest first (only those decided for one specimen, if given)."""
-        where = "WHERE q.specimen_id = ?" if specimen_id is not None else ""
-        params = [specimen_id] if specimen_id is not None else []
-        return [_decoded(r) for r in self.db.query(
-            f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
-            f"ON s.id = q.specimen_id {where} ORDER BY q.id DESC LIMIT ?", [*params, limit])]
-
-    def image_of(self, kind: str, uuid_: str) -> Path:
-        """The managed image of a capture or a logged query, found by its UUID (never by a
-        path from outside, so nothing outside the database directory can be named)."""
-        sql = {"capture": "SELECT image_path FROM captures c JOIN specimens s ON s.id = c.specimen_id "
-                          "WHERE c.uuid = ? AND s.removed_at IS NULL",  # removed: not shown
-               "query": "SELECT image_path FROM queries WHERE uuid = ?"}[kind]
-        row = self.db.execute(sql, [uuid_]).fetchone()
-        if row is None or row[0] is None:
-            raise KeyError(uuid_)
-        return self.root / row[0]
-
-    def logged_query(self, uuid_: str) -> dict:
-        rows = [_decoded(r) for r in self.db.query(
-            f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
-            "ON s.id = q.specimen_id WHERE q.uuid = ?", [uuid_])]
-        if not rows:
-            raise KeyError(uuid_)
-        return rows[0]
-
     # -- summary --------------------------------------------------------------------------
 
     def info(self) -> dict:
@@ -453,20 +273,8 @@ class Database(Settings, Curation, Removal, Audit, Watched):
             "model_id": self.model_id, "model": self.setting("model_name"),
             "settings": {key: self.setting(key) for key in DEFAULTS},
             "index_vectors": len(index) if index is not None else 0,
+            "index_kind": index.kind if index is not None else None,
             "index_generation": self.generation,
             "bytes": {"sqlite": tree_size(self.root / "specimens.sqlite"),
                       "index": tree_size(self.index_path), "images": tree_size(self.root / "images")},
         }
-
-
-# the latest review of a query as JSON (NULL when nobody reviewed it)
-_LATEST_REVIEW = ("(SELECT json_object('verdict', r.verdict, 'reviewer', r.reviewer, 'at', r.created_at) "
-                  "FROM reviews r WHERE r.query_id = q.id ORDER BY r.id DESC LIMIT 1) AS review")
-
-
-def _decoded(row: dict) -> dict:
-    """JSON columns back to Python values."""
-    for key in ("metadata", "exif", "candidates", "review", "quality", "acquisition"):
-        if isinstance(row.get(key), str):
-            row[key] = json.loads(row[key])
-    return row

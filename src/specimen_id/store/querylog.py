@@ -1,0 +1,71 @@
+"""The query log: every answered query with what it takes to explain it later (a mixin of
+Database)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from .files import store_image
+from .settings import now
+
+
+class QueryLog:
+    def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
+                  software_version: str, score_kind: str = "cosine") -> str:
+        image_path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+        specimen_id = None
+        if result.get("specimen"):
+            specimen_id = self.specimen(result["specimen"])["id"]
+        query_uuid = str(uuid.uuid4())
+        with self.transaction():
+            self.db["queries"].insert({
+                "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
+                "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
+                "image_path": image_path, "model_id": model_id, "threshold": threshold,
+                "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
+                "specimen_id": specimen_id, "score": result["score"],
+                "candidates": json.dumps(result["candidates"]),
+                "software_version": software_version, "quality": json.dumps(capture.quality)})
+        return query_uuid
+
+    def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
+        """Logged queries, newest first (only those decided for one specimen, if given)."""
+        where = "WHERE q.specimen_id = ?" if specimen_id is not None else ""
+        params = [specimen_id] if specimen_id is not None else []
+        return [decoded(r) for r in self.db.query(
+            f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
+            f"ON s.id = q.specimen_id {where} ORDER BY q.id DESC LIMIT ?", [*params, limit])]
+
+    def image_of(self, kind: str, uuid_: str) -> Path:
+        """The managed image of a capture or a logged query, found by its UUID (never by a
+        path from outside, so nothing outside the database directory can be named)."""
+        sql = {"capture": "SELECT image_path FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                          "WHERE c.uuid = ? AND s.removed_at IS NULL",  # removed: not shown
+               "query": "SELECT image_path FROM queries WHERE uuid = ?"}[kind]
+        row = self.db.execute(sql, [uuid_]).fetchone()
+        if row is None or row[0] is None:
+            raise KeyError(uuid_)
+        return self.root / row[0]
+
+    def logged_query(self, uuid_: str) -> dict:
+        rows = [decoded(r) for r in self.db.query(
+            f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
+            "ON s.id = q.specimen_id WHERE q.uuid = ?", [uuid_])]
+        if not rows:
+            raise KeyError(uuid_)
+        return rows[0]
+
+
+# the latest review of a query as JSON (NULL when nobody reviewed it)
+_LATEST_REVIEW = ("(SELECT json_object('verdict', r.verdict, 'reviewer', r.reviewer, 'at', r.created_at) "
+                  "FROM reviews r WHERE r.query_id = q.id ORDER BY r.id DESC LIMIT 1) AS review")
+
+
+def decoded(row: dict) -> dict:
+    """JSON columns back to Python values."""
+    for key in ("metadata", "exif", "candidates", "review", "quality", "acquisition"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row
