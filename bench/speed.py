@@ -116,7 +116,7 @@ def part_model(args) -> None:
 
 def part_enrol(args) -> None:
     import specimen_id
-    from specimen_id import images, local_features
+    from specimen_id import images, local_features, quality
     from specimen_id.models import load_embedder
 
     embedder = load_embedder()
@@ -134,7 +134,7 @@ def part_enrol(args) -> None:
                 rounds.append(len(report.enrolled) / (time.perf_counter() - start))
         stages = {  # single-thread cost per image, to explain the ratio
             "read + decode + hashes": lambda: [images.load(p) for p in paths[:50]],
-            "quality measures": lambda: [images.load(p).quality for p in paths[:50]],
+            "quality measures": lambda: [quality.measure(p) for p in pixels[:50]],
             "SIFT features": lambda: [local_features.extract(p) for p in pixels[:50]],
             "CNN input (resize, normalise)": lambda: [embedder.preprocess(p) for p in pixels[:50]],
         }

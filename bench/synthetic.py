@@ -82,19 +82,15 @@ def _components(x: np.ndarray) -> tuple[np.ndarray, float]:
 
 def exact_top10(model: FittedVectors, total: int, queries: np.ndarray, chunk: int = 250_000,
                 progress=None) -> np.ndarray:
-    """Ids (positions) of each query's 10 nearest vectors by inner product, by brute force over
+    """Positions of each query's 10 nearest vectors by inner product, by brute force over
     chunks made again from their seeds."""
-    best_scores = np.full((len(queries), 10), -np.inf, np.float32)
-    best_ids = np.zeros((len(queries), 10), np.int64)
-    for start in range(0, total, chunk):
-        vectors = model.chunk(start, min(chunk, total - start))
-        scores = queries @ vectors.T
-        top = np.argpartition(-scores, 10, axis=1)[:, :10]
-        merged_scores = np.hstack([best_scores, np.take_along_axis(scores, top, 1)])
-        merged_ids = np.hstack([best_ids, top + start])
-        order = np.argsort(-merged_scores, axis=1)[:, :10]
-        best_scores = np.take_along_axis(merged_scores, order, 1)
-        best_ids = np.take_along_axis(merged_ids, order, 1)
-        if progress is not None:
-            progress.update(len(vectors))
-    return best_ids
+    from specimen_id.store.vectors import exact_top
+
+    def slices():
+        for start in range(0, total, chunk):
+            vectors = model.chunk(start, min(chunk, total - start))
+            yield start, vectors
+            if progress is not None:
+                progress.update(len(vectors))
+
+    return exact_top(queries, slices())

@@ -218,3 +218,33 @@ def test_export_while_another_process_enrols_is_a_consistent_snapshot(run, tmp_p
     assert len(VectorIndex.load(tmp_path / "final" / "index.faiss")) == sum(final_sizes.values())
     print(f"{len(archives)} exports during enrolment ({during} wholly inside the writer's lock); "
           f"capture counts seen: {sorted(seen)}")
+
+
+def test_an_archive_whose_rows_point_outside_its_images_is_refused(run, tmp_path):
+    """Consistent hashes are not enough: a database row naming `../victim.txt` (which purge
+    would delete and the web app would serve) makes the import fail, and nothing is touched."""
+    assert run("enroll", "-s", "a", SPECIMENS / "he-tissue-a" / "capture-1.png").exit_code == 0
+    archive = tmp_path / "a.tar"
+    assert run("export", archive).exit_code == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    digests = {}
+
+    def hostile(name, data):
+        if name == "specimens.sqlite":
+            path = tmp_path / "rows.sqlite"
+            path.write_bytes(data)
+            with sqlite3.connect(path) as con:
+                con.execute("UPDATE captures SET image_path = ?", [os.path.relpath(victim, tmp_path / "target")])
+            data = path.read_bytes()
+            digests[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        elif name == "manifest.json":
+            manifest = json.loads(data)
+            manifest["members"].update(digests)
+            data = json.dumps(manifest).encode()
+        return data
+
+    _rewrite(archive, tmp_path / "hostile.tar", hostile)
+    result = run("import", tmp_path / "hostile.tar", db=tmp_path / "target")
+    assert result.exit_code == 3 and "is not a managed image name" in result.stderr
+    assert not (tmp_path / "target").exists() and victim.read_text() == "precious"

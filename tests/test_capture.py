@@ -102,3 +102,23 @@ def test_a_source_that_cannot_give_the_frames_is_one_error_line(run, video, tmp_
     result = run("capture", "--device", missing, "--out", out)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"error: {missing}: no such camera or video file"
+
+
+def test_a_forged_capture_record_cannot_break_the_specimen_page(run, tmp_path):
+    """Anyone can write a PNG text chunk: a malformed acquisition record is reduced to plain
+    values and the specimen page still renders."""
+    from fastapi.testclient import TestClient
+    from PIL import Image, PngImagePlugin
+
+    from specimen_id.images import ACQUISITION_KEY
+    from specimen_id.web import create_app
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(ACQUISITION_KEY, json.dumps({"frames": 8, "device": "<b>0</b>", "not_locked": 5,
+                                               "controls": [{"deep": {"er": 1}}]}))
+    shot = tmp_path / "forged.png"
+    Image.open(SPECIMENS / "he-tissue-a" / "capture-1.png").save(shot, pnginfo=info)
+    assert run("enroll", "-s", "forged", shot).exit_code == 0
+    page = TestClient(create_app(run.db), base_url="http://127.0.0.1").get("/specimens/forged")
+    assert page.status_code == 200
+    assert "8 frame(s) from &lt;b&gt;0&lt;/b&gt;" in page.text and "not locked" not in page.text

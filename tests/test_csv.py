@@ -114,3 +114,27 @@ def test_a_file_that_is_not_a_specimen_table_is_refused_whole(two, tmp_path):
     result = two("import-csv", latin)
     assert result.exit_code == 1 and f"{latin}: not UTF-8" in result.stderr
     assert Database(two.db).specimen("slide, 1")["notes"].startswith("notes with")
+
+
+def test_round_trip_keeps_metadata_types_from_the_python_api(two, tmp_path):
+    """Numbers, true/false and null set through the Python API come back as they were (the
+    CSV holds them as JSON text); an edited cell becomes the text typed."""
+    from specimen_id.store.csvfile import export_csv, import_csv
+
+    db = Database(two.db)
+    typed = {"magnification": 40, "fixed": True, "stain": None, "note": "", "ratio": 0.5}
+    db.edit_specimen("=SUM(1,2)", typed, "")
+    export_csv(db, tmp_path / "s.csv")
+    report = import_csv(db, tmp_path / "s.csv")
+    assert (report.updated, report.unchanged, report.problems) == ([], 2, [])
+    assert db.specimen("=SUM(1,2)")["metadata"] == typed
+    rows = _read(tmp_path / "s.csv")
+    (row,) = [r for r in rows if r["meta:magnification"] == "40"]
+    row["meta:magnification"] = "63"
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    (tmp_path / "s.csv").write_text(out.getvalue(), encoding="utf-8")
+    import_csv(db, tmp_path / "s.csv")
+    assert db.specimen("=SUM(1,2)")["metadata"] == {**typed, "magnification": "63"}

@@ -8,6 +8,7 @@ import pytest
 from conftest import QUERIES
 
 from specimen_id.store import Database
+from specimen_id.store.integrity import verify
 from specimen_id.store.vectors import (
     COMPACT_DIM,
     FLAT_MAX,
@@ -85,6 +86,13 @@ def test_compact_database_search_reranks_by_the_stored_vectors(tmp_path):
     order = np.argsort(-exact)[:10]
     np.testing.assert_array_equal(ids[0], ids_all[order])
     np.testing.assert_allclose(scores[0], exact[order], atol=1e-6)
+    # verify compares the trained kinds with the database id by id
+    for kind in ("compact", "ivf"):
+        with db.writing():
+            db.set_setting("index", kind)
+            db.save_index()
+        assert db.index().kind == kind
+        assert [f.message for f in verify(db).findings if f.kind == "index"] == []
 
 
 def test_compact_index_uses_a_fraction_of_the_memory_per_vector(tmp_path):

@@ -62,6 +62,9 @@ def test_low_quality_is_refused_for_enrolment_with_one_line_and_the_batch_goes_o
 
     result = run("enroll", "--specimen", "slide", "--allow-low-quality", blurred)
     assert result.exit_code == 0 and "enrolled 1" in result.stdout
+    # re-running without the flag is the usual no-op: what is enrolled is skipped, not refused
+    result = run("enroll", "--specimen", "slide", blurred, DENSE)
+    assert result.exit_code == 0 and "enrolled 0, skipped 2" in result.stdout
 
 
 def test_limits_are_database_settings(run, blurred):

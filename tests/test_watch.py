@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SPECIMENS
+from conftest import QUERIES, SPECIMENS
 
 import specimen_id
 from specimen_id.store import Database
@@ -147,3 +147,42 @@ def test_a_running_watch_waits_for_complete_files_follows_content_and_resumes(tm
     finally:
         assert again.stop() == 0
     assert _captures(db) == 3
+
+
+def test_content_is_handled_once_per_action_not_once_for_all(enrolled, tmp_path):
+    """A shot first only queried is still enrolled by a later `watch --enroll`, and one
+    enrolled under one specimen is not thereby handled for another."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(QUERIES / "never-enrolled-1.jpg", inbox / "new.jpg")
+    queried = enrolled("watch", inbox, "--once")
+    assert queried.exit_code == 0 and queried.stdout.startswith("no_match: ")
+    first = enrolled("watch", inbox, "--once", "--enroll", "first", "--allow-low-quality")
+    assert first.exit_code == 0 and first.stdout.startswith("enrolled: "), first.output
+    assert len(Database(enrolled.db).captures(Database(enrolled.db).specimen("first")["id"])) == 1
+    assert enrolled("watch", inbox, "--once", "--enroll", "first").stdout.startswith("skipped: ")
+    assert enrolled("watch", inbox, "--once").stdout.startswith("skipped: ")
+
+
+def test_enrol_stores_the_bytes_that_were_hashed(run, tmp_path):
+    """The file is read once: what is enrolled is what was hashed and recorded, even if the
+    camera app has already saved the next shot under the same name."""
+    from specimen_id import images
+    from specimen_id.models import load_embedder
+    from specimen_id.watch import Watcher, enrol_action
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(FIELDS[0], inbox / "shot.png")
+    with Database(run.db) as db:
+        embedder = load_embedder()
+        act = enrol_action(db, embedder, "slide")
+
+        def overwritten_first(capture, path):
+            shutil.copy(FIELDS[1], path)  # the next shot lands between read and enrol
+            return act(capture, path)
+
+        overwritten_first.key = act.key
+        Watcher(db, inbox, overwritten_first, lambda line: None, settle=0, patience=0).poll()
+        (capture,) = db.captures(db.specimen("slide")["id"])
+        assert capture["file_sha256"] == images.load(FIELDS[0]).file_sha256

@@ -69,6 +69,14 @@ class Capture:
         return FORMATS[self.format]
 
 
+def visible_files(folder) -> list[Path]:
+    """Files under a folder, hidden ones (a name or a parent folder starting with ".") left
+    out: cameras, apps and file managers keep temp files and thumbnails there."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*")
+                  if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
+
+
 def max_pixels() -> int:
     return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
 
@@ -130,7 +138,17 @@ def _acquisition(text: str | None) -> dict | None:
         value = json.loads(text) if text else None
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    # anyone can write a PNG text chunk: keep plain values, lists of text and flat mappings,
+    # and `not_locked` only as the list of names the pages show
+    plain = (str, int, float, bool, type(None))
+    kept = {str(k): v for k, v in value.items()
+            if isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            or (isinstance(v, dict) and all(isinstance(x, plain) for x in v.values()))}
+    if not isinstance(kept.get("not_locked", []), list):
+        del kept["not_locked"]
+    return kept
 
 
 def _decode_pixels(data: bytes, name: str, fmt: str) -> np.ndarray:

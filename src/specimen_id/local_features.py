@@ -103,16 +103,37 @@ def extract(pixels: np.ndarray) -> LocalFeatures:
 
 def verify(query: LocalFeatures, candidate: LocalFeatures) -> Verification:
     """Fit the similarity transform from query to candidate and measure how well it holds."""
+    return verify_many(query, [candidate])[0]
+
+
+def verify_many(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[Verification]:
+    """`verify` against each candidate. The descriptor comparisons of all candidates are one
+    matrix product (RootSIFT vectors have unit length, so the nearest neighbour by distance is
+    the one with the largest dot product): a shortlist of 100 is verified several times faster
+    than pair by pair."""
+    none = Verification(0, 0.0, np.zeros((0, 2, 2), np.float32))
+    usable = [c for c in candidates if len(c) >= 3] if len(query) >= 3 else []
+    similarity = (query.root_sift @ np.concatenate([c.root_sift for c in usable]).T) if usable else None
+    results, start = [], 0
+    for candidate in candidates:
+        if not usable or len(candidate) < 3:
+            results.append(none)
+            continue
+        block = similarity[:, start:start + len(candidate)]
+        start += len(candidate)
+        # mutual nearest neighbours (a cross-checked match), in query order
+        best_candidate = block.argmax(axis=1)
+        mutual = np.flatnonzero(block.argmax(axis=0)[best_candidate] == np.arange(len(query)))
+        results.append(_fit(query, candidate, mutual, best_candidate[mutual]) if len(mutual) >= 3 else none)
+    return results
+
+
+def _fit(query: LocalFeatures, candidate: LocalFeatures, qi: np.ndarray, ci: np.ndarray) -> Verification:
+    """RANSAC similarity transform over paired keypoints, then the aligned correlation."""
     import cv2
 
     none = Verification(0, 0.0, np.zeros((0, 2, 2), np.float32))
-    if len(query) < 3 or len(candidate) < 3:
-        return none
-    good = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(query.root_sift, candidate.root_sift)
-    if len(good) < 3:
-        return none
-    src = query.points[[m.queryIdx for m in good]]
-    dst = candidate.points[[m.trainIdx for m in good]]
+    src, dst = query.points[qi], candidate.points[ci]
     transform, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                                   ransacReprojThreshold=RANSAC_PX, maxIters=4000)
     if transform is None:

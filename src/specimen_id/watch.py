@@ -31,8 +31,9 @@ class _Seen:
 
 
 class Watcher:
-    """Handles a folder's new images with `act(capture, path) -> (outcome, line)`, printing a
-    line per decision through `emit`."""
+    """Handles a folder's new images with `act(capture, path) -> (outcome, line)` (its `key`
+    names the action: content is handled once per action), printing a line per decision
+    through `emit`."""
 
     def __init__(self, db, folder, act, emit, settle: int = 2, patience: int = 10):
         self.db, self.folder, self.act, self.emit = db, Path(folder), act, emit
@@ -41,13 +42,11 @@ class Watcher:
 
     def files(self):
         """Regular files under the folder, hidden ones (camera apps' temp files) left out."""
-        for path in sorted(self.folder.rglob("*")):
-            if not any(part.startswith(".") for part in path.relative_to(self.folder).parts):
-                try:
-                    if path.is_file():
-                        yield path, path.stat()
-                except OSError:
-                    continue  # gone between listing and stat: the next poll sees what is there
+        for path in images.visible_files(self.folder):
+            try:
+                yield path, path.stat()
+            except OSError:
+                continue  # gone between listing and stat: the next poll sees what is there
 
     def poll(self) -> int:
         """One pass over the folder; returns how many files were decided on."""
@@ -76,7 +75,7 @@ class Watcher:
             seen.done = True
             return 1
         digest = hashlib.sha256(data).hexdigest()
-        before = self.db.watched(digest)
+        before = self.db.watched(digest, self.act.key)
         if before:
             self.emit(f"skipped: {path}: same content as {before['name']}, already "
                       f"{before['outcome']} at {before['handled_at']}")
@@ -91,10 +90,13 @@ class Watcher:
                 return 0
             return self._record(seen, digest, path, "refused", f"refused: {e}")
         outcome, line = self.act(capture, path)
-        return self._record(seen, digest, path, outcome, line)
+        # an enrolment refusal (quality, a duplicate of another specimen) depends on settings
+        # and flags that may change before a restart, so it is not recorded as final
+        return self._record(seen, digest, path, outcome, line, final=outcome != "refused")
 
-    def _record(self, seen, digest, path, outcome, line) -> int:
-        self.db.mark_watched(digest, path.name, outcome, line)
+    def _record(self, seen, digest, path, outcome, line, final: bool = True) -> int:
+        if final:
+            self.db.mark_watched(digest, self.act.key, path.name, outcome, line)
         self.emit(line)
         seen.done = True
         return 1
@@ -114,13 +116,15 @@ def enrol_action(db, embedder, specimen: str, allow_low_quality: bool = False):
     from .indexer import enroll_folders
 
     def act(capture, path):
-        report = enroll_folders(db, [(specimen, [path])], embedder=embedder,
+        # the capture already read and hashed: the file may hold the next shot by now
+        report = enroll_folders(db, [(specimen, [capture])], embedder=embedder,
                                 allow_low_quality=allow_low_quality)
         if report.refused:
             return "refused", f"refused: {report.refused[0]}"
         if report.skipped:
             return "skipped", f"skipped: {path}: already enrolled in {specimen} (same {report.skipped[0][1]})"
         return "enrolled", f"enrolled: {path} as a capture of {specimen}"
+    act.key = f"enrol:{specimen}"  # what "handled" means: the same content may go elsewhere too
     return act
 
 
@@ -137,4 +141,5 @@ def query_action(db, embedder):
         for warning in result["warnings"]:
             line += f"; warning: {warning}"
         return result["decision"], line
+    act.key = "query"
     return act

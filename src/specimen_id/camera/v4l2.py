@@ -135,7 +135,10 @@ def available() -> bool:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["v4l2-ctl", *args], capture_output=True, text=True, timeout=20)
+    try:
+        return subprocess.run(["v4l2-ctl", *args], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:  # a hung camera driver: one line, like any OSError
+        raise OSError(f"v4l2-ctl {' '.join(args)} did not answer in 20 s") from None
 
 
 def list_devices() -> str:

@@ -32,7 +32,7 @@ def folder_jobs(root) -> list[tuple[str, list[Path]]]:
     """Every subfolder of root as (specimen name, its files), hidden files left out."""
     jobs = []
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = images.visible_files(folder)
         jobs.append((folder.name, files))
     return jobs
 
@@ -72,14 +72,15 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
             try:
                 if prepared.error:
                     raise prepared.error
-                quality.gate(db, capture, allow_low_quality)
                 same = _already_enrolled(db, capture, name, here, allow_duplicate)
+                if not same:  # a re-run skips what is enrolled, whatever its quality
+                    quality.gate(db, capture, allow_low_quality)
             except ImageRefused as e:
                 report.refused.append(e)
                 bar.update(1)
                 continue
             if same:
-                report.skipped.append((str(prepared.item[1]), same))
+                report.skipped.append((capture.name, same))
                 bar.update(1)
                 continue
             here["file"].add(capture.file_sha256)
@@ -109,9 +110,11 @@ def _open_specimen(db, name, paths, metadata, report, bar) -> bool:
     return True
 
 
-def _load_and_measure(path):
-    capture = images.load(path)
-    capture.quality  # noqa: B018  (measured here, in a worker thread, not in the writer's)
+def _load_and_measure(source):
+    """A file decoded (or a capture decoded already, e.g. by `watch`), its quality measured
+    here, in a worker thread, not in the writer's."""
+    capture = source if isinstance(source, images.Capture) else images.load(source)
+    capture.quality  # noqa: B018
     return capture
 
 

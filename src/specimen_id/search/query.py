@@ -27,11 +27,11 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
         fresh = [cid for _, cid in pairs if cid not in scored]
         owners = db.capture_owners(fresh)
         stored = db.local_features(fresh, local_features.FEATURE_VERSION)
-        for similarity, cid in pairs:
-            if cid in scored or cid not in owners:
-                continue
-            other = LocalFeatures.from_bytes(stored[cid]) if cid in stored else None
-            check = local_features.verify(features, other) if other else None
+        todo = [(similarity, cid) for similarity, cid in pairs if cid not in scored and cid in owners]
+        others = {cid: LocalFeatures.from_bytes(stored[cid]) for _, cid in todo if cid in stored}
+        checks = dict(zip(others, local_features.verify_many(features, list(others.values()))))
+        for similarity, cid in todo:
+            other, check = others.get(cid), checks.get(cid)
             inliers, correlation = (check.inliers, check.correlation) if check else (0, 0.0)
             keypoints = min(len(features), len(other)) if other else 0
             scored[cid] = {"specimen": owners[cid]["specimen"],

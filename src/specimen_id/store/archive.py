@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import sqlite3
 import tarfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import DatabaseDamaged, SpecimenIdError
+from .files import IMAGE_NAME, managed
 from .settings import now
 
 FORMAT = "specimen-id archive"
@@ -31,7 +31,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SQLITE = "specimens.sqlite"
 # the only member names an archive may hold: nothing can land outside the new directory
-IMAGE_NAME = re.compile(r"^images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[A-Za-z0-9]{1,8}$")
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 
 
@@ -58,12 +57,12 @@ def export_archive(db, archive) -> dict:
             _add(tar, SQLITE, snapshot.read_bytes())
             for rel in images:
                 try:
-                    data = (db.root / rel).read_bytes()
+                    data = managed(db.root, rel).read_bytes()
                 except FileNotFoundError:
                     raise DatabaseDamaged(f"{db.root / rel} is missing (purged meanwhile, or lost): "
                                           "nothing was written; run export again") from None
                 members[rel] = _digest(data)
-                if members[rel]["sha256"] != IMAGE_NAME.match(rel).group(2):
+                if members[rel]["sha256"] != IMAGE_NAME.match(rel).group(2):  # see _recorded_images
                     raise DatabaseDamaged(f"{db.root / rel} does not hold the content its name says "
                                           "(damaged): nothing was written")
                 _add(tar, rel, data)
@@ -98,13 +97,17 @@ def import_archive(archive, root) -> dict:
         db = Database(tmp)  # migrates an archive of an older schema; refuses a newer one
         try:
             counts = _facts(tmp / SQLITE, "", 0)[0]["counts"]
-            if counts != manifest["counts"]:
+            missing = [rel for rel in _recorded_images(db) if not (tmp / rel).is_file()]
+            if missing:
+                raise DatabaseDamaged(f"{archive}: the database refers to {len(missing)} image(s) the "
+                                      f"archive does not hold (first: {missing[0]}); nothing imported")
+            if counts != manifest.get("counts"):
                 raise DatabaseDamaged(f"{archive}: the database holds {counts}, the manifest says "
                                       f"{manifest['counts']}")
             with db.writing():
                 with db.transaction():
                     db._audit("import", archive=archive.name, source=manifest.get("source"),
-                              exported_at=manifest["created_at"], counts=counts)
+                              exported_at=manifest.get("created_at"), counts=counts)
                 db.save_index()  # rebuilt from the stored embeddings
         finally:
             db.close()
@@ -115,6 +118,16 @@ def import_archive(archive, root) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _recorded_images(db) -> list[str]:
+    """Every image path the database records, each checked to be a managed name (raises
+    DatabaseDamaged otherwise: never follow a path out of the images/ folder)."""
+    rows = db.db.execute("SELECT image_path FROM captures UNION SELECT image_path FROM queries "
+                         "WHERE image_path IS NOT NULL").fetchall()
+    for (rel,) in rows:
+        managed(db.root, rel)
+    return [rel for (rel,) in rows]
 
 
 def _unpack(archive: Path, into: Path) -> dict:

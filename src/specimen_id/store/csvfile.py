@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,13 @@ def unprotect(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START + ("'",)) else cell
 
 
+def cell(value) -> str:
+    """A metadata value as CSV text: text as it is, other values (numbers, true/false) as
+    JSON, nothing for None; import compares cells with this, so untouched values keep their
+    type."""
+    return "" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
 def export_csv(db, path) -> int:
     """Write every specimen (removed ones left out) to `path`; returns the rows written."""
     specimens = db.specimens()
@@ -43,7 +51,7 @@ def export_csv(db, path) -> int:
     writer.writerow(FIXED + [META + k for k in keys])
     for s in specimens:
         cells = [s["uuid"], s["name"], s["notes"], s["created_at"], str(s["captures"])]
-        cells += [str(s["metadata"].get(k, "")) for k in keys]
+        cells += [cell(s["metadata"].get(k)) for k in keys]
         writer.writerow([protect(c) for c in cells])
     write_atomic(Path(path), out.getvalue().encode("utf-8-sig"))
     return len(specimens)
@@ -120,6 +128,8 @@ def _apply(db, cells: dict) -> str | None:
     for column, value in cells.items():
         if column.startswith(META):
             key = column[len(META):]
+            if value == cell(metadata.get(key)):
+                continue  # as exported: keep the value and its type
             if value:
                 metadata[key] = value
             else:

@@ -32,7 +32,7 @@ from ..errors import (
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
 from .embeddings import Embeddings
-from .files import store_image, tree_size
+from .files import managed, store_image, tree_size
 from .querylog import QueryLog, decoded
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
@@ -111,7 +111,11 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             with self.db.atomic():
                 yield self
             return
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
+            raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
+                                 "it is done") from None
         try:
             with self.db.atomic():  # a savepoint inside it
                 yield self
@@ -180,7 +184,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
     def capture_files(self) -> list[tuple[int, Path]]:
         """(capture id, managed image path) of every capture, removed ones included (reindex
         re-embeds them too, so a restore finds embeddings of the current model)."""
-        return [(r[0], self.root / r[1]) for r in
+        return [(r[0], managed(self.root, r[1])) for r in
                 self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
 
     def capture_pixels(self, path: Path):

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+
+from ..errors import DatabaseDamaged
+
+# the only paths a database may record for an image: what image_relpath makes
+IMAGE_NAME = re.compile(r"^images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[A-Za-z0-9]{1,8}$")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -25,6 +31,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 def image_relpath(sha256: str, extension: str) -> str:
     """images/ab/<sha256>.<ext>: two-letter fan-out keeps directories small."""
     return f"images/{sha256[:2]}/{sha256}.{extension}"
+
+
+def managed(root: Path, rel: str) -> Path:
+    """The file a recorded image path names, refused unless it is a managed name: a database
+    from elsewhere (an imported archive, a hand-edited file) must never make us read, serve or
+    delete a file outside its images/ folder."""
+    if not isinstance(rel, str) or not IMAGE_NAME.match(rel):
+        raise DatabaseDamaged(f"{root}: recorded image path {rel!r} is not a managed image name; "
+                              "the database is damaged (run verify)")
+    return root / rel
 
 
 def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:

@@ -179,19 +179,24 @@ def _check_index(db, report: Report) -> None:
         report.add("index", f"{path.name} disagrees with the database: captures "
                             f"{sorted(missing)} missing, {sorted(extra)} not in the database", path=path)
         return
+    if held_vectors is None:
+        return  # IVF lists keep no id -> vector map and compact codes are lossy: ids only
     differ = ids[~np.all(held_vectors[order] == vectors, axis=1)]
     if len(differ):
         report.add("index", f"{path.name} holds other vectors than the database for captures "
                             f"{differ.tolist()}", path=path)
 
 
-def _index_contents(index: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) held by a flat IDMap index, in its own order."""
+def _index_contents(index: VectorIndex) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ids, vectors) an index holds, in its own order; vectors only where it keeps them
+    exactly and by position (flat, HNSW), else None."""
     import faiss
 
-    ids = index.ids()
-    flat = faiss.downcast_index(index.index.index)
-    return ids, flat.reconstruct_n(0, len(ids)) if len(ids) else np.empty((0, index.dim), np.float32)
+    ids = index.ids_in_order()
+    if index.kind not in ("flat", "hnsw"):
+        return ids, None
+    inner = faiss.downcast_index(index.index.index)
+    return ids, inner.reconstruct_n(0, len(ids)) if len(ids) else np.empty((0, index.dim), np.float32)
 
 
 def _check_images(db, report: Report, captures: dict) -> set[str]:

@@ -7,7 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
-from .files import store_image
+from .files import managed, store_image
 from .settings import now
 
 
@@ -28,6 +28,9 @@ class QueryLog:
                 "specimen_id": specimen_id, "score": result["score"],
                 "candidates": json.dumps(result["candidates"]),
                 "software_version": software_version, "quality": json.dumps(capture.quality)})
+        # A purge running meanwhile (queries do not take the write lock) may have deleted the
+        # same content as unreferenced just before this row referenced it: write it again.
+        store_image(self.root, capture.file_sha256, capture.extension, capture.data)
         return query_uuid
 
     def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
@@ -47,7 +50,7 @@ class QueryLog:
         row = self.db.execute(sql, [uuid_]).fetchone()
         if row is None or row[0] is None:
             raise KeyError(uuid_)
-        return self.root / row[0]
+        return managed(self.root, row[0])
 
     def logged_query(self, uuid_: str) -> dict:
         rows = [decoded(r) for r in self.db.query(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecimenIdError
+from .files import managed
 from .settings import now
 
 
@@ -45,10 +46,9 @@ class Removal:
                             after={"removed_at": None}, captures=len(ids))
                 generation = self._bump_generation(self.model_id, None)
             if index is not None and index.generation == generation - 1:
-                mine = set(ids)
-                all_ids, vectors = self.embeddings(index.model_id, index.dim)
-                keep = np.isin(all_ids, list(mine))
-                index.add(all_ids[keep], vectors[keep])
+                stored = self.vectors_of(ids, index.model_id, index.dim)  # this specimen's only
+                mine = sorted(stored)
+                index.add(mine, np.stack([stored[i] for i in mine]) if mine else np.empty((0, index.dim)))
                 index.generation = generation
             else:
                 self._index = None
@@ -103,8 +103,8 @@ class Removal:
         for path in sorted(paths):
             used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
                                    "SELECT 1 FROM queries WHERE image_path = ?", [path, path])
-            if used.fetchone() is None and (self.root / path).exists():
-                (self.root / path).unlink()
+            if used.fetchone() is None and managed(self.root, path).exists():
+                managed(self.root, path).unlink()
                 deleted.append(path)
         return deleted
 

@@ -116,11 +116,13 @@ MIGRATIONS = [
     ALTER TABLE captures ADD COLUMN acquisition TEXT;
     ALTER TABLE queries ADD COLUMN quality TEXT;
     CREATE TABLE watched (
-        file_sha256 TEXT PRIMARY KEY,
+        file_sha256 TEXT NOT NULL,
+        action TEXT NOT NULL,  -- "query" or "enrol:<specimen>": content is handled once per action
         name TEXT NOT NULL,
         outcome TEXT NOT NULL,
         detail TEXT NOT NULL DEFAULT '',
-        handled_at TEXT NOT NULL
+        handled_at TEXT NOT NULL,
+        PRIMARY KEY (file_sha256, action)
     );
     """,
 ]

@@ -40,6 +40,25 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / max(truth.size, 1)
 
 
+def exact_top(queries: np.ndarray, slices, k: int = 10) -> np.ndarray:
+    """Positions of each query's k best vectors by inner product, by brute force over
+    (start position, vectors) slices: no second copy of a large collection is made."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best = np.zeros((len(queries), 0), np.int64)
+    for start, vectors in slices:
+        scores = queries @ vectors.T
+        if scores.shape[1] > k:  # the slice's own k best first: sorting all of it is slow
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores = np.take_along_axis(scores, part, 1)
+        else:
+            part = np.arange(scores.shape[1])[None].repeat(len(queries), 0)
+        scores, positions = np.hstack([best_scores, scores]), np.hstack([best, start + part])
+        keep = np.argsort(-scores, axis=1)[:, :k]
+        best_scores = np.take_along_axis(scores, keep, 1)
+        best = np.take_along_axis(positions, keep, 1)
+    return best
+
+
 class VectorIndex:
     """Inner-product search over L2-normalised vectors keyed by capture id."""
 
@@ -100,14 +119,8 @@ class VectorIndex:
             return
         rng = np.random.default_rng(1)
         sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
-        # exact top 10 by brute force, in slices (no second copy of a large collection)
-        best = np.empty((len(sample), 0), np.int64)
-        for start in range(0, len(vectors), 100_000):
-            scores = sample @ vectors[start:start + 100_000].T
-            top = start + np.argpartition(-scores, min(10, scores.shape[1] - 1), axis=1)[:, :10]
-            best = np.hstack([best, top])
-        score_of = np.einsum("qd,qkd->qk", sample, vectors[best])
-        truth = np.take_along_axis(best, np.argsort(-score_of, axis=1)[:, :10], 1)
+        slices = ((s, vectors[s:s + 100_000]) for s in range(0, len(vectors), 100_000))
+        truth = exact_top(sample, slices)
         self.tune_on(sample, ids[truth])
 
     def tune_on(self, queries: np.ndarray, truth: np.ndarray) -> None:

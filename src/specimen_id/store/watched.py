@@ -9,14 +9,15 @@ from .settings import now
 class Watched:
     """Needs `self.db` (a sqlite_utils Database with a `watched` table) and `writing()`."""
 
-    def watched(self, file_sha256: str) -> dict | None:
-        """How this content was handled, or None when it never was."""
-        rows = list(self.db.query("SELECT * FROM watched WHERE file_sha256 = ?", [file_sha256]))
+    def watched(self, file_sha256: str, action: str) -> dict | None:
+        """How this content was handled by this action ("query", "enrol:NAME"), or None."""
+        rows = list(self.db.query("SELECT * FROM watched WHERE file_sha256 = ? AND action = ?",
+                                  [file_sha256, action]))
         return rows[0] if rows else None
 
-    def mark_watched(self, file_sha256: str, name: str, outcome: str, detail: str = "") -> None:
-        """Record content as handled (the first record wins: content is handled once)."""
+    def mark_watched(self, file_sha256: str, action: str, name: str, outcome: str, detail: str = "") -> None:
+        """Record content as handled by an action (the first record wins: once per action)."""
         with self.writing(), self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO watched(file_sha256, name, outcome, detail, "
-                            "handled_at) VALUES (?, ?, ?, ?, ?)",
-                            [file_sha256, name, outcome, detail, now()])
+            self.db.execute("INSERT OR IGNORE INTO watched(file_sha256, action, name, outcome, detail, "
+                            "handled_at) VALUES (?, ?, ?, ?, ?, ?)",
+                            [file_sha256, action, name, outcome, detail, now()])
