@@ -91,23 +91,28 @@ def part_model(args) -> None:
         with torch.inference_mode():
             return reference(torch.from_numpy(batch))
 
+    os.environ["SPECIMEN_ID_PRECISION"] = "bf16"
+    bf16 = load_embedder(runtime="openvino")
+    del os.environ["SPECIMEN_ID_PRECISION"]
     rows, found = [], {}
     for name, run in (("reference: efficientnet-lite-pytorch 0.1.0 (PyTorch eager)", run_reference),
                       ("ours, PyTorch eager (timm, channels-last)", eager.trunk),
-                      ("ours, OpenVINO f32 (the default)", ours.trunk)):
+                      ("ours, OpenVINO f32 (the default)", ours.trunk),
+                      (f"ours, OpenVINO {bf16.trunk.precision} (SPECIMEN_ID_PRECISION=bf16, opt-in)", bf16.trunk)):
         batch, best, rates = best_batch(run, inputs)
         found[name] = best
         rows.append((name, f"{best:.1f}", batch, ", ".join(f"{b}: {r:.0f}" for b, r in rates.items())))
     ref_rate = next(iter(found.values()))
     rows = [(*row, f"{found[row[0]] / ref_rate:.2f}x") for row in rows]
-    fast, slow = ours.embed_inputs(inputs), eager.embed_inputs(inputs)
-    cos = np.sum(fast * slow, axis=1)
+    fast, slow, half = ours.embed_inputs(inputs), eager.embed_inputs(inputs), bf16.embed_inputs(inputs)
+    cos, cos_half = np.sum(fast * slow, axis=1), np.sum(half * fast, axis=1)
     body = ("## Model speed (bench/speed.py --parts model)\n\n"
             f"EfficientNet-Lite0 forward pass on {len(inputs)} real fields (224x224 inputs), each "
             "implementation at its own best batch size, measured in one run.\n\n"
             + table(("implementation", "images/s", "best batch", "images/s by batch", "vs reference"), rows)
-            + f"\n\nAnswers: OpenVINO against PyTorch embeddings, cosine min {cos.min():.7f}, "
-              f"median {np.median(cos):.7f} (stated tolerance: >= 0.9999).")
+            + f"\n\nAnswers: OpenVINO f32 against PyTorch embeddings, cosine min {cos.min():.7f}, "
+              f"median {np.median(cos):.7f} (stated tolerance: >= 0.9999). {bf16.trunk.precision} against "
+              f"f32: cosine min {cos_half.min():.5f}, median {np.median(cos_half):.5f}.")
     print(body)
     write_section("speed-model", body)
 

@@ -175,3 +175,20 @@ def test_a_query_with_the_converted_model_cached_does_not_import_torch(enrolled)
     assert done.returncode == 0, done.stderr
     assert '"specimen": "he-tissue-a"' in done.stdout
     assert done.stderr.strip().splitlines()[-1] == "False False"
+
+
+def test_bfloat16_on_request_is_a_model_of_its_own(monkeypatch):
+    """bf16 moves every vector a little, and only CPUs with bfloat16 units run it: its
+    embeddings carry their own model_id, so a database never mixes them with f32 ones."""
+    from specimen_id.errors import SpecimenIdError
+
+    f32 = load_embedder()
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "bf16")
+    bf16 = load_embedder()
+    expected = f32.model_id + ("+bf16" if bf16.trunk.precision == "bf16" else "")
+    assert bf16.model_id == expected and f32.trunk.precision == "f32"
+    rgb = np.random.default_rng(4).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    assert float(bf16.embed([rgb])[0] @ f32.embed([rgb])[0]) > 0.99
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "fp8")
+    with pytest.raises(SpecimenIdError, match="choose f32 or bf16"):
+        load_embedder()

@@ -59,12 +59,16 @@ def load_embedder(name: str = DEFAULT_MODEL, weights=None, runtime: str | None =
     """A ready embedder; kept per (model, weights file, runtime) so that a long-lived process
     (tests, the web app, the Python API) loads each model once. PyTorch is imported only when
     the network has to be built: to run it, or to convert it the first time."""
-    key = (name, runtime, None)
+    import os
+
+    from .runtime import PRECISION_ENV
+
+    key = (name, runtime, os.environ.get(PRECISION_ENV), None)
     if weights is not None:
         model_spec(name, weights)  # a missing weights file: the clear error, here
         weights = Path(weights).resolve()
         stat = weights.stat()
-        key = (name, runtime, str(weights), stat.st_size, stat.st_mtime_ns)
+        key = (*key[:3], str(weights), stat.st_size, stat.st_mtime_ns)
     if key not in _loaded:
         spec = model_spec(name, weights)
         if spec is None:  # a torchvision download: only torch knows where it goes

@@ -4,7 +4,10 @@ Measured on this project's 2-core machine (bench/speed.py): OpenVINO's CPU plugi
 batch norm, fused depthwise convolutions, its own thread pool) runs EfficientNet-Lite0 several
 times faster than PyTorch eager, in float32, with answers equal to PyTorch's to about 1e-5
 (tests/test_models.py holds the two to cosine >= 0.9999). The precision is pinned to f32: on
-CPUs with bfloat16 units OpenVINO would otherwise pick bf16 and move every vector.
+CPUs with bfloat16 units OpenVINO would otherwise pick bf16 and move every vector (cosine about
+0.996 to f32). SPECIMEN_ID_PRECISION=bf16 asks for it on purpose: faster, and its vectors are
+then a model of their own (the model_id says so), as they differ between CPUs with and
+without bfloat16 units.
 
 A converted network is cached as OpenVINO IR (a few MB) under the user's cache directory,
 named by the network and weights hash, so only the first use of a model pays the conversion.
@@ -16,6 +19,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import SpecimenIdError
 
 CACHE_ENV = "SPECIMEN_ID_CACHE"
 RUNTIME_ENV = "SPECIMEN_ID_RUNTIME"  # "torch" runs the PyTorch graph itself (the reference)
@@ -35,7 +40,7 @@ def compile_trunk(spec, build, runtime: str | None = None):
     run it, or to convert it the first time)."""
     runtime = runtime or os.environ.get(RUNTIME_ENV) or "openvino"
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        raise SpecimenIdError(f"{RUNTIME_ENV}={runtime!r}: choose one of {', '.join(RUNTIMES)}")
     return _torch(build()) if runtime == "torch" else _openvino(spec, build)
 
 
@@ -72,7 +77,7 @@ def _openvino(spec, build):
         _save(ov, model, path)
     asked = os.environ.get(PRECISION_ENV) or "f32"
     if asked not in ("f32", "bf16"):
-        raise ValueError(f"{PRECISION_ENV}={asked!r}: choose f32 or bf16")
+        raise SpecimenIdError(f"{PRECISION_ENV}={asked!r}: choose f32 or bf16")
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": asked,
                                                   "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
