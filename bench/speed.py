@@ -313,16 +313,17 @@ def part_index(args, model: FittedVectors) -> None:
 
     n = args.compact_vectors
     queries, _ = model.queries(n, args.compact_queries)
-    with tqdm(total=n, desc=f"exact top-10 over {n:,}", leave=False) as bar:
-        truth = exact_top10(model, n, queries, progress=bar)
+    sample = np.random.default_rng(2).choice(n, 200, replace=False)  # tune on stored vectors
+    tune_queries = np.stack([model.chunk(int(i) // 4 * 4, 4)[int(i) % 4] for i in sample])
+    with tqdm(total=n, desc=f"exact top-10 over {n:,}", leave=False) as bar:  # one pass for both
+        truth, tune_truth = np.split(exact_top10(model, n, np.vstack([queries, tune_queries]), progress=bar),
+                                     [len(queries)])
     start = time.perf_counter()
     index = VectorIndex(model.dim, 1, "bench", "compact")
     index.train(np.concatenate([model.chunk(s, 4 * 8192) for s in range(0, min(n, 20 * 4 * 8192), 4 * 8192)]), n)
     for s in tqdm(range(0, n, 250_000), desc="add compact", leave=False):
         index.add(np.arange(s, min(n, s + 250_000)), model.chunk(s, min(250_000, n - s)))
-    sample = np.random.default_rng(2).choice(n, 200, replace=False)  # tune on stored vectors
-    tune_queries = np.stack([model.chunk(int(i) // 4 * 4, 4)[int(i) % 4] for i in sample])
-    index.tune_on(tune_queries, exact_top10(model, n, tune_queries))
+    index.tune_on(tune_queries, tune_truth)
     results.append(measure_index(index, queries, truth, time.perf_counter() - start, n))
 
     for r in results:
