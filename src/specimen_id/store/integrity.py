@@ -203,9 +203,15 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
     """Every managed image (of captures and logged queries) is present, named for its content
     and has that content; returns the referenced paths."""
     referenced, hashes = set(), {}
+
+    def digest(path: str) -> str | None:  # each file read once, however many rows share it
+        if path not in hashes:
+            hashes[path] = _sha256(db.root / path)
+        return hashes[path]
+
     for cid, row in sorted(captures.items()):
         referenced.add(row["image_path"])
-        actual = hashes.setdefault(row["image_path"], _sha256(db.root / row["image_path"]))
+        actual = digest(row["image_path"])
         who = _who(row, cid)
         if actual is None:
             report.add("image", f"{who}: image file {row['image_path']} is missing", capture_id=cid,
@@ -220,7 +226,7 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
     for quuid, path, sha in db.db.execute(
             "SELECT uuid, image_path, file_sha256 FROM queries WHERE image_path IS NOT NULL"):
         referenced.add(path)
-        actual = hashes.setdefault(path, _sha256(db.root / path))
+        actual = digest(path)
         if actual != sha:
             state = "is missing" if actual is None else "was altered"
             report.add("image", f"logged query {quuid}: image file {path} {state}", path=db.root / path)
