@@ -278,7 +278,7 @@ def measure_index(index, queries: np.ndarray, truth: np.ndarray, build_s: float,
     return {"kind": index.kind, "n": n, "build_s": build_s,
             "bytes_per_vector": index_bytes(faiss, index) / n, "median_ms": statistics.median(single),
             "p99_ms": float(np.percentile(single, 99)), "batched_ms": batched,
-            "recall": recall_at(found, truth), "nprobe": index.nprobe or index.ef_search}
+            "recall": recall_at(found, truth), "nprobe": index.effort}
 
 
 def index_bytes(faiss, index) -> float:

@@ -45,10 +45,10 @@ def test_each_kind_finds_the_exact_neighbours_and_keeps_its_tuning(kind, tmp_pat
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first, as cosines
     index.save(tmp_path / "index.faiss")
     loaded = VectorIndex.load(tmp_path / "index.faiss")
-    assert (loaded.kind, loaded.nprobe, loaded.ef_search) == (kind, index.nprobe, index.ef_search)
+    assert (loaded.kind, loaded.effort) == (kind, index.effort)
     np.testing.assert_array_equal(loaded.search(queries, index.candidates(10))[1], found)
     if kind != "flat":
-        assert index.nprobe or index.ef_search  # tuned from the data, not left at the default
+        assert index.effort  # tuned from the data, not left at the default
     assert index.remove(ids[:10]) == (kind != "hnsw")  # HNSW cannot remove: rebuilt instead
 
 

@@ -62,6 +62,9 @@ def _torch(backbone):
 def _openvino(spec, build):
     import openvino as ov
 
+    asked = os.environ.get(PRECISION_ENV) or "f32"  # checked before any conversion work
+    if asked not in ("f32", "bf16"):
+        raise SpecimenIdError(f"{PRECISION_ENV}={asked!r}: choose f32 or bf16")
     core = ov.Core()
     version = ov.__version__.split("-")[0]  # "2026.4.1-22982-…/2026/4": keep the release
     path = cache_dir() / "openvino" / (
@@ -75,9 +78,6 @@ def _openvino(spec, build):
     if model is None:
         model = _convert(build())
         _save(ov, model, path)
-    asked = os.environ.get(PRECISION_ENV) or "f32"
-    if asked not in ("f32", "bf16"):
-        raise SpecimenIdError(f"{PRECISION_ENV}={asked!r}: choose f32 or bf16")
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": asked,
                                                   "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()

@@ -27,7 +27,7 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
         fresh = [cid for _, cid in pairs if cid not in scored]
         owners = db.capture_owners(fresh)
         stored = db.local_features(fresh, local_features.FEATURE_VERSION)
-        todo = [(similarity, cid) for similarity, cid in pairs if cid not in scored and cid in owners]
+        todo = [(similarity, cid) for similarity, cid in pairs if cid in owners]  # owners: fresh only
         others = {cid: LocalFeatures.from_bytes(stored[cid]) for _, cid in todo if cid in stored}
         checks = dict(zip(others, local_features.verify_many(features, list(others.values()))))
         for similarity, cid in todo:

@@ -26,6 +26,10 @@ from ..errors import DatabaseDamaged, SpecimenIdError
 from .files import IMAGE_NAME, managed
 from .settings import now
 
+# every image a database records: what an archive must carry
+IMAGE_PATHS = ("SELECT image_path FROM captures UNION "
+               "SELECT image_path FROM queries WHERE image_path IS NOT NULL")
+
 FORMAT = "specimen-id archive"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -123,8 +127,7 @@ def import_archive(archive, root) -> dict:
 def _recorded_images(db) -> list[str]:
     """Every image path the database records, each checked to be a managed name (raises
     DatabaseDamaged otherwise: never follow a path out of the images/ folder)."""
-    rows = db.db.execute("SELECT image_path FROM captures UNION SELECT image_path FROM queries "
-                         "WHERE image_path IS NOT NULL").fetchall()
+    rows = db.db.execute(IMAGE_PATHS).fetchall()
     for (rel,) in rows:
         managed(db.root, rel)
     return [rel for (rel,) in rows]
@@ -194,8 +197,7 @@ def _facts(path: Path, score_kind: str, default_threshold: float) -> tuple[dict,
                             "captures": one("SELECT COUNT(*) FROM captures"),
                             "embeddings": one("SELECT COUNT(*) FROM embeddings"),
                             "queries": one("SELECT COUNT(*) FROM queries")}}
-        images = sorted({r[0] for r in con.execute(
-            "SELECT image_path FROM captures UNION SELECT image_path FROM queries WHERE image_path IS NOT NULL")})
+        images = sorted({r[0] for r in con.execute(IMAGE_PATHS)})
     finally:
         con.close()
     return facts, images

@@ -16,44 +16,37 @@ class Removal:
     def remove_specimen(self, name: str) -> int:
         """Hide a specimen and its captures; returns the captures hidden."""
         with self.writing():
-            specimen = self.specimen(name)
-            ids = [c["id"] for c in self.captures(specimen["id"])]
-            index = self.index()
-            with self.transaction():
-                at = now()
-                self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [at, specimen["id"]])
-                self._audit("remove", specimen, before={"removed_at": None}, after={"removed_at": at},
-                            captures=len(ids))
-                generation = self._bump_generation(self.model_id, None)
-            # (an index kind that cannot remove ids answers False: then it is rebuilt)
-            if index is not None and index.generation == generation - 1 and index.remove(ids) is not False:
-                index.generation = generation
-            else:
-                self._index = None
-            self.save_index()
-        return len(ids)
+            return self._set_removed(self.specimen(name), now(), "remove",
+                                     lambda index, ids: index.remove(ids))
 
     def restore_specimen(self, name: str) -> int:
         """Undo a removal: the specimen, its captures and their index entries come back under
         the same ids and uuids; returns the captures restored."""
         with self.writing():
-            specimen = self.removed_specimen(name)
-            ids = [c["id"] for c in self.captures(specimen["id"])]
-            index = self.index()
-            with self.transaction():
-                self.db.execute("UPDATE specimens SET removed_at = NULL WHERE id = ?", [specimen["id"]])
-                self._audit("restore", specimen, before={"removed_at": specimen["removed_at"]},
-                            after={"removed_at": None}, captures=len(ids))
-                generation = self._bump_generation(self.model_id, None)
-            if index is not None and index.generation == generation - 1:
-                stored = self.vectors_of(ids, index.model_id, index.dim)  # this specimen's only
-                mine = sorted(stored)
-                index.add(mine, np.stack([stored[i] for i in mine]) if mine else np.empty((0, index.dim)))
-                index.generation = generation
-            else:
-                self._index = None
-            self.save_index()
+            return self._set_removed(self.removed_specimen(name), None, "restore", self._add_back)
+
+    def _set_removed(self, specimen: dict, removed_at: str | None, action: str, update_index) -> int:
+        """Set (or clear) removed_at in one audited transaction, then bring the loaded index
+        along with `update_index(index, capture ids)` (False: it cannot, so it is rebuilt)."""
+        ids = [c["id"] for c in self.captures(specimen["id"])]
+        index = self.index()
+        with self.transaction():
+            self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [removed_at, specimen["id"]])
+            self._audit(action, specimen, before={"removed_at": specimen["removed_at"]},
+                        after={"removed_at": removed_at}, captures=len(ids))
+            generation = self._bump_generation(self.model_id, None)
+        if index is not None and index.generation == generation - 1 and update_index(index, ids):
+            index.generation = generation
+        else:
+            self._index = None
+        self.save_index()
         return len(ids)
+
+    def _add_back(self, index, ids) -> bool:
+        stored = self.vectors_of(ids, index.model_id, index.dim)  # this specimen's only
+        mine = sorted(stored)
+        index.add(mine, np.stack([stored[i] for i in mine]) if mine else np.empty((0, index.dim)))
+        return True
 
     def purge_specimen(self, name: str) -> dict:
         """Delete a removed specimen for good: its rows, embeddings, local features, and the

@@ -66,7 +66,7 @@ class VectorIndex:
         import faiss
 
         self.dim, self.generation, self.model_id, self.kind = dim, generation, model_id, kind
-        self.nprobe = self.ef_search = 0  # 0: not tuned (flat, or nothing added yet)
+        self.effort = 0  # nprobe (IVF kinds) or efSearch (HNSW); 0: exact, or not tuned yet
         if kind == "flat":
             self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif kind == "hnsw":
@@ -135,11 +135,10 @@ class VectorIndex:
     def _set_search(self, value: int) -> None:
         import faiss
 
+        self.effort = value
         if self.kind == "hnsw":
-            self.ef_search = value
             faiss.downcast_index(self.index.index).hnsw.efSearch = max(value, 10)
         else:
-            self.nprobe = value
             faiss.extract_index_ivf(self.index).nprobe = value
 
     def __len__(self) -> int:
@@ -190,7 +189,7 @@ class VectorIndex:
 
         header = json.dumps({"generation": self.generation, "model_id": self.model_id,
                              "count": len(self), "dim": self.dim, "kind": self.kind,
-                             "nprobe": self.nprobe, "ef_search": self.ef_search}).encode()
+                             "effort": self.effort}).encode()
         body = faiss.serialize_index(self.index).tobytes()
         write_atomic(path, MAGIC + header + b"\n" + body)
 
@@ -210,9 +209,9 @@ class VectorIndex:
             self.index = index
             self.dim, self.generation, self.model_id = header["dim"], header["generation"], header["model_id"]
             self.kind, count = header.get("kind", "flat"), header["count"]
-            self.nprobe = self.ef_search = 0
-            if header.get("nprobe") or header.get("ef_search"):
-                self._set_search(header.get("nprobe") or header.get("ef_search"))
+            self.effort = 0
+            if header.get("effort"):
+                self._set_search(header["effort"])
         except (OSError, ValueError, RuntimeError, KeyError, TypeError):
             return None
         return self if len(self) == count else None
