@@ -282,16 +282,9 @@ def measure_index(index, queries: np.ndarray, truth: np.ndarray, build_s: float,
 
 
 def index_bytes(faiss, index) -> float:
-    """Memory the index holds: codes + ids in the lists, centroids, PCA matrix."""
-    if index.kind == "flat":
-        return float(len(index) * (index.dim * 4 + 8))
-    inner = faiss.extract_index_ivf(index.index)
-    lists = inner.invlists
-    total = sum(lists.list_size(i) for i in range(lists.nlist)) * (lists.code_size + 8)
-    total += inner.nlist * inner.d * 4
-    if index.kind == "compact":
-        total += index.dim * 256 * 4 + index.dim * 4
-    return float(total)
+    """Memory the index holds, as FAISS serialises it: codes, ids, centroids, PCA matrix and
+    (ivf) the full vectors it re-ranks by."""
+    return float(sum(faiss.serialize_index(part).nbytes for part in index.parts()))
 
 
 def part_index(args, model: FittedVectors) -> None:
