@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from specimen_id.errors import WeightsUnavailable
+from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.models import load_backbone, load_embedder
 from specimen_id.models.backbones import file_sha256
 from specimen_id.models.preprocess import to_rgb8
@@ -47,7 +48,8 @@ def test_embedding_is_unit_float32_with_model_id():
     assert vectors.dtype == np.float32 and vectors.shape == (3, embedder.dim) == (3, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     weights_sha = file_sha256(embedder.spec.weights_file)
-    assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p2+sift-2"
+    # the weights, the preprocessing and the local-feature recipe all name the vectors' kind
+    assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p2+{FEATURE_VERSION}"
     # the same image embeds the same; different photos do not
     again = embedder.embed([data.chelsea()])
     np.testing.assert_allclose(again[0], vectors[0], atol=1e-5)

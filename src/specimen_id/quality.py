@@ -45,8 +45,8 @@ def measure(pixels: np.ndarray) -> dict:
         small = cv2.resize(small, (max(1, round(w * scale)), max(1, round(h * scale))),
                            interpolation=cv2.INTER_AREA)
     grey = small.astype(np.float32)
-    if grey.ndim == 3:
-        grey = grey.mean(axis=2)
+    if grey.ndim == 3:  # the channels' mean, by cv2: numpy's mean over the last axis is 6x slower
+        grey = cv2.transform(grey, np.full((1, grey.shape[2]), 1 / grey.shape[2], np.float32))
     low, high = np.percentile(grey, (0.1, 99.9))
     grey = np.clip((grey - low) / (high - low), 0, 1) if high > low else np.zeros_like(grey)
     # on the 0..255 scale people know from the usual variance-of-Laplacian rule of thumb
