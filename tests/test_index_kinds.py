@@ -50,6 +50,10 @@ def test_each_kind_finds_the_exact_neighbours_and_keeps_its_tuning(kind, tmp_pat
     if kind != "flat":
         assert index.effort  # tuned from the data, not left at the default
     assert index.remove(ids[:10]) == (kind != "hnsw")  # HNSW cannot remove: rebuilt instead
+    if kind != "hnsw":  # gone from every part of the index, which still saves and loads whole
+        assert len(index) == 3990 and not set(index.search(vectors[:10], 10)[1].ravel()) & set(ids[:10])
+        index.save(tmp_path / "index.faiss")
+        assert len(VectorIndex.load(tmp_path / "index.faiss")) == 3990
 
 
 def test_auto_kind_is_exact_below_the_documented_size():
