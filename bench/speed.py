@@ -5,7 +5,7 @@ reference it is compared to and writes its own section of bench/RESULTS.md.
     python bench/speed.py [--parts model,enrol,query,cli,index] [--data DIR]
                           [--vectors 1000000] [--compact-vectors 10000000]
 
-The index part builds 1M- and 10M-vector indexes (about 30-60 min on 2 cores); the others
+The index part builds 1M- and 10M-vector indexes (about 35 min on 2 cores); the others
 take a few minutes together. Real images come from ../shared/data/dsb2018 (--data).
 """
 
