@@ -85,6 +85,22 @@ def test_altered_query_image_is_named(db_dir):
     assert f"logged query {logged['uuid']}: image file {logged['image_path']} is missing" in result.output
 
 
+def test_a_recorded_path_outside_the_images_folder_is_named_not_read(db_dir, tmp_path):
+    outside = tmp_path / "private.png"
+    outside.write_bytes(b"not the database's")
+    capture = _capture(db_dir.db, "fluo-nuclei-a")
+    _sql(db_dir.db, "UPDATE captures SET image_path = ? WHERE uuid = ?", [str(outside), capture["uuid"]])
+    _sql(db_dir.db, "UPDATE queries SET image_path = ?", ["images/../../private.png"])
+    result = db_dir("verify")
+    assert result.exit_code == 1
+    assert (f"problem: capture {capture['uuid']} of 'fluo-nuclei-a': recorded image path "
+            f"'{outside}' is not a managed image name") in result.output
+    assert "is not a managed image name" in result.output.split(f"'{outside}'")[1]  # the query's too
+    assert "was altered" not in result.output  # named for its path, not hashed
+    assert outside.read_bytes() == b"not the database's"
+    assert db_dir("repair").exit_code == 1 and outside.exists()
+
+
 def test_dropped_embedding_and_features_are_recomputed(db_dir):
     capture = _capture(db_dir.db, "he-tissue-b")
     with Database(db_dir.db) as db:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import image_relpath
+from .files import IMAGE_NAME, image_relpath
 from .schema import MIGRATIONS, schema_version
 from .vectors import VectorIndex
 
@@ -209,10 +209,20 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
             hashes[path] = _sha256(db.root / path)
         return hashes[path]
 
+    def foreign(who: str, path, **facts) -> bool:
+        """A recorded path outside images/ (a hand-edited or foreign database) is named, and
+        never read: verify must not open files the database does not manage."""
+        if isinstance(path, str) and IMAGE_NAME.match(path):
+            return False
+        report.add("image", f"{who}: recorded image path {path!r} is not a managed image name", **facts)
+        return True
+
     for cid, row in sorted(captures.items()):
+        who = _who(row, cid)
+        if foreign(who, row["image_path"], capture_id=cid):
+            continue
         referenced.add(row["image_path"])
         actual = digest(row["image_path"])
-        who = _who(row, cid)
         if actual is None:
             report.add("image", f"{who}: image file {row['image_path']} is missing", capture_id=cid,
                        path=db.root / row["image_path"])
@@ -225,6 +235,8 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
                        capture_id=cid)
     for quuid, path, sha in db.db.execute(
             "SELECT uuid, image_path, file_sha256 FROM queries WHERE image_path IS NOT NULL"):
+        if foreign(f"logged query {quuid}", path):
+            continue
         referenced.add(path)
         actual = digest(path)
         if actual != sha:
