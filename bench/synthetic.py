@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 COMPONENTS = 256
+BLOCK = 1024  # fields drawn from one seed
 
 
 @dataclass
@@ -41,9 +42,17 @@ class FittedVectors:
         return len(self.mean)
 
     def centres(self, first_field: int, count: int) -> np.ndarray:
-        rng = np.random.default_rng([7, first_field])
-        z = rng.standard_normal((count, len(self.between)), np.float32)
-        rest = rng.standard_normal((count, self.dim), np.float32) * self.between_rest
+        """Centres of fields first_field.. first_field+count-1. Each block of BLOCK fields has a
+        seed of its own, so a field's centre is the same however the collection is cut into
+        chunks (and a query can be a re-capture of a stored field)."""
+        first, last = first_field // BLOCK, (first_field + count - 1) // BLOCK
+        blocks = np.concatenate([self._block(b) for b in range(first, last + 1)])
+        return blocks[first_field - first * BLOCK:][:count]
+
+    def _block(self, block: int) -> np.ndarray:
+        rng = np.random.default_rng([7, block])
+        z = rng.standard_normal((BLOCK, len(self.between)), np.float32)
+        rest = rng.standard_normal((BLOCK, self.dim), np.float32) * self.between_rest
         return self.mean + z @ self.between + rest
 
     def captures_of(self, centres: np.ndarray, seed) -> np.ndarray:
@@ -66,7 +75,8 @@ class FittedVectors:
         fields: (vectors, field numbers)."""
         rng = np.random.default_rng(seed)
         fields = np.sort(rng.choice(total // self.captures_per_field, count, replace=False))
-        centres = np.stack([self.centres(int(f), 1)[0] for f in fields])
+        blocks = {b: self._block(b) for b in np.unique(fields // BLOCK).tolist()}
+        centres = np.stack([blocks[f // BLOCK][f % BLOCK] for f in fields.tolist()])
         return self.captures_of(centres, [13, seed]), fields
 
 
