@@ -132,6 +132,24 @@ def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
     assert back.exit_code == 0 and "re-embedded 9 capture(s) with efficientnet_lite0" in back.stdout
 
 
+def test_a_database_from_an_earlier_feature_recipe_asks_for_a_plain_reindex(enrolled):
+    import sqlite3
+
+    db = Database(enrolled.db)
+    old = db.model_id.rsplit("+", 1)[0] + "+sift-1"  # as an earlier version named its vectors
+    db.close()
+    conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
+    with conn:
+        conn.execute("UPDATE settings SET value = ? WHERE key = 'model_id'", [json.dumps(old)])
+        conn.execute("UPDATE embeddings SET model_id = ?", [old])
+    conn.close()
+    refused = enrolled("query", QUERIES / "recapture-he-tissue-a.jpg")
+    assert refused.exit_code == 3
+    assert f"holds embeddings of {old}" in refused.stderr and "run `specimen-id reindex` to" in refused.stderr
+    assert enrolled("reindex").exit_code == 0
+    assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+
+
 def test_damaged_database_exits_3_with_what_to_do(run, tmp_path):
     run.db.mkdir()
     (run.db / "specimens.sqlite").write_bytes(b"this is not SQLite" * 100)

@@ -91,9 +91,12 @@ class Settings:
         """Embeddings of one model only: refuse another while captures exist."""
         current = self.model_id
         if current and current != model_id and self.count("captures"):
-            raise ModelMismatch(
-                f"this database holds embeddings of {current}, not {model_id}; run "
-                f"`specimen-id reindex --model NAME` to re-embed every capture with another model")
+            # the same network under another id: this version prepares images or local
+            # features differently from the one that filled the database
+            fix = ("`specimen-id reindex` to re-embed every capture as this version does"
+                   if current.split(":")[0] == model_id.split(":")[0] else
+                   "`specimen-id reindex --model NAME` to re-embed every capture with another model")
+            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; run {fix}")
 
     def use_model(self, name: str, weights, model_id: str) -> None:
         """Record which model (and explicit weights file, None for the model's own) this
