@@ -20,7 +20,7 @@ MAGIC = b"specimen-id index 2\n"
 # above it. "ivf" finds candidates among 4-bit product codes of the PCA-reduced vectors, which
 # FAISS scans with SIMD ("fast scan"), and re-ranks REFINE times the wanted number by the full
 # vectors it keeps beside them: at 1M vectors (bench/speed.py) that is recall@10 0.996 in 3
-# ms, where IVF lists of full vectors needed 76 ms for the same recall. "hnsw" is a graph index
+# ms, where IVF lists of full vectors took 76 ms a query for 0.9998. "hnsw" is a graph index
 # (rebuilt on every removal); "compact" is PCA + IVF + 8-bit scalar quantisation without the
 # full vectors: 256 bytes a vector instead of 5120, re-ranked by the database.
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "compact")
