@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import IMAGE_NAME, image_relpath
+from ..errors import DatabaseDamaged
+from .files import image_relpath, managed
 from .schema import MIGRATIONS, schema_version
 from .vectors import VectorIndex
 
@@ -212,10 +213,12 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
     def foreign(who: str, path, **facts) -> bool:
         """A recorded path outside images/ (a hand-edited or foreign database) is named, and
         never read: verify must not open files the database does not manage."""
-        if isinstance(path, str) and IMAGE_NAME.match(path):
+        try:
+            managed(db.root, path)  # the one rule for what a database may point at
             return False
-        report.add("image", f"{who}: recorded image path {path!r} is not a managed image name", **facts)
-        return True
+        except DatabaseDamaged:
+            report.add("image", f"{who}: recorded image path {path!r} is not a managed image name", **facts)
+            return True
 
     for cid, row in sorted(captures.items()):
         who = _who(row, cid)

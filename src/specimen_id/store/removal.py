@@ -96,8 +96,9 @@ class Removal:
         for path in sorted(paths):
             used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
                                    "SELECT 1 FROM queries WHERE image_path = ?", [path, path])
-            if used.fetchone() is None and managed(self.root, path).exists():
-                managed(self.root, path).unlink()
+            file = managed(self.root, path)
+            if used.fetchone() is None and file.exists():
+                file.unlink()
                 deleted.append(path)
         return deleted
 
