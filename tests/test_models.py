@@ -14,6 +14,7 @@ from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.models import load_backbone, load_embedder
 from specimen_id.models.backbones import file_sha256
 from specimen_id.models.preprocess import to_rgb8
+from specimen_id.models.quantize import INT8_RECIPE
 
 
 def _classify(backbone, rgb):
@@ -48,8 +49,10 @@ def test_embedding_is_unit_float32_with_model_id():
     assert vectors.dtype == np.float32 and vectors.shape == (3, embedder.dim) == (3, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     weights_sha = file_sha256(embedder.spec.weights_file)
-    # the weights, the preprocessing and the local-feature recipe all name the vectors' kind
-    assert embedder.model_id == f"efficientnet_lite0:{weights_sha[:16]}:p2+{FEATURE_VERSION}"
+    # the weights, the preprocessing, the local-feature recipe and the arithmetic (int8 by
+    # default, with its calibration recipe) all name the vectors' kind
+    assert embedder.model_id == (f"efficientnet_lite0:{weights_sha[:16]}:p2+{FEATURE_VERSION}"
+                                 f"+int8-{INT8_RECIPE}")
     # the same image embeds the same; different photos do not
     again = embedder.embed([data.chelsea()])
     np.testing.assert_allclose(again[0], vectors[0], atol=1e-5)
@@ -132,14 +135,19 @@ def test_importing_the_package_loads_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 
-def test_openvino_runtime_gives_pytorch_answers_on_real_captures():
-    """The fast runtime is a faster way to the same vectors: on the sample captures each
-    embedding matches PyTorch's to cosine >= 0.9999 and ranks the captures the same way."""
+def _sample_pixels():
     import cv2
     from conftest import QUERIES, SPECIMENS
 
     paths = sorted(SPECIMENS.rglob("*.*"))[:6] + sorted(QUERIES.glob("*.jpg"))[:4]
-    pixels = [cv2.imread(str(p)) for p in paths]
+    return [cv2.imread(str(p)) for p in paths]
+
+
+def test_openvino_runtime_gives_pytorch_answers_on_real_captures(monkeypatch):
+    """The fast runtime is a faster way to the same vectors: in f32, on the sample captures
+    each embedding matches PyTorch's to cosine >= 0.9999 and ranks the captures the same way."""
+    pixels = _sample_pixels()
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "f32")
     fast = load_embedder(runtime="openvino").embed(pixels)
     reference = load_embedder(runtime="torch").embed(pixels)
     assert np.min(np.sum(fast * reference, axis=1)) >= 0.9999
@@ -148,20 +156,25 @@ def test_openvino_runtime_gives_pytorch_answers_on_real_captures():
 
 
 def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    """The f32 conversion and the int8 model made from it are both cached; a damaged entry is
+    made again, and int8 calibration gives the very same model every time."""
     from specimen_id.models import Embedder
 
     monkeypatch.setenv("SPECIMEN_ID_CACHE", str(tmp_path))
     backbone = load_backbone()
     image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     first = Embedder(backbone).embed([image])
-    (xml,) = (tmp_path / "openvino").glob("*.xml")
-    assert xml.with_suffix(".bin").stat().st_size > 12e6  # float32 weights (3.4M), not fp16
-    stamp = xml.stat().st_mtime_ns
+    f32, int8 = sorted((tmp_path / "openvino").glob("*.xml"), key=lambda p: "int8" in p.name)
+    assert int8.name == f32.stem + f"-int8{INT8_RECIPE}.xml"
+    assert f32.with_suffix(".bin").stat().st_size > 12e6  # float32 weights (3.4M), not fp16
+    assert int8.with_suffix(".bin").stat().st_size < 6e6  # one byte per weight
+    stamps = [xml.stat().st_mtime_ns for xml in (f32, int8)]
     np.testing.assert_array_equal(Embedder(backbone).embed([image]), first)
-    assert xml.stat().st_mtime_ns == stamp  # read back, not converted again
-    xml.write_text("<net damaged")
-    np.testing.assert_array_equal(Embedder(backbone).embed([image]), first)
-    assert "damaged" not in xml.read_text()[:100]
+    assert [xml.stat().st_mtime_ns for xml in (f32, int8)] == stamps  # read back, not made again
+    for xml in (int8, f32):
+        xml.write_text("<net damaged")
+        np.testing.assert_array_equal(Embedder(backbone).embed([image]), first)
+        assert "damaged" not in xml.read_text()[:100]
 
 
 def test_a_query_with_the_converted_model_cached_does_not_import_torch(enrolled):
@@ -179,11 +192,26 @@ def test_a_query_with_the_converted_model_cached_does_not_import_torch(enrolled)
     assert done.stderr.strip().splitlines()[-1] == "False False"
 
 
+def test_int8_by_default_identifies_the_sample_as_f32_does(monkeypatch):
+    """int8 moves the vectors (a model_id of its own) but not the answers: on the real sample
+    each capture's nearest other captures are the ones f32 finds."""
+    pixels = _sample_pixels()
+    int8 = load_embedder()
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "f32")
+    f32 = load_embedder()
+    assert int8.model_id == f32.model_id + f"+int8-{INT8_RECIPE}"
+    fast, reference = int8.embed(pixels), f32.embed(pixels)
+    assert np.median(np.sum(fast * reference, axis=1)) > 0.85
+    np.testing.assert_array_equal(np.argsort(-fast @ fast.T, axis=1)[:, :2],
+                                  np.argsort(-reference @ reference.T, axis=1)[:, :2])
+
+
 def test_bfloat16_on_request_is_a_model_of_its_own(monkeypatch):
     """bf16 moves every vector a little, and only CPUs with bfloat16 units run it: its
     embeddings carry their own model_id, so a database never mixes them with f32 ones."""
     from specimen_id.errors import SpecimenIdError
 
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "f32")
     f32 = load_embedder()
     monkeypatch.setenv("SPECIMEN_ID_PRECISION", "bf16")
     bf16 = load_embedder()
@@ -192,5 +220,5 @@ def test_bfloat16_on_request_is_a_model_of_its_own(monkeypatch):
     rgb = np.random.default_rng(4).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     assert float(bf16.embed([rgb])[0] @ f32.embed([rgb])[0]) > 0.99
     monkeypatch.setenv("SPECIMEN_ID_PRECISION", "fp8")
-    with pytest.raises(SpecimenIdError, match="choose f32 or bf16"):
+    with pytest.raises(SpecimenIdError, match="choose one of int8, f32, bf16"):
         load_embedder()

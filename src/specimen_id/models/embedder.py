@@ -27,10 +27,10 @@ class Embedder:
         self.weights_path = weights_path  # the explicit weights file, None for the default
         self.name = spec.name
         # name, weights and the whole recipe from pixels to stored evidence (CNN input and
-        # pooling, local features): a database never mixes two model_ids. The runtime is not
-        # part of it: both give the same vectors to within 1e-5.
+        # pooling, local features, arithmetic): a database never mixes two model_ids. The
+        # runtime is not part of it: in f32 both give the same vectors to within 1e-5.
         self.trunk = compile_trunk(spec, build or (lambda: spec), runtime)
-        # bf16 moves vectors by ~0.3% (cosine 0.996): its embeddings are a model of their own
+        # int8 and bf16 move the vectors (cosine ~0.93 and ~0.996 to f32): models of their own
         precision = "" if self.trunk.precision == "f32" else f"+{self.trunk.precision}"
         self.model_id = (f"{spec.name}:{spec.weights_sha256[:16]}:"
                          f"p{PREPROCESS_VERSION}+{FEATURE_VERSION}{precision}")

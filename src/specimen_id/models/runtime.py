@@ -2,15 +2,17 @@
 
 Measured on this project's 2-core machine (bench/speed.py): OpenVINO's CPU plugin (folded
 batch norm, fused depthwise convolutions, its own thread pool) runs EfficientNet-Lite0 several
-times faster than PyTorch eager, in float32, with answers equal to PyTorch's to about 1e-5
-(tests/test_models.py holds the two to cosine >= 0.9999). The precision is pinned to f32: on
-CPUs with bfloat16 units OpenVINO would otherwise pick bf16 and move every vector (cosine about
-0.996 to f32). SPECIMEN_ID_PRECISION=bf16 asks for it on purpose: faster, and its vectors are
-then a model of their own (the model_id says so), as they differ between CPUs with and
-without bfloat16 units.
+times faster than PyTorch eager in float32, with answers equal to PyTorch's to about 1e-5
+(tests/test_models.py holds the two to cosine >= 0.9999), and int8 (see quantize.py) about
+2.5x faster again. The default model runs in int8, where bench/accuracy.py found it identifies
+as well as f32; other models stay f32 until measured. SPECIMEN_ID_PRECISION picks one:
+int8, f32, or bf16 (on CPUs with bfloat16 units; its vectors differ between CPUs with and
+without them). f32 is pinned as such: OpenVINO would otherwise choose bf16 where it can.
+Each precision's vectors are a model of their own (the model_id says so).
 
 A converted network is cached as OpenVINO IR (a few MB) under the user's cache directory,
-named by the network and weights hash, so only the first use of a model pays the conversion.
+named by the network, weights hash and precision, so only the first use of a model pays the
+conversion (and the int8 calibration).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 from ..errors import SpecimenIdError
 
 CACHE_ENV = "SPECIMEN_ID_CACHE"
-RUNTIME_ENV = "SPECIMEN_ID_RUNTIME"  # "torch" runs the PyTorch graph itself (the reference)
+RUNTIME_ENV = "SPECIMEN_ID_RUNTIME"  # "torch" runs the PyTorch graph itself: the f32 reference
 RUNTIMES = ("openvino", "torch")
-PRECISION_ENV = "SPECIMEN_ID_PRECISION"  # "bf16": faster where the CPU has bfloat16 units
+PRECISION_ENV = "SPECIMEN_ID_PRECISION"
+PRECISIONS = ("int8", "f32", "bf16")
 
 
 def cache_dir() -> Path:
@@ -62,32 +65,53 @@ def _torch(backbone):
 def _openvino(spec, build):
     import openvino as ov
 
-    asked = os.environ.get(PRECISION_ENV) or "f32"  # checked before any conversion work
-    if asked not in ("f32", "bf16"):
-        raise SpecimenIdError(f"{PRECISION_ENV}={asked!r}: choose f32 or bf16")
+    from .backbones import DEFAULT_MODEL
+
+    # int8 where bench/accuracy.py measured it; checked before any conversion work
+    asked = os.environ.get(PRECISION_ENV) or ("int8" if spec.name == DEFAULT_MODEL else "f32")
+    if asked not in PRECISIONS:
+        raise SpecimenIdError(f"{PRECISION_ENV}={asked!r}: choose one of {', '.join(PRECISIONS)}")
     core = ov.Core()
     version = ov.__version__.split("-")[0]  # "2026.4.1-22982-…/2026/4": keep the release
-    path = cache_dir() / "openvino" / (
-        f"{spec.name}-{spec.weights_sha256[:16]}-{spec.input_size}-ov{version}.xml")
-    model = None
-    if path.is_file() and path.with_suffix(".bin").is_file():
-        try:
-            model = core.read_model(path)
-        except RuntimeError:  # a damaged cache entry is simply made again
-            model = None
-    if model is None:
-        model = _convert(build())
-        _save(ov, model, path)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": asked,
-                                                  "PERFORMANCE_HINT": "LATENCY"})
+    stem = f"{spec.name}-{spec.weights_sha256[:16]}-{spec.input_size}-ov{version}"
+    model = _cached(core, stem, lambda: _convert(build()))
+    from .quantize import INT8_RECIPE
+
+    if asked == "int8":
+        from .preprocess import to_input
+        from .quantize import calibration_fields, quantize
+
+        def calibrated():
+            return quantize(model, [to_input(f, spec.input_size, spec.mean, spec.std)[None]
+                                    for f in calibration_fields()])
+
+        model = _cached(core, f"{stem}-int8{INT8_RECIPE}", calibrated)
+    # int8 runs what it did not quantize in f32, so that it too is the same on every CPU
+    compiled = core.compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32" if asked == "int8" else asked,
+        "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
         return request.infer({0: np.ascontiguousarray(batch)})[0].copy()
 
     # what the CPU really runs: a CPU without bfloat16 units runs f32 whatever was asked
-    run.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    run.precision = f"int8-{INT8_RECIPE}" if asked == "int8" else (
+        compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
     return run
+
+
+def _cached(core, stem: str, make):
+    """The model cached as `stem`.xml/.bin, made by `make()` and saved the first time."""
+    path = cache_dir() / "openvino" / f"{stem}.xml"
+    if path.is_file() and path.with_suffix(".bin").is_file():
+        try:
+            return core.read_model(path)
+        except RuntimeError:  # a damaged cache entry is simply made again
+            pass
+    model = make()
+    _save(model, path)
+    return model
 
 
 def _convert(backbone):
@@ -104,9 +128,11 @@ def _convert(backbone):
                                 input=[(-1, 3, size, size)])
 
 
-def _save(ov, model, path: Path) -> None:
+def _save(model, path: Path) -> None:
     """Write the IR under a temporary name, then rename both files: a concurrent first use or
     a kill mid-write leaves no half-written cache entry."""
+    import openvino as ov
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.xml")
