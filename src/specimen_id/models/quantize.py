@@ -1,11 +1,12 @@
 """int8 quantization of a converted network (NNCF post-training quantization).
 
-EfficientNet-Lite was designed for int8 (ReLU6, no squeeze-excite), and this CPU's VNNI
-units run int8 several times faster than f32. Weights are quantized per channel; activation
-ranges come from the microscope fields shipped in int8_fields/ (real DSB 2018 fields and one
-simulated re-capture of each), so every installation makes the same model. Measured on
-bench/accuracy.py: identification as good as f32 (see README), vectors at cosine about 0.93 to
-f32 ones, so an int8 database is a model of its own (the model_id says so).
+EfficientNet-Lite was designed for int8 (ReLU6, no squeeze-excite); on this project's machine
+(VNNI units) it runs 2.6x faster than in f32 (bench/speed.py). Weights are quantized per
+channel; activation ranges come from the microscope fields shipped in int8_fields/ (real DSB
+2018 fields and one seeded simulated re-capture of each), so every installation calibrates on
+the same inputs. On bench/accuracy.py it identifies better than f32 (see README) although its
+vectors sit at cosine about 0.92 to f32 ones, so an int8 database is a model of its own (the
+model_id says so).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def quantize(model, inputs: list[np.ndarray]):
     import nncf
 
     nncf.set_log_level(logging.ERROR)
-    print("specimen-id: making the int8 model (first use only, a few seconds)", file=sys.stderr)
+    print("specimen-id: making the int8 model (first use only, about 10 s)", file=sys.stderr)
     # NNCF draws progress bars on stdout, which belongs to --json output
     with contextlib.redirect_stdout(sys.stderr):
         return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs))

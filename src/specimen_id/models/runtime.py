@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecimenIdError
+from .quantize import INT8_RECIPE
 
 CACHE_ENV = "SPECIMEN_ID_CACHE"
 RUNTIME_ENV = "SPECIMEN_ID_RUNTIME"  # "torch" runs the PyTorch graph itself: the f32 reference
@@ -74,19 +75,19 @@ def _openvino(spec, build):
     core = ov.Core()
     version = ov.__version__.split("-")[0]  # "2026.4.1-22982-…/2026/4": keep the release
     stem = f"{spec.name}-{spec.weights_sha256[:16]}-{spec.input_size}-ov{version}"
-    model = _cached(core, stem, lambda: _convert(build()))
-    from .quantize import INT8_RECIPE
 
-    if asked == "int8":
+    def f32_model():
+        return _cached(core, stem, lambda: _convert(build()))
+
+    def int8_model():
         from .preprocess import to_input
         from .quantize import calibration_fields, quantize
 
-        def calibrated():
-            return quantize(model, [to_input(f, spec.input_size, spec.mean, spec.std)[None]
-                                    for f in calibration_fields()])
+        return quantize(f32_model(), [to_input(f, spec.input_size, spec.mean, spec.std)[None]
+                                      for f in calibration_fields()])
 
-        model = _cached(core, f"{stem}-int8{INT8_RECIPE}", calibrated)
-    # int8 runs what it did not quantize in f32, so that it too is the same on every CPU
+    model = _cached(core, f"{stem}-int8{INT8_RECIPE}", int8_model) if asked == "int8" else f32_model()
+    # int8 leaves some operations in float: keep them f32, not bf16 on CPUs that have it
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32" if asked == "int8" else asked,
         "PERFORMANCE_HINT": "LATENCY"})
