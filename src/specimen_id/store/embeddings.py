@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .vectors import VectorIndex, chosen_kind
+from .vectors import VectorIndex, chosen_kind, rerank
 
 
 class Embeddings:
@@ -129,13 +129,14 @@ class Embeddings:
         if index is None or not len(index):
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
         scores, ids = index.search(vectors, index.candidates(k))
-        if not index.exact_scores:  # the compact index estimates; the stored vectors know
-            for row, vector in enumerate(np.asarray(vectors, np.float32)):
-                stored = self.vectors_of(ids[row], index.model_id, index.dim)
-                scores[row] = [stored[i] @ vector if i in stored else -1.0 for i in ids[row]]
-            order = np.argsort(-scores, axis=1, kind="stable")
-            scores, ids = np.take_along_axis(scores, order, 1)[:, :k], np.take_along_axis(ids, order, 1)[:, :k]
-        return scores, ids
+        if index.exact_scores:
+            return scores, ids
+
+        def stored(found):  # the compact index estimates; the stored vectors know
+            by_id = self.vectors_of(found, index.model_id, index.dim)
+            return np.array(list(by_id), np.int64), np.array(list(by_id.values())).reshape(-1, index.dim)
+
+        return rerank(np.asarray(vectors, np.float32), ids, k, stored)
 
     def vectors_of(self, ids, model_id: str, dim: int) -> dict[int, np.ndarray]:
         ids = [int(i) for i in ids if i >= 0]

@@ -64,6 +64,22 @@ def exact_top(queries: np.ndarray, slices, k: int = 10) -> np.ndarray:
     return best
 
 
+def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, fetch):
+    """The k best candidates of each query by exact cosine. fetch(ids) gives (ids it has,
+    their full vectors as rows); -1 ids and ids without a vector drop out."""
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    for row, (vector, found) in enumerate(zip(queries, candidates)):
+        found = found[found >= 0]
+        if not len(found):
+            continue
+        found, stored = fetch(found)
+        exact = stored @ vector
+        best = np.argsort(-exact, kind="stable")[:k]
+        scores[row, :len(best)], ids[row, :len(best)] = exact[best], found[best]
+    return scores, ids
+
+
 class VectorIndex:
     """Inner-product search over L2-normalised vectors keyed by capture id."""
 
@@ -196,20 +212,9 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, np.float32)
         scores, ids = self.index.search(vectors, k * REFINE if self.exact is not None else k)
         if self.exact is not None:
-            return self._refine(vectors, ids, k)
+            return rerank(vectors, ids, k, lambda found: (found, self.exact.reconstruct_batch(found)))
         if self.kind == "compact":  # squared L2 between unit vectors = 2 - 2 cos
             scores = 1 - scores / 2
-        return scores, ids
-
-    def _refine(self, vectors, candidates, k: int):
-        """The k best candidates of each query by exact cosine with the full vectors."""
-        scores = np.full((len(vectors), k), -np.inf, np.float32)
-        ids = np.full((len(vectors), k), -1, np.int64)
-        for row, (vector, found) in enumerate(zip(vectors, candidates)):
-            found = found[found >= 0]
-            exact = self.exact.reconstruct_batch(found) @ vector if len(found) else found
-            best = np.argsort(-exact, kind="stable")[:k]
-            scores[row, :len(best)], ids[row, :len(best)] = exact[best], found[best]
         return scores, ids
 
     def save(self, path: Path) -> None:
