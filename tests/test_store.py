@@ -8,6 +8,7 @@ import torch
 import torchvision
 from conftest import QUERIES, SPECIMENS
 
+from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.store import Database
 from specimen_id.store.schema import MIGRATIONS, migrate
 from specimen_id.store.vectors import VectorIndex
@@ -136,7 +137,7 @@ def test_a_database_from_an_earlier_feature_recipe_asks_for_a_plain_reindex(enro
     import sqlite3
 
     db = Database(enrolled.db)
-    old = db.model_id.rsplit("+", 1)[0] + "+sift-1"  # as an earlier version named its vectors
+    old = db.model_id.replace(f"+{FEATURE_VERSION}", "+sift-1")  # as an earlier version named them
     db.close()
     conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
     with conn:
@@ -148,6 +149,22 @@ def test_a_database_from_an_earlier_feature_recipe_asks_for_a_plain_reindex(enro
     assert f"holds embeddings of {old}" in refused.stderr and "run `specimen-id reindex` to" in refused.stderr
     assert enrolled("reindex").exit_code == 0
     assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+
+
+def test_a_database_of_another_precision_says_how_to_use_it_or_reindex(run, monkeypatch):
+    """f32 vectors (a database from before int8 became the default, or made with
+    SPECIMEN_ID_PRECISION=f32) are never compared with int8 ones: the tool says which setting
+    reads them as they are, and that setting does."""
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "f32")
+    assert run("enroll", "--folders", SPECIMENS).exit_code == 0
+    f32_id = Database(run.db).model_id
+    monkeypatch.delenv("SPECIMEN_ID_PRECISION")
+    refused = run("query", QUERIES / "recapture-he-tissue-a.jpg")
+    assert refused.exit_code == 3
+    assert f"holds embeddings of {f32_id}, not {f32_id}+int8" in refused.stderr
+    assert "set SPECIMEN_ID_PRECISION=f32 to use it as it is, or run `specimen-id reindex`" in refused.stderr
+    monkeypatch.setenv("SPECIMEN_ID_PRECISION", "f32")
+    assert _answer(run, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
 
 
 def test_damaged_database_exits_3_with_what_to_do(run, tmp_path):

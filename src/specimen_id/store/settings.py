@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ModelMismatch
+from ..models.runtime import PRECISION_ENV
 from ..quality import LIMITS
 
 # Settings a user may change with `config`, their types and defaults. The threshold is kept
@@ -91,12 +92,17 @@ class Settings:
         """Embeddings of one model only: refuse another while captures exist."""
         current = self.model_id
         if current and current != model_id and self.count("captures"):
-            # the same network under another id: this version prepares images or local
-            # features differently from the one that filled the database
-            fix = ("`specimen-id reindex` to re-embed every capture as this version does"
-                   if current.split(":")[0] == model_id.split(":")[0] else
-                   "`specimen-id reindex --model NAME` to re-embed every capture with another model")
-            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; run {fix}")
+            (recipe, precision), (wanted, _) = _precision(current), _precision(model_id)
+            if recipe == wanted:  # only the arithmetic differs, e.g. f32 vectors from before int8
+                fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
+                       "reindex` to re-embed every capture in this precision")
+            elif current.split(":")[0] == model_id.split(":")[0]:
+                # the same network under another id: this version prepares images or local
+                # features differently from the one that filled the database
+                fix = "run `specimen-id reindex` to re-embed every capture as this version does"
+            else:
+                fix = "run `specimen-id reindex --model NAME` to re-embed every capture with another model"
+            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; {fix}")
 
     def use_model(self, name: str, weights, model_id: str) -> None:
         """Record which model (and explicit weights file, None for the model's own) this
@@ -108,3 +114,11 @@ class Settings:
     def _put_model(self, name: str, weights) -> None:
         self._put_setting("model_name", name)
         self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
+
+
+def _precision(model_id: str) -> tuple[str, str]:
+    """A model_id without its precision suffix (models/embedder.py), and that precision."""
+    recipe, _, last = model_id.rpartition("+")
+    if last.startswith(("int8", "bf16")):
+        return recipe, last.split("-")[0]
+    return model_id, "f32"
