@@ -1,6 +1,8 @@
 """Reading v4l2-ctl listings of real cameras and planning which controls lock exposure, white
 balance and focus (fixtures/v4l2/SOURCES.md says where each listing comes from)."""
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,35 @@ def test_list_devices():
                           ["/dev/video0", "/dev/video1", "/dev/media0"])
     assert devices[1][0] == "bcm2835-codec-decode (platform:bcm2835-codec)"
     assert len(devices[1][1]) == 6 and devices[1][1][-1] == "/dev/media2"
+
+
+def test_cameras_lists_each_device_with_its_controls_and_lock_plan(run, tmp_path, monkeypatch):
+    """`cameras` through a stand-in v4l2-ctl that answers as a C920 on Linux 6 does (the real
+    listings above), and fails for the nodes it cannot open, as v4l2-ctl does."""
+    import json
+    import os
+
+    tool = tmp_path / "bin" / "v4l2-ctl"
+    tool.parent.mkdir()
+    tool.write_text(f"""#!/bin/sh
+case "$*" in
+  --list-devices) cat '{FIXTURES / "list-devices.txt"}' ;;
+  "-d /dev/video0 --list-ctrls-menus") cat '{FIXTURES / "logitech-c920-linux6.txt"}' ;;
+  *) echo "Cannot open device $2, exiting." >&2; exit 1 ;;
+esac
+""")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    listed = run("cameras", "--json")
+    assert listed.exit_code == 0, listed.output
+    entries = {e["device"]: e for e in map(json.loads, listed.stdout.splitlines())}
+    # every video node of both devices, never the media nodes
+    assert {"/dev/video0", "/dev/video1", "/dev/video10", "/dev/video31"} <= set(entries)
+    assert not any(d.startswith("/dev/media") for d in entries)
+    c920 = entries["/dev/video0"]
+    assert c920["name"] == "HD Pro Webcam C920 (usb-0000:00:14.0-2)"
+    assert c920["controls"]["auto_exposure"] == 3 and c920["controls"]["focus_absolute"] == 30
+    assert c920["lock_plan"]["exposure"] == "auto_exposure=1 (Manual Mode)"
+    assert "Cannot open device /dev/video1" in entries["/dev/video1"]["error"]
+    text = run("cameras").stdout
+    assert "/dev/video0  HD Pro Webcam C920" in text and "  lock exposure: auto_exposure=1 (Manual Mode)" in text
