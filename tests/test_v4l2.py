@@ -91,6 +91,22 @@ def test_list_devices():
     assert len(devices[1][1]) == 6 and devices[1][1][-1] == "/dev/media2"
 
 
+def _stand_in(tmp_path, monkeypatch, video0: str):
+    """A v4l2-ctl on PATH that lists the real devices above, answers for /dev/video0 with
+    `video0` (a shell command), and fails for the nodes it cannot open, as v4l2-ctl does."""
+    tool = tmp_path / "bin" / "v4l2-ctl"
+    tool.parent.mkdir()
+    tool.write_text(f"""#!/bin/sh
+case "$*" in
+  --list-devices) cat '{FIXTURES / "list-devices.txt"}' ;;
+  "-d /dev/video0 --list-ctrls-menus") {video0} ;;
+  *) echo "Cannot open device $2, exiting." >&2; exit 1 ;;
+esac
+""")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+
+
 def test_cameras_lists_each_device_with_its_controls_and_lock_plan(run, tmp_path, monkeypatch):
     """`cameras` through a stand-in v4l2-ctl that answers as a C920 on Linux 6 does (the real
     listings above), and fails for the nodes it cannot open, as v4l2-ctl does."""
@@ -121,3 +137,15 @@ esac
     assert "Cannot open device /dev/video1" in entries["/dev/video1"]["error"]
     text = run("cameras").stdout
     assert "/dev/video0  HD Pro Webcam C920" in text and "  lock exposure: auto_exposure=1 (Manual Mode)" in text
+
+
+def test_a_hung_camera_driver_is_one_line_and_the_other_devices_are_still_listed(run, tmp_path, monkeypatch):
+    from specimen_id.camera import v4l2
+
+    _stand_in(tmp_path, monkeypatch, "sleep 30")
+    monkeypatch.setattr(v4l2, "TIMEOUT_S", 0.5)  # the limit, not the behaviour: 20 s in use
+    listed = run("cameras", "--json")
+    assert listed.exit_code == 0, listed.output
+    entries = {e["device"]: e for e in map(json.loads, listed.stdout.splitlines())}
+    assert entries["/dev/video0"]["error"] == "v4l2-ctl -d /dev/video0 --list-ctrls-menus did not answer in 0.5 s"
+    assert "Cannot open device /dev/video1" in entries["/dev/video1"]["error"]

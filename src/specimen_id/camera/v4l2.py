@@ -134,11 +134,14 @@ def available() -> bool:
     return shutil.which("v4l2-ctl") is not None
 
 
+TIMEOUT_S = 20  # a camera's driver answers in well under a second, or has hung
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["v4l2-ctl", *args], capture_output=True, text=True, timeout=20)
+        return subprocess.run(["v4l2-ctl", *args], capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:  # a hung camera driver: one line, like any OSError
-        raise OSError(f"v4l2-ctl {' '.join(args)} did not answer in 20 s") from None
+        raise OSError(f"v4l2-ctl {' '.join(args)} did not answer in {TIMEOUT_S:g} s") from None
 
 
 def list_devices() -> str:
