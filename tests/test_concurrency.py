@@ -111,6 +111,35 @@ def test_two_enrolments_at_once_both_succeed(populated, tmp_path):
         assert not verify(db).problems
 
 
+def test_an_outside_sqlite_writer_makes_enrolment_fail_clearly_with_nothing_stored(populated, tmp_path,
+                                                                                   monkeypatch):
+    """Another program (the sqlite3 shell, a backup tool) holding SQLite's write lock past
+    SPECIMEN_ID_LOCK_TIMEOUT: the enrolment says so in one line, exits 3, and stores nothing."""
+    import sqlite3
+
+    files = _recaptures(tmp_path / "late", 2, seed=5)
+    before = Database(populated).count("captures")
+    outside = sqlite3.connect(populated / "specimens.sqlite", isolation_level=None)
+    outside.execute("BEGIN IMMEDIATE")
+    try:
+        monkeypatch.setenv("SPECIMEN_ID_LOCK_TIMEOUT", "0.5")
+        late = CliRunner().invoke(cli, ["--db", str(populated), "enroll", "--allow-low-quality",
+                                        "-s", "late", *map(str, files)])
+    finally:
+        outside.execute("ROLLBACK")
+        outside.close()
+    assert late.exit_code == 3, late.output
+    (line,) = late.stderr.strip().splitlines()
+    assert line.startswith(f"error: {populated}: another process is writing (database is locked)")
+    assert Database(populated).count("captures") == before
+    assert not verify(Database(populated)).problems
+    monkeypatch.delenv("SPECIMEN_ID_LOCK_TIMEOUT")  # and once it is gone, the same enrolment works
+    again = CliRunner().invoke(cli, ["--db", str(populated), "enroll", "--allow-low-quality",
+                                     "-s", "late", *map(str, files)])
+    assert again.exit_code == 0, again.output
+    assert Database(populated).count("captures") == before + 2
+
+
 def test_an_enrolment_that_cannot_get_the_lock_fails_clearly(populated, tmp_path):
     files = _recaptures(tmp_path / "late", 2, seed=4)
     holder = subprocess.Popen(  # another process holding the write lock

@@ -49,6 +49,10 @@ def default_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
 
 
+def lock_timeout() -> float:
+    return float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
+
+
 class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
@@ -60,7 +64,9 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         self._index: VectorIndex | None = None
         self._lock = None
         try:
-            conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=30)
+            # SQLite's own wait for another connection's write (an outside tool, a query being
+            # logged): as long as the write lock's, one setting for "wait for other writers"
+            conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=lock_timeout())
             conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             conn.execute("PRAGMA foreign_keys=ON")
             if schema_version(conn) < len(MIGRATIONS):
@@ -88,7 +94,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         transactions and the index file write of one operation."""
         from filelock import Timeout
 
-        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
+        timeout = lock_timeout()
         try:
             self._write_lock().acquire(timeout=timeout)
         except Timeout:
