@@ -56,6 +56,14 @@ class Embedder:
         return self.embed_inputs(np.stack([self.preprocess(p) for p in pixel_list]))
 
 
+def split_precision(model_id: str) -> tuple[str, str]:
+    """A model_id without its precision suffix (as Embedder writes it), and that precision."""
+    recipe, _, last = model_id.rpartition("+")
+    if last.startswith(("int8", "bf16")):
+        return recipe, last.split("-")[0]
+    return model_id, "f32"
+
+
 def load_embedder(name: str = DEFAULT_MODEL, weights=None, runtime: str | None = None) -> Embedder:
     """A ready embedder; kept per (model, weights file, runtime) so that a long-lived process
     (tests, the web app, the Python API) loads each model once. PyTorch is imported only when

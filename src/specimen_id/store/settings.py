@@ -92,7 +92,9 @@ class Settings:
         """Embeddings of one model only: refuse another while captures exist."""
         current = self.model_id
         if current and current != model_id and self.count("captures"):
-            (recipe, precision), (wanted, _) = _precision(current), _precision(model_id)
+            from ..models.embedder import split_precision
+
+            (recipe, precision), (wanted, _) = split_precision(current), split_precision(model_id)
             if recipe == wanted:  # only the arithmetic differs, e.g. f32 vectors from before int8
                 fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
                        "reindex` to re-embed every capture in this precision")
@@ -114,11 +116,3 @@ class Settings:
     def _put_model(self, name: str, weights) -> None:
         self._put_setting("model_name", name)
         self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
-
-
-def _precision(model_id: str) -> tuple[str, str]:
-    """A model_id without its precision suffix (models/embedder.py), and that precision."""
-    recipe, _, last = model_id.rpartition("+")
-    if last.startswith(("int8", "bf16")):
-        return recipe, last.split("-")[0]
-    return model_id, "f32"
