@@ -15,6 +15,11 @@ from playwright.sync_api import expect, sync_playwright
 from specimen_id.web import create_app
 
 CHROMIUM = "/usr/bin/chromium"
+# An image's width once it has loaded (0 if it failed): reading naturalWidth at once races
+# the browser, which may still be fetching it when the <img> is already in the page.
+LOADED_WIDTH = ("img => img.complete ? img.naturalWidth : new Promise(done => {"
+                " img.addEventListener('load', () => done(img.naturalWidth));"
+                " img.addEventListener('error', () => done(0)); })")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--no-first-run"]
 
@@ -50,7 +55,7 @@ def test_browse_specimens_and_open_one(server, page):
     page.get_by_text("he-tissue-a").click()
     expect(page.locator("h1")).to_have_text("he-tissue-a")
     expect(page.locator("main img")).to_have_count(2)
-    assert page.locator("main img").first.evaluate("img => img.naturalWidth") > 0
+    assert page.locator("main img").first.evaluate(LOADED_WIDTH) > 0
 
 
 def test_query_by_upload_then_move_the_threshold(server, page, tmp_path):
@@ -63,7 +68,7 @@ def test_query_by_upload_then_move_the_threshold(server, page, tmp_path):
     # query and best candidate side by side, both loaded
     pair = page.locator(".candidate").first.locator(".pair img")
     expect(pair).to_have_count(2)
-    assert all(pair.nth(i).evaluate("img => img.naturalWidth") > 0 for i in range(2))
+    assert all(pair.nth(i).evaluate(LOADED_WIDTH) > 0 for i in range(2))
     shot = tmp_path / "query-page.png"
     page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000
