@@ -41,13 +41,14 @@ class FittedVectors:
     def dim(self) -> int:
         return len(self.mean)
 
-    def centres(self, first_field: int, count: int) -> np.ndarray:
-        """Centres of fields first_field.. first_field+count-1. Each block of BLOCK fields has a
-        seed of its own, so a field's centre is the same however the collection is cut into
-        chunks (and a query can be a re-capture of a stored field)."""
-        first, last = first_field // BLOCK, (first_field + count - 1) // BLOCK
-        blocks = np.concatenate([self._block(b) for b in range(first, last + 1)])
-        return blocks[first_field - first * BLOCK:][:count]
+    def centres(self, fields: np.ndarray) -> np.ndarray:
+        """Centres of these field numbers. Each block of BLOCK fields has a seed of its own, so a
+        field's centre is the same however the collection is cut into chunks (and a query can
+        be a re-capture of a stored field); each block needed is drawn once."""
+        fields = np.asarray(fields, np.int64)
+        blocks = np.unique(fields // BLOCK)
+        drawn = np.concatenate([self._block(int(b)) for b in blocks])
+        return drawn[np.searchsorted(blocks, fields // BLOCK) * BLOCK + fields % BLOCK]
 
     def _block(self, block: int) -> np.ndarray:
         rng = np.random.default_rng([7, block])
@@ -67,7 +68,7 @@ class FittedVectors:
         order); the same arguments always give the same vectors."""
         per = self.captures_per_field
         assert start % per == 0 and count % per == 0
-        centres = np.repeat(self.centres(start // per, count // per), per, axis=0)
+        centres = np.repeat(self.centres(np.arange(start // per, (start + count) // per)), per, axis=0)
         return self.captures_of(centres, [11, start])
 
     def queries(self, total: int, count: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -75,9 +76,7 @@ class FittedVectors:
         fields: (vectors, field numbers)."""
         rng = np.random.default_rng(seed)
         fields = np.sort(rng.choice(total // self.captures_per_field, count, replace=False))
-        blocks = {b: self._block(b) for b in np.unique(fields // BLOCK).tolist()}
-        centres = np.stack([blocks[f // BLOCK][f % BLOCK] for f in fields.tolist()])
-        return self.captures_of(centres, [13, seed]), fields
+        return self.captures_of(self.centres(fields), [13, seed]), fields
 
 
 def _components(x: np.ndarray) -> tuple[np.ndarray, float]:
