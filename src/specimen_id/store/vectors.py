@@ -249,4 +249,4 @@ class VectorIndex:
                 self._set_search(header["effort"])
         except (OSError, ValueError, RuntimeError, KeyError, TypeError):
             return None
-        return self if len(self) == count == (self.exact.ntotal if self.exact is not None else count) else None
+        return self if all(part.ntotal == count for part in self.parts()) else None
