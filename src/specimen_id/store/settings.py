@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ModelMismatch
+from ..models.embedder import split_precision
 from ..models.runtime import PRECISION_ENV
 from ..quality import LIMITS
 
@@ -92,8 +93,6 @@ class Settings:
         """Embeddings of one model only: refuse another while captures exist."""
         current = self.model_id
         if current and current != model_id and self.count("captures"):
-            from ..models.embedder import split_precision
-
             (recipe, precision), (wanted, _) = split_precision(current), split_precision(model_id)
             if recipe == wanted:  # only the arithmetic differs, e.g. f32 vectors from before int8
                 fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
