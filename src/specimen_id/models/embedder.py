@@ -8,7 +8,7 @@ import numpy as np
 
 from ..local_features import FEATURE_VERSION
 from .backbones import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone, model_spec
-from .preprocess import GEM_P, PREPROCESS_VERSION, to_input
+from .preprocess import PREPROCESS_VERSION, pooled, to_input
 from .runtime import compile_trunk
 
 # Images per forward pass. Measured on 2 cores (bench/speed.py, OpenVINO int8): 342 images/s
@@ -18,8 +18,8 @@ BATCH = 4
 
 
 class Embedder:
-    """A backbone's GeM-pooled feature map as a unit vector. Inner product of two embeddings is their
-    cosine similarity, which is what the FAISS index ranks by."""
+    """A backbone's feature map pooled into a unit vector (regional GeM, see preprocess). Inner
+    product of two embeddings is their cosine similarity, which is what the FAISS index ranks by."""
 
     def __init__(self, spec: ModelSpec, weights_path: Path | None = None,
                  runtime: str | None = None, build=None):
@@ -43,12 +43,10 @@ class Embedder:
         return to_input(pixels, spec.input_size, spec.mean, spec.std)
 
     def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        """(n, 3, size, size) network inputs to (n, dim) unit float32 vectors (GeM pooled)."""
+        """(n, 3, size, size) network inputs to (n, dim) unit float32 vectors (regional GeM)."""
         out = np.empty((len(inputs), self.dim), np.float32)
         for start in range(0, len(inputs), BATCH):
-            fmap = np.maximum(self.trunk(inputs[start:start + BATCH]), 1e-6)
-            out[start:start + BATCH] = np.mean(fmap ** GEM_P, axis=(2, 3)) ** (1 / GEM_P)
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out[start:start + BATCH] = pooled(self.trunk(inputs[start:start + BATCH]))
         return out
 
     def embed(self, pixel_list) -> np.ndarray:

@@ -2,25 +2,34 @@
 PREPROCESS_VERSION, which is part of every model_id, so old embeddings are never compared with
 new ones (the database asks for `reindex`).
 
-Policy (version 2):
-- 8-bit images are used as they are.
+Policy (version 3):
 - Deeper images (16-bit, float) are stretched linearly from their 0.1st to 99.9th percentile
   (all channels together, so colour balance is kept) onto 0..255: microscope cameras often fill
   only 10 or 12 of 16 bits, and a fixed /65535 would leave such fields almost black.
 - Grey images are repeated into three channels; alpha is dropped (grey+alpha keeps the grey).
 - The whole field is resized to the square input (INTER_AREA), never cropped: a crop would throw
   away part of the field that identifies the specimen.
+- Then its contrast is stretched from the 1st to the 99.8th percentile of its levels (all
+  channels together) onto 0..255, as for the local features. A dim fluorescence field filling
+  40 of 256 levels otherwise reaches the network as noise and JPEG blocks (and int8 arithmetic
+  loses more of it): on bench/accuracy.py's re-captures, stretching brings the true field
+  into the 100-capture shortlist for every query (3 of 265 fell outside it before).
 - The last feature map is pooled with GeM (p = 3), which weights the strongest responses
   (nuclei) over the empty background; on DSB 2018 re-captures it ranks the right field first
   for 0.56 of queries against 0.52 for average pooling (version 1).
+- Regional pooling (version 3): GeM over the whole map and over every window of REGIONS
+  cells, each unit-normalised, summed (R-MAC's recipe). A re-capture shifted by a stage sees
+  part of the field anew; the windows it shares with the enrolled capture still agree. On
+  bench/accuracy.py the worst rank of a true field among 532 captures falls from 175 to 99.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 GEM_P = 3.0
+REGIONS = (5, 4)  # sides of the square windows of the feature map (7x7 at 224 px) pooled apart
 
 
 def to_rgb8(pixels: np.ndarray) -> np.ndarray:
@@ -39,10 +48,35 @@ def to_rgb8(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
+STRETCH = (1.0, 99.8)  # percentiles of the input's levels mapped onto 0 and 255
+
+
 def to_input(pixels: np.ndarray, size: int, mean, std) -> np.ndarray:
-    """One capture to a CHW float32 array, normalised per channel."""
+    """One capture to a CHW float32 array: resized, stretched and normalised per channel."""
     import cv2
 
     rgb = cv2.resize(to_rgb8(pixels), (size, size), interpolation=cv2.INTER_AREA)
-    x = (rgb.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return x.transpose(2, 0, 1)
+    # the percentiles from the histogram of the 256 levels, and stretch and normalisation as
+    # one lookup table per channel: a fraction of numpy's percentile and float arithmetic
+    cumulative = np.cumsum(np.bincount(rgb.ravel(), minlength=256)) / rgb.size
+    low, high = np.searchsorted(cumulative, np.asarray(STRETCH) / 100)
+    levels = np.clip((np.arange(256, dtype=np.float32) - low) / max(float(high - low), 1.0), 0, 1)
+    table = (levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return cv2.LUT(rgb, table[None].astype(np.float32)).transpose(2, 0, 1)
+
+
+def pooled(fmap: np.ndarray) -> np.ndarray:
+    """(n, c, h, w) feature maps to (n, c) unit vectors: regional GeM, as described above."""
+    fmap = np.maximum(fmap, 1e-6) ** GEM_P  # powered once; each region is a mean of it
+
+    def gem(region):
+        v = region.mean(axis=(2, 3)) ** (1 / GEM_P)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    h, w = fmap.shape[2:]
+    total = gem(fmap)
+    for side in REGIONS:
+        for y in range(h - side + 1):
+            for x in range(w - side + 1):
+                total += gem(fmap[:, :, y:y + side, x:x + side])
+    return total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-INT8_RECIPE = "q1"  # the fields and settings below; part of the model_id and the cache name
+INT8_RECIPE = "q2"  # the fields, settings and input policy (preprocess.py) it calibrated with;
+# part of the model_id and the cache name
 FIELDS = Path(__file__).parent / "int8_fields"
 
 
