@@ -191,8 +191,7 @@ def main():
 
 
 def terms(candidate) -> list[float]:
-    t = scoring.evidence_terms(candidate["cnn_similarity"], candidate["inliers"],
-                               candidate["keypoints"], candidate["correlation"])
+    t = scoring.evidence_terms(candidate["cnn_similarity"], candidate["inliers"], candidate["correlation"])
     return [t[name] for name in TERMS]
 
 
@@ -205,8 +204,7 @@ def pair_features(rows):
 
 def rescored(row, fusion):
     """The row's candidates scored with these fusion weights, best first."""
-    scored = [(c["specimen"], scoring.fused(c["cnn_similarity"], c["inliers"], c["keypoints"],
-                                            c["correlation"], fusion))
+    scored = [(c["specimen"], scoring.fused(c["cnn_similarity"], c["inliers"], c["correlation"], fusion))
               for c in row["candidates"]]
     return sorted(scored, key=lambda t: -t[1])
 
@@ -324,7 +322,7 @@ def write_report(report, fitted, shipped, threshold, sim, n_groups, groups, quer
     sections = []
     for part, methods in report.items():
         ours = methods["ours"]
-        lines = [("specimen-id (GeM + verification, fused)", f"{ours['top1']:.3f}", f"{ours[0.01][0]:.3f}",
+        lines = [("specimen-id (regional GeM + verification, fused)", f"{ours['top1']:.3f}", f"{ours[0.01][0]:.3f}",
                   f"{ours[0.001][0]:.3f}", f"{ours['eer']:.3f}", f"{ours['correct']:.3f}",
                   f"{ours['ambiguous']:.3f}", f"{ours['false_match']:.3f}", f"{ours['ece']:.3f}")]
         for name in ("plain GAP CNN", "pHash", "file SHA-256"):

@@ -122,7 +122,7 @@ def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
     assert db.db.execute("SELECT DISTINCT model_id FROM embeddings").fetchall() == [(db.model_id,)]
     # the database remembers its model and weights file: plain commands use them
     answer = _answer(enrolled, SPECIMENS / "fluo-nuclei-b" / "capture-1.png")
-    assert answer["specimen"] == "fluo-nuclei-b" and answer["score"] > 0.999
+    assert answer["specimen"] == "fluo-nuclei-b" and answer["score"] > 0.99
     assert enrolled("enroll", "-s", "brightfield-a", QUERIES / "recapture-brightfield-a.jpg").exit_code == 0
     # ...and keep using that weights file after a plain enroll
     assert Database(enrolled.db).setting("weights_path") == str(weights.resolve())

@@ -1,14 +1,20 @@
 """Local features and spatial verification: does the query show the same arrangement as a
 candidate, up to the shift, rotation and scale a stage and focus cause?
 
-Pooled CNN vectors say "a field of nuclei"; identity lives in where the nuclei are. SIFT
-keypoints (blob centres, which is what nuclei look like) are paired as mutual nearest
-neighbours (Lowe's ratio test throws away most true pairs when every nucleus looks like its
-neighbour) and a similarity transform is fitted with RANSAC; the number of matches that agree with it
-(inliers) is the evidence. With that transform the two captures are then laid over each other
-and their pixels correlated (aligned correlation): a sparse field with six nuclei gives few
-inliers, but if they align, every nucleus and the background between them must coincide too.
-Features and a small thumbnail are computed once per capture at enrolment and stored.
+Pooled CNN vectors say "a field of nuclei"; identity lives in where the nuclei are. Two kinds of
+evidence, each computed once per capture at enrolment and stored:
+- SIFT keypoints (blob centres, which is what nuclei look like), paired as mutual nearest
+  neighbours (Lowe's ratio test throws away most true pairs when every nucleus looks like its
+  neighbour), with a similarity transform fitted by RANSAC; the pairs that agree with it
+  (inliers) are evidence, and the transform is one way to lay the captures over each other.
+- A small high-passed thumbnail. The captures are laid over each other by every alignment at
+  hand (the SIFT transform, and the shift at which each one's centre best matches the other:
+  OpenCV's matchTemplate) and their thumbnails correlated over the overlap; the best of these
+  is the aligned correlation. Sparse fields carry identity here: two or three nuclei give
+  SIFT nothing to pair (alike blobs), but once laid over each other every nucleus, its shape
+  and the faint background between them must coincide too. High-passing the thumbnail takes
+  out uneven illumination, whose ramps would otherwise dominate the correlation of flat
+  brightfield fields.
 
 Measured on DSB 2018 re-captures (bench/accuracy.py): without smoothing, SIFT on stretched dark
 fields locks onto JPEG 8x8 block edges, which "match" between unrelated captures with hundreds
@@ -23,13 +29,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-FEATURE_VERSION = "sift-3"
+FEATURE_VERSION = "sift-4"
 # Longer side the image is brought to before detection. SIFT's cost grows with the area: at 384
 # px it is 54% of its cost at 512 (the heaviest step of enrolment, see bench/speed.py), and
 # bench/accuracy.py identified as well or better (test half: top-1 0.958 against 0.951).
 WORK_SIZE = 384
 BLUR_PX = 1.125  # smoothing before detection, at WORK_SIZE
-THUMB_SIZE = 128  # longer side of the thumbnail kept for aligned correlation
+THUMB_SIZE = 96  # longer side of the thumbnail kept for aligned correlation
+# Structure smoother than this (sigma, px at THUMB_SIZE) is taken out of the thumbnail: uneven
+# light. Nuclei (a few px at this size) and their arrangement stay.
+HIGHPASS_PX = 12.0
+# Central share of one thumbnail looked for in the other: shifts up to (1 - TEMPLATE) / 2 of the
+# field either way are found this way (bench/accuracy.py's re-captures move up to 19%).
+TEMPLATE = 0.7
 MIN_OVERLAP = 0.3  # share of the candidate the aligned query must cover to be correlated
 MAX_FEATURES = 800
 RANSAC_PX = 3.0  # reprojection tolerance at WORK_SIZE
@@ -38,7 +50,7 @@ SCALE_RANGE = (0.8, 1.25)  # a re-capture's zoom stays near 1
 
 class Verification(NamedTuple):
     inliers: int  # keypoint pairs that agree with the fitted similarity transform
-    correlation: float  # of the two thumbnails aligned by it, over their overlap (0 if none)
+    correlation: float  # of the two thumbnails at their best alignment, over the overlap
     pairs: np.ndarray  # (inliers, 2, 2) query and candidate points, at WORK_SIZE
 
 
@@ -46,7 +58,7 @@ class Verification(NamedTuple):
 class LocalFeatures:
     points: np.ndarray  # (n, 2) float32, at WORK_SIZE
     descriptors: np.ndarray  # (n, 128) uint8, SIFT
-    thumbnail: np.ndarray  # uint8 grey, the detection image at THUMB_SIZE
+    thumbnail: np.ndarray  # float16, the detection image at THUMB_SIZE, high-passed
 
     def __len__(self) -> int:
         return len(self.points)
@@ -58,10 +70,15 @@ class LocalFeatures:
         d = self.descriptors.astype(np.float32)
         return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6))
 
+    @cached_property
+    def thumb32(self) -> np.ndarray:
+        """The thumbnail as OpenCV's correlation wants it (float32), converted once."""
+        return self.thumbnail.astype(np.float32)
+
     def to_bytes(self) -> bytes:
         return (np.array([len(self), *self.thumbnail.shape], np.int32).tobytes()
                 + self.points.astype(np.float32).tobytes()
-                + self.descriptors.astype(np.uint8).tobytes() + self.thumbnail.tobytes())
+                + self.descriptors.astype(np.uint8).tobytes() + self.thumbnail.astype(np.float16).tobytes())
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "LocalFeatures":
@@ -70,7 +87,7 @@ class LocalFeatures:
         points = np.frombuffer(blob, np.float32, 2 * n, offset=offset).reshape(n, 2)
         offset += 8 * n
         descriptors = np.frombuffer(blob, np.uint8, 128 * n, offset=offset).reshape(n, 128)
-        thumbnail = np.frombuffer(blob, np.uint8, h * w, offset=offset + 128 * n).reshape(h, w)
+        thumbnail = np.frombuffer(blob, np.float16, h * w, offset=offset + 128 * n).reshape(h, w)
         return cls(points, descriptors, thumbnail)
 
 
@@ -97,7 +114,8 @@ def extract(pixels: np.ndarray) -> LocalFeatures:
     grey = np.clip((grey - lo) * (255 / max(hi - lo, 1)), 0, 255).astype(np.uint8)
     f = THUMB_SIZE / WORK_SIZE
     thumbnail = cv2.resize(grey, (max(1, round(size[0] * f)), max(1, round(size[1] * f))),
-                           interpolation=cv2.INTER_AREA)
+                           interpolation=cv2.INTER_AREA).astype(np.float32)
+    thumbnail = (thumbnail - cv2.GaussianBlur(thumbnail, (0, 0), HIGHPASS_PX)).astype(np.float16)
     keypoints, descriptors = _sift.detectAndCompute(grey, None)
     if descriptors is None:
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), thumbnail)
@@ -115,53 +133,97 @@ def verify_many(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[V
     matrix product (RootSIFT vectors have unit length, so the nearest neighbour by distance is
     the one with the largest dot product): a shortlist of 100 is verified several times faster
     than pair by pair."""
-    none = Verification(0, 0.0, np.zeros((0, 2, 2), np.float32))
     usable = [c for c in candidates if len(c) >= 3] if len(query) >= 3 else []
     similarity = (query.root_sift @ np.concatenate([c.root_sift for c in usable]).T) if usable else None
     results, start = [], 0
     for candidate in candidates:
-        if not usable or len(candidate) < 3:
-            results.append(none)
-            continue
-        block = similarity[:, start:start + len(candidate)]
-        start += len(candidate)
-        # mutual nearest neighbours (a cross-checked match), in query order
-        best_candidate = block.argmax(axis=1)
-        mutual = np.flatnonzero(block.argmax(axis=0)[best_candidate] == np.arange(len(query)))
-        results.append(_fit(query, candidate, mutual, best_candidate[mutual]) if len(mutual) >= 3 else none)
+        fit = None
+        if usable and len(candidate) >= 3:
+            block = similarity[:, start:start + len(candidate)]
+            start += len(candidate)
+            # mutual nearest neighbours (a cross-checked match), in query order
+            best_candidate = block.argmax(axis=1)
+            mutual = np.flatnonzero(block.argmax(axis=0)[best_candidate] == np.arange(len(query)))
+            if len(mutual) >= 3:
+                fit = _fit(query, candidate, mutual, best_candidate[mutual])
+        transform, pairs = fit or (None, np.zeros((0, 2, 2), np.float32))
+        results.append(Verification(len(pairs), _best_overlay(query, candidate, transform), pairs))
     return results
 
 
-def _fit(query: LocalFeatures, candidate: LocalFeatures, qi: np.ndarray, ci: np.ndarray) -> Verification:
-    """RANSAC similarity transform over paired keypoints, then the aligned correlation."""
+def _fit(query: LocalFeatures, candidate: LocalFeatures, qi: np.ndarray, ci: np.ndarray):
+    """RANSAC similarity transform over paired keypoints: (transform, inlier pairs) or None."""
     import cv2
 
-    none = Verification(0, 0.0, np.zeros((0, 2, 2), np.float32))
     src, dst = query.points[qi], candidate.points[ci]
     transform, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                                   ransacReprojThreshold=RANSAC_PX, maxIters=4000)
     if transform is None:
-        return none
+        return None
     scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
     if not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
-        return none
+        return None
     inliers = mask.ravel().astype(bool)
-    pairs = np.stack([src[inliers], dst[inliers]], axis=1)
-    return Verification(int(inliers.sum()), _aligned_correlation(query, candidate, transform), pairs)
+    return transform, np.stack([src[inliers], dst[inliers]], axis=1)
 
 
-def _aligned_correlation(query: LocalFeatures, candidate: LocalFeatures, transform) -> float:
-    """Pearson correlation of the query thumbnail warped onto the candidate's, over the overlap."""
+def _best_overlay(query: LocalFeatures, candidate: LocalFeatures, transform) -> float:
+    """The aligned correlation: the best of the thumbnails' correlations under the SIFT
+    transform (if any) and under the shift that lays each one's centre on the other."""
+    a, b = query.thumb32, candidate.thumb32
+    found = [0.0]
+    if transform is not None:
+        small = transform.astype(np.float32)
+        small[:, 2] *= THUMB_SIZE / WORK_SIZE  # same rotation and zoom, translation at thumbnail scale
+        found.append(_warped_correlation(a, b, small))
+    shift = _locate(a, b)
+    if shift is not None:
+        found.append(_shifted_correlation(a, b, *shift))
+    shift = _locate(b, a)
+    if shift is not None:
+        found.append(_shifted_correlation(a, b, -shift[0], -shift[1]))
+    return max(found)
+
+
+def _locate(a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+    """The shift (dx, dy) that lays a's centre best onto b (normalised cross-correlation)."""
     import cv2
 
-    small = transform.copy()
-    small[:, 2] *= THUMB_SIZE / WORK_SIZE  # same rotation and zoom, translation at thumbnail scale
-    h, w = candidate.thumbnail.shape
-    warped = cv2.warpAffine(query.thumbnail.astype(np.float32), small, (w, h))
-    inside = cv2.warpAffine(np.ones(query.thumbnail.shape, np.float32), small, (w, h)) > 0.99
+    h, w = a.shape
+    th, tw = int(h * TEMPLATE), int(w * TEMPLATE)
+    if th < 8 or tw < 8 or th > b.shape[0] or tw > b.shape[1]:
+        return None
+    y0, x0 = (h - th) // 2, (w - tw) // 2
+    template = a[y0:y0 + th, x0:x0 + tw]
+    if float(template.std()) < 1e-3:  # nothing to look for (a flat field)
+        return None
+    _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(b, template, cv2.TM_CCOEFF_NORMED))
+    return x - x0, y - y0
+
+
+def _shifted_correlation(a: np.ndarray, b: np.ndarray, dx: int, dy: int) -> float:
+    """Pearson correlation of a moved by (dx, dy) onto b, over their overlap."""
+    h, w = b.shape
+    x0, y0 = max(0, dx), max(0, dy)
+    x1, y1 = min(w, a.shape[1] + dx), min(h, a.shape[0] + dy)
+    if (x1 - x0) * (y1 - y0) < MIN_OVERLAP * h * w:
+        return 0.0
+    return _pearson(a[y0 - dy:y1 - dy, x0 - dx:x1 - dx], b[y0:y1, x0:x1])
+
+
+def _warped_correlation(a: np.ndarray, b: np.ndarray, transform: np.ndarray) -> float:
+    """Pearson correlation of a warped onto b by a similarity transform, over the overlap."""
+    import cv2
+
+    h, w = b.shape
+    warped = cv2.warpAffine(a, transform, (w, h))
+    inside = cv2.warpAffine(np.ones(a.shape, np.float32), transform, (w, h)) > 0.99
     if inside.mean() < MIN_OVERLAP:
         return 0.0
-    a = warped[inside] - warped[inside].mean()
-    b = candidate.thumbnail[inside].astype(np.float32)
-    b -= b.mean()
-    return float((a @ b) / (np.sqrt((a @ a) * (b @ b)) + 1e-6))
+    return _pearson(warped[inside], b[inside])
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))

@@ -35,7 +35,7 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
             inliers, correlation = (check.inliers, check.correlation) if check else (0, 0.0)
             keypoints = min(len(features), len(other)) if other else 0
             scored[cid] = {"specimen": owners[cid]["specimen"],
-                           "score": fused(similarity, inliers, keypoints, correlation),
+                           "score": fused(similarity, inliers, correlation),
                            "capture": owners[cid]["uuid"], "cnn_similarity": similarity,
                            "inliers": inliers, "keypoints": keypoints, "correlation": correlation}
         # best capture first, so each specimen keeps the first (best) of its captures
