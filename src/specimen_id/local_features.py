@@ -75,6 +75,16 @@ class LocalFeatures:
         """The thumbnail as OpenCV's correlation wants it (float32), converted once."""
         return self.thumbnail.astype(np.float32)
 
+    @cached_property
+    def centre(self) -> tuple[np.ndarray, int, int] | None:
+        """The central TEMPLATE share of the thumbnail and its offset, looked for in other
+        captures' thumbnails; None when too small or flat (nothing to look for)."""
+        h, w = self.thumb32.shape
+        th, tw = int(h * TEMPLATE), int(w * TEMPLATE)
+        y0, x0 = (h - th) // 2, (w - tw) // 2
+        template = self.thumb32[y0:y0 + th, x0:x0 + tw]
+        return (template, x0, y0) if min(th, tw) >= 8 and float(template.std()) > 1e-3 else None
+
     def to_bytes(self) -> bytes:
         return (np.array([len(self), *self.thumbnail.shape], np.int32).tobytes()
                 + self.points.astype(np.float32).tobytes()
@@ -176,28 +186,26 @@ def _best_overlay(query: LocalFeatures, candidate: LocalFeatures, transform) -> 
         small = transform.astype(np.float32)
         small[:, 2] *= THUMB_SIZE / WORK_SIZE  # same rotation and zoom, translation at thumbnail scale
         found.append(_warped_correlation(a, b, small))
-    shift = _locate(a, b)
+    shift = _locate(query, b)
     if shift is not None:
         found.append(_shifted_correlation(a, b, *shift))
-    shift = _locate(b, a)
+    shift = _locate(candidate, a)
     if shift is not None:
         found.append(_shifted_correlation(a, b, -shift[0], -shift[1]))
     return max(found)
 
 
-def _locate(a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
-    """The shift (dx, dy) that lays a's centre best onto b (normalised cross-correlation)."""
+def _locate(features: LocalFeatures, other: np.ndarray) -> tuple[int, int] | None:
+    """The shift (dx, dy) that lays the features' thumbnail centre best onto another
+    thumbnail (normalised cross-correlation)."""
     import cv2
 
-    h, w = a.shape
-    th, tw = int(h * TEMPLATE), int(w * TEMPLATE)
-    if th < 8 or tw < 8 or th > b.shape[0] or tw > b.shape[1]:
+    if features.centre is None:
         return None
-    y0, x0 = (h - th) // 2, (w - tw) // 2
-    template = a[y0:y0 + th, x0:x0 + tw]
-    if float(template.std()) < 1e-3:  # nothing to look for (a flat field)
+    template, x0, y0 = features.centre
+    if template.shape[0] > other.shape[0] or template.shape[1] > other.shape[1]:
         return None
-    _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(b, template, cv2.TM_CCOEFF_NORMED))
+    _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(other, template, cv2.TM_CCOEFF_NORMED))
     return x - x0, y - y0
 
 
