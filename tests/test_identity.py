@@ -136,9 +136,12 @@ def test_same_field_under_two_names_is_ambiguous(run):
     # listing one candidate does not hide the runner-up from the decision
     (one,) = _answers(run, "--top-k", "1", QUERIES / "recapture-fluo-nuclei-b.jpg")
     assert one["decision"] == "ambiguous" and len(one["candidates"]) == 1
-    # the table says so too
-    table = run("query", QUERIES / "recapture-fluo-nuclei-b.jpg").stdout
-    assert table.splitlines()[0].endswith(f"ambiguous (score {answer['score']:.3f}, threshold {answer['threshold']:.3f})")
+    # the table says so too, with each candidate's evidence
+    table = run("query", QUERIES / "recapture-fluo-nuclei-b.jpg").stdout.splitlines()
+    assert table[0].endswith(f"ambiguous (score {answer['score']:.3f}, threshold {answer['threshold']:.3f})")
+    best = answer["candidates"][0]
+    assert (f"(cnn {best['cnn_similarity']:.3f}, {best['inliers']} inliers, "
+            f"aligned {best['correlation']:.2f})") in table[1]
 
 
 def test_exact_copies_are_reported_apart(enrolled, tmp_path):

@@ -94,5 +94,5 @@ def _format_result(result: dict) -> str:
     width = max((len(c["specimen"]) for c in result["candidates"]), default=0)
     for i, c in enumerate(result["candidates"], 1):
         lines.append(f"  {i:>2}. {c['specimen']:<{width}}  {c['score']:.3f}  (cnn {c['cnn_similarity']:.3f}, "
-                     f"{c['inliers']} inliers)  capture {c['capture']}")
+                     f"{c['inliers']} inliers, aligned {c['correlation']:.2f})  capture {c['capture']}")
     return "\n".join(lines)
