@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..products import matmul
 from .files import write_atomic
 
 MAGIC = b"specimen-id index 2\n"
@@ -74,7 +75,7 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, fetch):
         if not len(found):
             continue
         found, stored = fetch(found)
-        exact = stored @ vector
+        exact = matmul(stored, vector[None], b_transposed=True)[:, 0]  # see products.py
         best = np.argsort(-exact, kind="stable")[:k]
         scores[row, :len(best)], ids[row, :len(best)] = exact[best], found[best]
     return scores, ids
