@@ -3,6 +3,8 @@
 Built on the 664 real DSB 2018 images (../shared/data/dsb2018):
 1. Fields are grouped: images whose originals verify against each other (>= GROUP_INLIERS
    RANSAC inliers) show the same field, and a group is never split across enrolled/unseen.
+   The groups found are kept in bench/fields.json and read from there (--regroup finds them
+   again), so that the truth does not move with the local-feature recipe under test.
 2. Groups are split in two halves by a seeded shuffle: `tune` (fusion weights, threshold) and
    `test` (every figure reported). In each half, 80% of groups are enrolled (each image from its
    own simulated capture) and 20% are never enrolled.
@@ -11,7 +13,7 @@ Built on the 664 real DSB 2018 images (../shared/data/dsb2018):
 4. Baselines run on the same captures: file SHA-256, perceptual hash (imagehash pHash) and the
    plain global-average-pooled CNN.
 
-    pip install -e '.[bench]'; python bench/accuracy.py [--data ../shared/data/dsb2018]
+    pip install -e '.[bench]'; python bench/accuracy.py [--data ../shared/data/dsb2018] [--regroup]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from specimen_id.store.settings import DEFAULTS  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 2018
 GROUP_INLIERS = 15  # verified pairs of originals above this are one field (impostors stay <= 8)
+FIELDS = Path(__file__).with_name("fields.json")  # the groups of more than one image, by file name
 LOOKALIKE_COSINE = 0.90
 TERMS = list(scoring.FUSION)  # plain CNN cosine to another field at which fields count as look-alike
 
@@ -56,6 +59,23 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 50
         hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
         w -= np.linalg.solve(hessian, gradient)
     return w
+
+
+def known_fields(files) -> np.ndarray:
+    """Each file's group as bench/fields.json records it (a group of its own when not listed)."""
+    index = {f.name: i for i, f in enumerate(files)}
+    groups = np.arange(len(files))
+    for names in json.loads(FIELDS.read_text())["same field"]:
+        members = [index[n] for n in names if n in index]
+        groups[members] = min(members, default=0)
+    return groups
+
+
+def save_fields(files, groups) -> None:
+    same = [[files[i].name for i in np.flatnonzero(groups == g)] for g in dict.fromkeys(groups)]
+    FIELDS.write_text(json.dumps({
+        "found by": f"python bench/accuracy.py --regroup (>= {GROUP_INLIERS} inliers between originals)",
+        "same field": [names for names in same if len(names) > 1]}, indent=1) + "\n")
 
 
 def group_fields(originals, vectors) -> np.ndarray:
@@ -112,6 +132,7 @@ def main():
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dsb2018")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
     parser.add_argument("--dump", type=Path, help="write every query's candidates here (JSON)")
+    parser.add_argument("--regroup", action="store_true", help=f"find the fields again, into {FIELDS.name}")
     args = parser.parse_args()
     started = time.time()
     files = sorted(args.data.glob("*.png"))[: args.limit or None]
@@ -119,8 +140,13 @@ def main():
     rng = np.random.default_rng(SEED)
     embedder = load_embedder()
     originals = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
-    print(f"{len(files)} images; grouping fields", file=sys.stderr)
-    groups = group_fields(originals, embedder.embed(originals))
+    if args.regroup or not FIELDS.exists():
+        print(f"{len(files)} images; grouping fields", file=sys.stderr)
+        groups = group_fields(originals, embedder.embed(originals))
+        if not args.limit:
+            save_fields(files, groups)
+    else:
+        groups = known_fields(files)
     labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
     groups = np.array([labels[g] for g in groups])
     n_groups = len(labels)
