@@ -2,6 +2,7 @@
 exact copies, and calibration of the threshold."""
 
 import json
+import shutil
 import sqlite3
 
 import cv2
@@ -142,6 +143,18 @@ def test_same_field_under_two_names_is_ambiguous(run):
     best = answer["candidates"][0]
     assert (f"(cnn {best['cnn_similarity']:.3f}, {best['inliers']} inliers, "
             f"aligned {best['correlation']:.2f})") in table[1]
+
+
+def test_same_pixels_under_two_names_in_one_run_are_refused(run, tmp_path):
+    # one run stores its captures in batches that span specimens: the second copy must still
+    # be checked against the first, which waits in the batch
+    for name in ("slide-1", "slide-2"):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        shutil.copy(SPECIMENS / "fluo-nuclei-b" / "capture-1.png", tmp_path / "tree" / name / "c.png")
+    result = run("enroll", "--folders", tmp_path / "tree")
+    assert result.exit_code == 1
+    assert "same pixels as capture" in result.stderr and "'slide-1'" in result.stderr
+    assert "enrolled 1" in result.stdout
 
 
 def test_exact_copies_are_reported_apart(enrolled, tmp_path):

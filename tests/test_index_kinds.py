@@ -78,7 +78,7 @@ def test_compact_database_search_reranks_by_the_stored_vectors(tmp_path):
     captures = [images.decode(cv2.imencode(".png", rng.integers(0, 255, (8, 8), np.uint8))[1].tobytes(),
                               f"c{i}.png") for i in range(1200)]
     with db.writing():
-        db.add_captures("field", None, captures, vectors, "m", [b""] * 1200, "none")
+        db.add_captures([("field", c) for c in captures], None, vectors, "m", [b""] * 1200, "none")
         db.set_setting("index", "compact")
         db.save_index()
     assert db.index().kind == "compact"

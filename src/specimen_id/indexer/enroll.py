@@ -55,10 +55,9 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
         batch, seen = [], {}
 
         def store():
-            name = batch[0].item[0]
             vectors, features = evidence(embedder, batch)
-            db.add_captures(name, metadata, [p.capture for p in batch], vectors, embedder.model_id,
-                            features, local_features.FEATURE_VERSION)
+            db.add_captures([(p.item[0], p.capture) for p in batch], metadata, vectors,
+                            embedder.model_id, features, local_features.FEATURE_VERSION)
             report.enrolled.extend(p.capture.name for p in batch)
             bar.update(len(batch))
             batch.clear()
@@ -66,8 +65,8 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
         for prepared in prepare(items, lambda item: _load_and_measure(item[1]), embedder,
                                 wanted=lambda c: c.file_sha256 not in known):
             name, capture = prepared.item[0], prepared.capture
-            if batch and batch[0].item[0] != name:
-                store()  # add_captures stores one specimen's captures
+            if capture is not None and any(p.capture.pixel_sha256 == capture.pixel_sha256 for p in batch):
+                store()  # the duplicate check reads the database: it must see this run's copy
             here = seen.setdefault(name, {"file": set(), "pixels": set()})  # this run's, so far
             try:
                 if prepared.error:

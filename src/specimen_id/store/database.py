@@ -214,18 +214,20 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
     def enrolled_file_hashes(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT file_sha256 FROM captures")}
 
-    def add_captures(self, specimen_name: str, metadata: dict | None, captures, vectors: np.ndarray,
-                     model_id: str, features: list[bytes], feature_version: str) -> list[int]:
-        """Store captures of a specimen (created if new) with their embeddings and local
-        features in one transaction, then update the index."""
+    def add_captures(self, captures, metadata: dict | None, vectors: np.ndarray, model_id: str,
+                     features: list[bytes], feature_version: str) -> list[int]:
+        """Store (specimen name, capture) pairs (a specimen is created with its first capture)
+        with their embeddings and local features in one transaction, then update the index."""
         if not captures:
             return []
         self.require_model(model_id)
         index = self.index()
-        rows = []
+        rows, specimens = [], {}
         with self.transaction():
-            specimen = self.ensure_specimen(specimen_name, metadata)
-            for capture, vector, blob in zip(captures, vectors, features):
+            for (name, capture), vector, blob in zip(captures, vectors, features):
+                if name not in specimens:
+                    specimens[name] = self.ensure_specimen(name, metadata)
+                specimen = specimens[name]
                 path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
                 capture_uuid = str(uuid.uuid4())
                 cid = self.db["captures"].insert({
