@@ -178,7 +178,9 @@ def part_enrol(args) -> None:
     body = ("## Enrolment pipeline (bench/speed.py --parts enrol)\n\n"
             f"{args.images} simulated 640x480 JPEG re-captures, each enrolled as a specimen "
             "(decode, hashes, quality, SIFT features, embedding, SQLite, managed copy, index); median "
-            "of 3 rounds, model-only rate measured in the same run.\n\n"
+            "of 3 rounds, model-only rate measured in the same run. Step costs are core time per "
+            "image: each step run over all files on all cores at once, as the pipeline's workers "
+            "run it.\n\n"
             + table(("what", "figure", "compared with"), rows))
     print(body)
     write_section("speed-enrol", body)
