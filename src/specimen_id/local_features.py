@@ -111,7 +111,7 @@ def extract(pixels: np.ndarray) -> LocalFeatures:
     """SIFT keypoints of a capture, after the same contrast policy as the CNN input."""
     import cv2
 
-    from .models.preprocess import to_rgb8
+    from .models.preprocess import STRETCH, to_rgb8
 
     global _sift
     if _sift is None:
@@ -123,7 +123,7 @@ def extract(pixels: np.ndarray) -> LocalFeatures:
     grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     grey = cv2.GaussianBlur(grey, (0, 0), BLUR_PX)
     # Stretch so that dim fluorescence fields give as many keypoints as bright ones.
-    lo, hi = np.percentile(grey, (1, 99.8))
+    lo, hi = np.percentile(grey, STRETCH)
     grey = np.clip((grey - lo) * (255 / max(hi - lo, 1)), 0, 255).astype(np.uint8)
     f = THUMB_SIZE / WORK_SIZE
     thumbnail = cv2.resize(grey, (max(1, round(size[0] * f)), max(1, round(size[1] * f))),

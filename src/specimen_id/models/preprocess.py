@@ -49,7 +49,7 @@ def to_rgb8(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-STRETCH = (1.0, 99.8)  # percentiles of the input's levels mapped onto 0 and 255
+STRETCH = (1.0, 99.8)  # percentiles mapped onto 0 and 255, here and in local_features (both versions)
 
 
 def to_input(pixels: np.ndarray, size: int, mean, std) -> np.ndarray:
