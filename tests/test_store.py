@@ -133,22 +133,75 @@ def test_another_model_is_refused_until_reindex(enrolled, tmp_path):
     assert back.exit_code == 0 and "re-embedded 9 capture(s) with efficientnet_lite0" in back.stdout
 
 
-def test_a_database_from_an_earlier_feature_recipe_asks_for_a_plain_reindex(enrolled):
-    import sqlite3
+def _vectors(root):
+    conn = sqlite3.connect(root / "specimens.sqlite")
+    rows = conn.execute("SELECT capture_id, model_id, vector FROM embeddings ORDER BY capture_id").fetchall()
+    conn.close()
+    return rows
 
+
+def test_a_database_with_feature_recipes_inside_its_model_ids_is_migrated_without_reembedding(enrolled):
+    """Before schema 7 the local-feature recipe was part of every model_id ("...:p3+sift-4+int8-q2"):
+    the migration drops it everywhere, so the vectors stay usable as they are."""
     db = Database(enrolled.db)
-    old = db.model_id.replace(f"+{FEATURE_VERSION}", "+sift-1")  # as an earlier version named them
+    current, vectors = db.model_id, _vectors(enrolled.db)
+    db.set_threshold(0.7, "fused-test", model_id=current)
     db.close()
+    name, sha, rest = current.split(":")
+    old = f"{name}:{sha}:" + rest.replace("p3", "p3+sift-4")  # as schema 6 databases named them
     conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
     with conn:
         conn.execute("UPDATE settings SET value = ? WHERE key = 'model_id'", [json.dumps(old)])
+        conn.execute("UPDATE settings SET value = json_set(value, '$.model_id', ?) WHERE key = 'threshold'", [old])
         conn.execute("UPDATE embeddings SET model_id = ?", [old])
+        conn.execute("UPDATE queries SET model_id = ?", [old])
+        conn.execute("DELETE FROM settings WHERE key = 'features_version'")
+        conn.execute("UPDATE local_features SET version = 'sift-4'")
+    conn.execute("PRAGMA user_version = 6")
     conn.close()
-    refused = enrolled("query", QUERIES / "recapture-he-tissue-a.jpg")
-    assert refused.exit_code == 3
-    assert f"holds embeddings of {old}" in refused.stderr and "run `specimen-id reindex` to" in refused.stderr
-    assert enrolled("reindex").exit_code == 0
+    db = Database(enrolled.db)
+    assert db.model_id == current and db.setting("features_version") == "sift-4"
+    assert db.setting("threshold")["model_id"] == current
+    assert db.setting("threshold")["score_kind"] == "fused-test"  # only model_ids change
+    assert _vectors(enrolled.db) == vectors
+    db.close()
+
+
+def test_an_earlier_feature_recipe_is_recomputed_alone_and_keeps_the_vectors(enrolled):
+    """Local features made by another recipe: enrol and query say so and point to
+    `reindex --features-only`, which recomputes them from the stored images and leaves every
+    vector (and the index) as it was."""
+    vectors = _vectors(enrolled.db)
+    conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
+    with conn:
+        conn.execute("UPDATE settings SET value = '\"sift-1\"' WHERE key = 'features_version'")
+        conn.execute("UPDATE local_features SET version = 'sift-1', data = x'00'")
+    conn.close()
+    for refused in (enrolled("query", QUERIES / "recapture-he-tissue-a.jpg"),
+                    enrolled("enroll", "--specimen", "x", QUERIES / "never-enrolled-1.jpg")):
+        assert refused.exit_code == 3
+        assert "made by recipe sift-1" in refused.stderr
+        assert "`specimen-id reindex --features-only`" in refused.stderr
+    assert "reindex --features-only" in enrolled("verify").stdout
+    done = enrolled("reindex", "--features-only")
+    assert done.exit_code == 0 and f"of 8 capture(s) ({FEATURE_VERSION})" in done.stdout
+    assert _vectors(enrolled.db) == vectors
     assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+    assert enrolled("verify").exit_code == 0
+
+
+def test_a_threshold_of_another_score_kind_says_calibrate_is_due(enrolled):
+    db = Database(enrolled.db)
+    db.set_threshold(0.42, "fused-00000000+sift-0", model_id=db.model_id)  # an earlier score's
+    db.close()
+    answer = _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")
+    assert answer["threshold"] != 0.42
+    assert any("run `specimen-id calibrate`" in w for w in answer["warnings"])
+    assert "run `specimen-id calibrate`" in json.loads(enrolled("info", "--json").stdout)["calibration"]
+    assert enrolled("calibrate", "--min-genuine", "10").exit_code == 0
+    assert json.loads(enrolled("info", "--json").stdout)["calibration"] == "set for this score"
+    answer = _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")
+    assert not any("calibrate" in w for w in answer["warnings"])
 
 
 def test_a_database_of_another_precision_says_how_to_use_it_or_reindex(run, monkeypatch):

@@ -65,6 +65,10 @@ class ModelMismatch(DatabaseUnusable):
     pass
 
 
+class FeaturesStale(ModelMismatch):
+    """Local features stored by an earlier recipe: `reindex --features-only` recomputes them."""
+
+
 class DatabaseLocked(DatabaseUnusable):
     pass
 

@@ -63,3 +63,48 @@ class Recapture:
         quality = int(rng.integers(self.jpeg[0], self.jpeg[1] + 1))
         bgr = cv2.cvtColor(self.apply(rgb, rng), cv2.COLOR_RGB2BGR)
         return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+@dataclass(frozen=True)
+class FixedPattern:
+    """What every capture of one microscope shares, whatever the specimen: a circular field
+    stop, vignetting and dust on the sensor. Drawn once per microscope (seed) and laid over
+    each capture at the same sensor position, after the stage has moved the specimen."""
+
+    stop: float = 0.46  # field stop radius, fraction of the shorter side (dark outside)
+    stop_edge: float = 0.02  # soft edge of the stop, fraction of the shorter side
+    stop_level: float = 0.08  # light left outside the stop
+    vignette: float = 0.35  # light lost at the stop's rim, compared with the centre
+    dust: int = 6  # dark specks on the sensor
+    dust_size: tuple = (0.01, 0.03)  # their radius, fraction of the shorter side
+    dust_depth: tuple = (0.3, 0.7)  # light they take away at their centre
+    seed: int = 7
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+    def gain(self, shape: tuple[int, int]) -> np.ndarray:
+        """The pattern as an HxW multiplicative gain for captures of this shape."""
+        import cv2
+
+        h, w = shape
+        rng = np.random.default_rng(self.seed)
+        side = min(h, w)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        r = np.hypot(xx - w / 2, yy - h / 2) / side
+        inside = np.clip((self.stop - r) / self.stop_edge + 0.5, 0, 1)
+        light = (1 - self.vignette * np.clip(r / self.stop, 0, 1) ** 2)
+        gain = (self.stop_level + (1 - self.stop_level) * inside) * light
+        specks = np.zeros((h, w), np.float32)
+        for _ in range(self.dust):
+            angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0, self.stop * 0.9) * side
+            cx, cy = w / 2 + radius * np.cos(angle), h / 2 + radius * np.sin(angle)
+            size = rng.uniform(*self.dust_size) * side
+            depth = rng.uniform(*self.dust_depth)
+            specks = np.maximum(specks, depth * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * size ** 2)))
+        return cv2.GaussianBlur(gain, (0, 0), 1.0) * (1 - specks)
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """An HxWx3 uint8 capture seen through this microscope."""
+        gain = self.gain(rgb.shape[:2])
+        return np.clip(rgb.astype(np.float32) * gain[:, :, None], 0, 255).astype(np.uint8)

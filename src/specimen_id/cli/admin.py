@@ -20,7 +20,9 @@ def info(ctx, as_json):
 
     db = open_db(ctx)
     facts = {**db.info(), "score_kind": SCORE_KIND,
-             "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)}
+             "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD),
+             "calibration": db.threshold_note(SCORE_KIND) or (
+                 "set for this score" if db.threshold_record(SCORE_KIND) else "default threshold")}
     if as_json:
         click.echo(json.dumps(facts))
         return
@@ -63,12 +65,21 @@ def config(ctx, key, value):
 
 @cli.command()
 @model_options
+@click.option("--features-only", is_flag=True,
+              help="Recompute only the local features (after an upgrade of their recipe); keep the vectors.")
 @click.pass_context
-def reindex(ctx, model, weights):
+def reindex(ctx, model, weights, features_only):
     """Re-embed every capture (with another --model, or the database's own)."""
     from ..indexer import reindex as run_reindex
+    from ..indexer.reindex import reindex_features
 
     db = open_db(ctx)
+    if features_only:
+        if model or weights:
+            raise click.UsageError("--features-only keeps the model: give no --model or --weights")
+        count = reindex_features(db, progress=True)
+        click.echo(f"recomputed the local features of {count} capture(s) ({db.setting('features_version')})")
+        return
     count = run_reindex(db, model, weights, progress=True)
     click.echo(f"re-embedded {count} capture(s) with {db.model_id}")
 

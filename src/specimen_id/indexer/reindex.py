@@ -1,8 +1,10 @@
 """Re-embedding every capture from its managed image, e.g. to switch models or after a change
-of preprocessing or local-feature recipe."""
+of preprocessing; or recomputing only the local features, after a change of their recipe."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -46,3 +48,23 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
 
 class _Managed(NamedTuple):
     pixels: np.ndarray
+
+
+def reindex_features(db, progress: bool = False) -> int:
+    """Recompute every capture's local features from its managed image with this version's
+    recipe, keeping the CNN vectors and the index, and switch in one transaction; returns the
+    number of captures. Nothing changes if any managed image cannot be read."""
+    with db.writing():
+        files = db.capture_files()
+
+        def extract(file):  # in worker threads: decoding and SIFT release the GIL
+            return local_features.extract(db.capture_pixels(file[1])).to_bytes()
+
+        with progress_bar(len(files), "features", progress) as bar, \
+                ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="features") as pool:
+            features = []
+            for blob in pool.map(extract, files):
+                features.append(blob)
+                bar.update(1)
+        db.replace_features([i for i, _ in files], features, local_features.FEATURE_VERSION)
+    return len(files)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..local_features import FEATURE_VERSION
 from .backbones import DEFAULT_MODEL, Backbone, ModelSpec, load_backbone, model_spec
 from .preprocess import PREPROCESS_VERSION, pooled, to_input
 from .runtime import compile_trunk
@@ -26,14 +25,15 @@ class Embedder:
         self.spec = spec  # name, weights, input size and normalisation
         self.weights_path = weights_path  # the explicit weights file, None for the default
         self.name = spec.name
-        # name, weights and the whole recipe from pixels to stored evidence (CNN input and
-        # pooling, local features, arithmetic): a database never mixes two model_ids. The
-        # runtime is not part of it: in f32 both give the same vectors to within 1e-5.
+        # name, weights and the whole recipe from pixels to vector (CNN input and pooling,
+        # arithmetic): a database never mixes two model_ids. The local features have a version
+        # of their own (local_features.FEATURE_VERSION), so a change there recomputes them and
+        # not the vectors. The runtime is not part of it: in f32 both give the same vectors to
+        # within 1e-5.
         self.trunk = compile_trunk(spec, build or (lambda: spec), runtime)
         # int8 and bf16 move the vectors (cosine ~0.93 and ~0.996 to f32): models of their own
         precision = "" if self.trunk.precision == "f32" else f"+{self.trunk.precision}"
-        self.model_id = (f"{spec.name}:{spec.weights_sha256[:16]}:"
-                         f"p{PREPROCESS_VERSION}+{FEATURE_VERSION}{precision}")
+        self.model_id = f"{spec.name}:{spec.weights_sha256[:16]}:p{PREPROCESS_VERSION}{precision}"
         probe = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
         self.dim = int(self.trunk(probe).shape[1])
 
@@ -91,12 +91,16 @@ _loaded: dict = {}
 
 def embedder_for(db, model: str | None = None, weights=None, check: bool = True) -> Embedder:
     """The embedder a database works with: its recorded model (and weights file) unless another
-    is named; with `check`, refused when it would mix models in one index."""
+    is named; with `check`, refused when it would mix models in one index, or verify against
+    local features of another recipe."""
     recorded = db.setting("model_name")
     name = model or recorded or DEFAULT_MODEL
     if weights is None and name == recorded:
         weights = db.setting("weights_path")
     embedder = load_embedder(name, weights)
     if check:
+        from ..local_features import FEATURE_VERSION
+
         db.require_model(embedder.model_id)
+        db.require_features(FEATURE_VERSION)
     return embedder

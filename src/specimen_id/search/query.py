@@ -73,8 +73,10 @@ def query(db, paths, top_k: int | None = None, threshold: float | None = None, *
 def answer(db, capture, embedder, top_k: int | None = None, threshold: float | None = None,
            log: bool = True) -> dict:
     """The result for one decoded capture (files and uploads alike)."""
+    notes = []
     if threshold is None:
         threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
+        notes = [note for note in [db.threshold_note(SCORE_KIND)] if note]
     margin = float(db.setting("margin"))
     top_k = int(top_k or db.setting("top_k"))
     vector = embedder.embed([capture.pixels])[0]
@@ -87,7 +89,7 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
               "candidates": ranked[:top_k], "exact": exact_copies(db, capture),
               # a low-quality query is answered, with a warning: the person is at the microscope
               "quality": capture.quality,
-              "warnings": quality.problems(capture.quality, quality.limits(db))}
+              "warnings": quality.problems(capture.quality, quality.limits(db)) + notes}
     if log:
         result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold, top_k,
                                           __version__, SCORE_KIND)

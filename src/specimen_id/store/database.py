@@ -221,6 +221,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         if not captures:
             return []
         self.require_model(model_id)
+        self.require_features(feature_version)
         index = self.index()
         rows, specimens = [], {}
         with self.transaction():
@@ -248,6 +249,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
                             after={"original_name": os.path.basename(capture.name),
                                    "file_sha256": capture.file_sha256, "model_id": model_id})
                 rows.append(cid)
+            self._put_setting("features_version", feature_version)
             generation = self._bump_generation(model_id, vectors.shape[1])
         if index is not None and index.describes(generation - 1, model_id):
             index.add(rows, vectors)
@@ -283,6 +285,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             "path": str(self.root.resolve()),
             **self.active_counts(), "queries": self.count("queries"),
             "model_id": self.model_id, "model": self.setting("model_name"),
+            "features_version": self.setting("features_version"),
             "settings": {key: self.setting(key) for key in DEFAULTS},
             "index_vectors": len(index) if index is not None else 0,
             "index_kind": index.kind if index is not None else None,

@@ -49,8 +49,21 @@ class Embeddings:
             self.db["local_features"].insert_all(
                 {"capture_id": int(i), "version": feature_version, "data": blob}
                 for i, blob in zip(ids, features))
+            self._put_setting("features_version", feature_version)
             self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
         self._index = None
+
+    def replace_features(self, ids, features: list[bytes], feature_version: str) -> None:
+        """Put recomputed local features of every capture in place, in one transaction; the
+        vectors and the index stay as they are."""
+        with self.transaction():
+            self._audit("reindex", before={"features_version": self.setting("features_version")},
+                        after={"features_version": feature_version, "captures": len(ids)})
+            self.db.execute("DELETE FROM local_features")
+            self.db["local_features"].insert_all(
+                {"capture_id": int(i), "version": feature_version, "data": blob}
+                for i, blob in zip(ids, features))
+            self._put_setting("features_version", feature_version)
 
     def restore_vectors(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
                         feature_version: str) -> None:
@@ -69,6 +82,7 @@ class Embeddings:
             self.db["local_features"].insert_all(
                 {"capture_id": i, "version": feature_version, "data": blob}
                 for i, blob in zip(ids, features))
+            self._put_setting("features_version", feature_version)
             self._bump_generation(model_id, vectors.shape[1])
         self._index = None
 

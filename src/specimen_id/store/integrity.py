@@ -142,7 +142,8 @@ def _check_vectors(db, report: Report) -> dict[int, dict]:
         if versions.get(cid) != FEATURE_VERSION:
             found = f"version {versions[cid]}" if cid in versions else "none"
             report.add("features", f"{_who(captures[cid], cid)}: no local features of version "
-                                   f"{FEATURE_VERSION} ({found})", capture_id=cid)
+                                   f"{FEATURE_VERSION} ({found}); `specimen-id reindex --features-only` "
+                                   "or `repair` recomputes them", capture_id=cid)
     return captures
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from ..errors import DatabaseUnusable
 
+# SQL for a model_id column or setting without the feature recipe it used to carry (migration 7)
+_WITHOUT_SIFT = "replace(replace(replace(replace({0}, '+sift-1', ''), '+sift-2', ''), '+sift-3', ''), '+sift-4', '')"
+
 MIGRATIONS = [
     # 1: the first schema
     """
@@ -124,6 +127,21 @@ MIGRATIONS = [
         handled_at TEXT NOT NULL,
         PRIMARY KEY (file_sha256, action)
     );
+    """,
+    # 7: the local features' recipe is versioned on its own (setting `features_version`), no
+    # longer inside model_ids, so a new feature recipe recomputes features, not CNN vectors.
+    # Every model_id ever stored loses its "+sift-N" (the recipes released inside model_ids).
+    f"""
+    UPDATE OR IGNORE embeddings SET model_id = {_WITHOUT_SIFT.format("model_id")};
+    DELETE FROM embeddings WHERE model_id LIKE '%+sift-%';  -- a duplicate once renamed
+    UPDATE queries SET model_id = {_WITHOUT_SIFT.format("model_id")};
+    UPDATE settings SET value = {_WITHOUT_SIFT.format("value")} WHERE key = 'model_id';
+    UPDATE settings SET value = json_set(value, '$.model_id',
+                                         {_WITHOUT_SIFT.format("json_extract(value, '$.model_id')")})
+        WHERE key = 'threshold' AND json_type(value, '$.model_id') = 'text';
+    INSERT OR IGNORE INTO settings(key, value)
+        SELECT 'features_version', json_quote(version) FROM local_features
+        GROUP BY version ORDER BY COUNT(*) DESC LIMIT 1;
     """,
 ]
 

@@ -8,7 +8,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ModelMismatch
+from ..errors import FeaturesStale, ModelMismatch
 from ..models.embedder import split_precision
 from ..models.runtime import PRECISION_ENV
 from ..quality import LIMITS
@@ -80,6 +80,15 @@ class Settings:
             return stored
         return None
 
+    def threshold_note(self, score_kind: str) -> str | None:
+        """Why a stored threshold is not applied, when one was set for another kind of score or
+        another model: `calibrate` is due (None when it applies, or none was ever set)."""
+        stored = self.setting("threshold")
+        if stored is None or self.threshold_record(score_kind) is not None:
+            return None
+        return ("the stored threshold was set for another kind of score or model and no longer "
+                "applies (the default does); run `specimen-id calibrate` to fit this one")
+
     def set_threshold(self, value: float, score_kind: str, model_id: str | None = None, **facts) -> None:
         """Store a threshold for a kind of score (and, when calibrated, for one model)."""
         self.set_setting("threshold", {"value": float(value), "score_kind": score_kind,
@@ -104,6 +113,15 @@ class Settings:
             else:
                 fix = "run `specimen-id reindex --model NAME` to re-embed every capture with another model"
             raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; {fix}")
+
+    def require_features(self, version: str) -> None:
+        """Local features of one recipe only: those of another are recomputed before this
+        version enrols or verifies against them."""
+        current = self.setting("features_version")
+        if current and current != version and self.count("captures"):
+            raise FeaturesStale(f"this database's local features were made by recipe {current}, this "
+                                f"version verifies with {version}; run `specimen-id reindex --features-only` "
+                                "(recomputes them from the stored images, keeps the CNN vectors)")
 
     def use_model(self, name: str, weights, model_id: str) -> None:
         """Record which model (and explicit weights file, None for the model's own) this
