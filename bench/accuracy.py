@@ -1,28 +1,41 @@
-"""Accuracy benchmark: does specimen-id name the right field, and refuse fields it never saw?
+"""Accuracy benchmark: does specimen-id name the right field, and refuse fields it never saw,
+on real re-captures and on simulated ones?
 
-Built on the 664 real DSB 2018 images (../shared/data/dsb2018):
-1. Fields are grouped: images whose originals verify against each other (>= GROUP_INLIERS
-   RANSAC inliers) show the same field, and a group is never split across enrolled/unseen.
-   The groups found are kept in bench/fields.json and read from there (--regroup finds them
-   again), so that the truth does not move with the local-feature recipe under test.
-2. Groups are split in two halves by a seeded shuffle: `tune` (fusion weights, threshold) and
-   `test` (every figure reported). In each half, 80% of groups are enrolled (each image from its
-   own simulated capture) and 20% are never enrolled.
-3. Every group's first image is queried with a fresh simulated re-capture (specimen_id.simulate,
-   seed below) through the real database, FAISS shortlist and verification.
-4. Baselines run on the same captures: file SHA-256, perceptual hash (imagehash pHash) and the
-   plain global-average-pooled CNN.
+Data sets, each enrolled into a fresh database and queried through the real pipeline (FAISS
+shortlist, verification, fused score, decision):
+- **Real re-captures** (../shared/data/real, every set there): another focus plane, a
+  re-mounted slide, neighbouring tiles under one microscope's shading, with their truth.
+- **DSB 2018, simulated** (../shared/data/dsb2018): 664 real images grouped into fields
+  (bench/fields.json, so that the truth does not move with the recipe under test; --regroup
+  finds them again), split by a seeded shuffle into a `tune` and a `test` half; in each, 80% of
+  fields are enrolled from one simulated capture and every field is queried with another.
+- **DSB under one microscope** (`pattern`): fields of each half brought to one camera's shape
+  and seen, enrolled and queried, through one field stop, vignette and dust
+  (specimen_id.simulate.FixedPattern): what every capture of a microscope shares.
 
-    pip install -e '.[bench]'; python bench/accuracy.py [--data ../shared/data/dsb2018] [--regroup]
+The fusion (search/score.py) is fitted on genuine and impostor pairs of the real sets and the
+two tune halves, each set weighing the same (pairs that overlap only partly are left out: the
+placement rule, not the score, decides those). Every figure is reported on data the fusion was
+not fitted on: the real sets leave one set out (each is scored by a fusion fitted without it),
+the simulated sets on their test halves. Baselines run on the same captures in the same run:
+file SHA-256, pHash and the plain global-average-pooled CNN (each decided at the similarity its
+own best-impostor scores reach at FMR 1% on the DSB tune half), and plain SIFT+RANSAC decided at
+a fixed 15 inliers.
+
+    pip install -e '.[bench]'; python bench/accuracy.py [--data ../shared/data] [--dump FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -32,33 +45,141 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import table, write_section  # noqa: E402
 
 import specimen_id  # noqa: E402
-from specimen_id import images, local_features, quality  # noqa: E402
+from specimen_id import images, local_features, verification  # noqa: E402
 from specimen_id.models import load_embedder  # noqa: E402
+from specimen_id.models.preprocess import to_rgb8  # noqa: E402
 from specimen_id.search import score as scoring  # noqa: E402
-from specimen_id.simulate import Recapture  # noqa: E402
+from specimen_id.simulate import FixedPattern, Recapture  # noqa: E402
 from specimen_id.store.settings import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 2018
 GROUP_INLIERS = 15  # verified pairs of originals above this are one field (impostors stay <= 8)
 FIELDS = Path(__file__).with_name("fields.json")  # the groups of more than one image, by file name
-LOOKALIKE_COSINE = 0.90
-TERMS = list(scoring.FUSION)  # plain CNN cosine to another field at which fields count as look-alike
+LOOKALIKE_COSINE = 0.90  # plain CNN cosine to another field at which fields count as look-alike
+PATTERN_SHAPE = (320, 256)  # the simulated microscope's camera (width, height)
+PATTERN_FIELDS = 120  # fields of each DSB half seen through it
+SIFT_BASELINE_INLIERS = 15
+TERMS = list(scoring.FUSION)
+BASELINES = ("file SHA-256", "pHash", "plain GAP CNN", "plain SIFT+RANSAC")
 
 
-def sigmoid(z):
-    return 1 / (1 + np.exp(-np.clip(z, -700, 700)))
+@dataclass
+class Dataset:
+    name: str
+    part: str  # "real", "tune" or "test": what it may be used for
+    gallery: list = field(default_factory=list)  # (specimen, path)
+    queries: list = field(default_factory=list)  # {"path", "truth", "case", "overlaps"}
+    lookalike: set = field(default_factory=set)  # query paths of look-alike fields (DSB)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 50) -> np.ndarray:
-    """Logistic regression by Newton's method (IRLS); x has a leading column of ones."""
-    w = np.zeros(x.shape[1])
-    for _ in range(steps):
-        p = sigmoid(x @ w)
-        gradient = x.T @ (p - y) + l2 * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
-        w -= np.linalg.solve(hessian, gradient)
-    return w
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="folder holding dsb2018/ and real/")
+    parser.add_argument("--dump", type=Path, help="write every query's candidates here (JSON)")
+    parser.add_argument("--replay", type=Path, help="fit and report from a --dump instead of running")
+    parser.add_argument("--regroup", action="store_true", help=f"find the DSB fields again, into {FIELDS.name}")
+    args = parser.parse_args()
+    started = time.time()
+    if args.replay:
+        rows, baselines = _load(args.replay)
+    else:
+        embedder = load_embedder()
+        with tempfile.TemporaryDirectory() as tmp:
+            sets = real_sets(args.data / "real") + dsb_sets(args.data / "dsb2018", Path(tmp), embedder, args.regroup)
+            rows, baselines = [], {}
+            for dataset in sets:
+                print(f"{dataset.name}: enrolling {len(dataset.gallery)}, querying {len(dataset.queries)}",
+                      file=sys.stderr)
+                rows += identify(dataset, Path(tmp) / "db" / dataset.name, embedder)
+                baselines.update(baseline_scores(dataset, embedder))
+        if args.dump:
+            args.dump.write_text(json.dumps({"rows": rows, "baselines": baselines}))
+    report(rows, baselines, time.time() - started)
+
+
+# -- data sets --------------------------------------------------------------------------------
+
+def real_sets(root: Path) -> list[Dataset]:
+    """Every set under ../shared/data/real, as its README describes them."""
+    out = []
+    for folder in sorted(p for p in root.iterdir() if (p / "truth.csv").exists()):
+        dataset = Dataset(folder.name, "real")
+        for specimen in sorted(p for p in (folder / "gallery").iterdir() if p.is_dir()):
+            dataset.gallery += [(specimen.name, f) for f in images.visible_files(specimen)]
+        with open(folder / "truth.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                listed = row["detail"].split("overlaps", 1)[1] if "overlaps" in row["detail"] else ""
+                overlaps = dict(re.findall(r"([^;\s:]+):([\d.]+)", listed))
+                dataset.queries.append({"path": str(folder / "queries" / row["query"]),
+                                        "truth": row["expected"] or None, "case": row["case"],
+                                        "overlaps": {k: float(v) for k, v in overlaps.items()}})
+        out.append(dataset)
+    return out
+
+
+def dsb_sets(data: Path, tmp: Path, embedder, regroup: bool) -> list[Dataset]:
+    """The simulated sets: DSB fields re-captured (tune and test halves), and the same
+    fields seen through one microscope's fixed pattern."""
+    files = sorted(data.glob("*.png"))
+    originals = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
+    if regroup or not FIELDS.exists():
+        print(f"{len(files)} images; grouping fields", file=sys.stderr)
+        save_fields(files, group_fields(originals, embedder.embed(originals)))
+    groups = known_fields(files)
+    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    groups = np.array([labels[g] for g in groups])
+    rng = np.random.default_rng(SEED)
+    order = rng.permutation(len(labels))
+    half = {int(g): ("tune" if k < len(labels) // 2 else "test") for k, g in enumerate(order)}
+    enrolled = {}
+    for part in ("tune", "test"):
+        members = [int(g) for g in order if half[int(g)] == part]
+        cut = int(round(len(members) * 0.8))
+        enrolled.update({g: k < cut for k, g in enumerate(members)})
+    sim = Recapture()
+    sets = {part: Dataset(f"dsb2018 simulated, {part} half", part) for part in ("tune", "test")}
+    lookalike = lookalike_fields(originals, groups, enrolled, embedder)
+    for i, (path, rgb) in enumerate(zip(files, originals)):
+        g = int(groups[i])
+        dataset = sets[half[g]]
+        if enrolled[g]:
+            dataset.gallery.append((f"field-{g:04d}", _write(tmp / "dsb" / f"field-{g:04d}" / f"{path.stem[:12]}.jpg",
+                                                             sim.jpeg_bytes(rgb, rng))))
+        if i == int(np.flatnonzero(groups == g)[0]):  # one query per field
+            query = _write(tmp / "dsb-query" / f"{g:04d}.jpg", sim.jpeg_bytes(rgb, rng))
+            dataset.queries.append({"path": str(query), "truth": f"field-{g:04d}" if enrolled[g] else None,
+                                    "case": "simulated", "overlaps": {}})
+            if i in lookalike:
+                dataset.lookalike.add(str(query))
+    microscope = FixedPattern()
+    patterned = {}
+    for part, dataset in sets.items():
+        seen = Dataset(f"dsb2018 through one microscope, {part} half", part)
+        fields_here = [q for q in dataset.queries][:PATTERN_FIELDS]
+        for q in fields_here:
+            g = int(Path(q["path"]).stem)
+            rgb = cv2.resize(originals[int(np.flatnonzero(groups == g)[0])], PATTERN_SHAPE, interpolation=cv2.INTER_AREA)
+            if q["truth"]:
+                seen.gallery.append((q["truth"], _write(tmp / "pattern" / q["truth"] / "1.jpg",
+                                                        _jpeg(microscope.apply(sim.apply(rgb, rng)), rng))))
+            seen.queries.append({"path": str(_write(tmp / "pattern-query" / f"{g:04d}.jpg",
+                                                     _jpeg(microscope.apply(sim.apply(rgb, rng)), rng))),
+                                 "truth": q["truth"], "case": "fixed pattern", "overlaps": {}})
+        patterned[part] = seen
+    return [sets["tune"], sets["test"], patterned["tune"], patterned["test"]]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _jpeg(rgb: np.ndarray, rng) -> bytes:
+    quality = int(rng.integers(*Recapture().jpeg))
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
 def known_fields(files) -> np.ndarray:
@@ -92,239 +213,21 @@ def group_fields(originals, vectors) -> np.ndarray:
     neighbours = np.argsort(-(vectors @ vectors.T), axis=1)[:, 1:61]
     for i, row in enumerate(neighbours):
         for j in row:
-            if i < j and local_features.verify(feats[i], feats[j]).inliers >= GROUP_INLIERS:
+            if i < j and verification.verify(feats[i], feats[j]).inliers >= GROUP_INLIERS:
                 parent[find(i)] = find(int(j))
     return np.array([find(i) for i in range(len(originals))])
 
 
-def rates(genuine, impostor, fmr_targets=(0.01, 0.001)):
-    """TAR at the threshold that keeps FMR at or under each target, and the EER."""
-    genuine, impostor = np.asarray(genuine, float), np.asarray(impostor, float)
-    out = {}
-    for target in fmr_targets:
-        # smallest threshold t with share(impostor >= t) <= target
-        candidates = np.unique(np.concatenate([impostor, genuine, [np.inf]]))
-        ok = [t for t in candidates if np.mean(impostor >= t) <= target]
-        t = min(ok)
-        out[target] = (float(np.mean(genuine >= t)), float(t))
-    grid = np.unique(np.concatenate([impostor, genuine]))
-    fmr = np.array([np.mean(impostor >= t) for t in grid])
-    fnmr = np.array([np.mean(genuine < t) for t in grid])
-    i = int(np.argmin(np.abs(fmr - fnmr)))
-    out["eer"] = float((fmr[i] + fnmr[i]) / 2)
-    return out
-
-
-def ece(probabilities, labels, bins: int = 10) -> float:
-    """Expected calibration error: |predicted - observed| share of same-field, bin-weighted."""
-    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
-    edges = np.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (probabilities >= lo) & (probabilities < hi if hi < 1 else probabilities <= hi)
-        if inside.any():
-            total += inside.mean() * abs(probabilities[inside].mean() - labels[inside].mean())
-    return float(total)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dsb2018")
-    parser.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
-    parser.add_argument("--dump", type=Path, help="write every query's candidates here (JSON)")
-    parser.add_argument("--regroup", action="store_true", help=f"find the fields again, into {FIELDS.name}")
-    args = parser.parse_args()
-    started = time.time()
-    files = sorted(args.data.glob("*.png"))[: args.limit or None]
-    sim = Recapture()
-    rng = np.random.default_rng(SEED)
-    embedder = load_embedder()
-    originals = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
-    if args.regroup or not FIELDS.exists():
-        print(f"{len(files)} images; grouping fields", file=sys.stderr)
-        groups = group_fields(originals, embedder.embed(originals))
-        if not args.limit:
-            save_fields(files, groups)
-    else:
-        groups = known_fields(files)
-    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    groups = np.array([labels[g] for g in groups])
-    n_groups = len(labels)
-
-    order = rng.permutation(n_groups)
-    half = {int(g): ("tune" if k < n_groups // 2 else "test") for k, g in enumerate(order)}
-    enrolled = {}
-    for part in ("tune", "test"):
-        members = [g for g in order if half[int(g)] == part]
-        cut = int(round(len(members) * 0.8))
-        enrolled.update({int(g): True for g in members[:cut]})
-        enrolled.update({int(g): False for g in members[cut:]})
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        jobs, queries = {}, []
-        for i, (path, rgb) in enumerate(zip(files, originals)):
-            g = int(groups[i])
-            if enrolled[g]:
-                capture = tmp / "enrol" / f"field-{g:04d}" / f"{path.stem[:12]}.jpg"
-                capture.parent.mkdir(parents=True, exist_ok=True)
-                capture.write_bytes(sim.jpeg_bytes(rgb, rng))
-                jobs.setdefault(f"field-{g:04d}", []).append(capture)
-            if i == int(np.flatnonzero(groups == g)[0]):  # one query per field
-                query = tmp / "query" / f"{g:04d}.jpg"
-                query.parent.mkdir(parents=True, exist_ok=True)
-                query.write_bytes(sim.jpeg_bytes(rgb, rng))
-                queries.append((g, i, query))
-        print(f"{n_groups} fields; enrolling {sum(map(len, jobs.values()))} captures", file=sys.stderr)
-        db = specimen_id.open_database(tmp / "db")
-        # every field enrolled, whatever the intake quality gate would say: this measures
-        # identification; how many captures the gate would refuse is printed below
-        report = specimen_id.enroll_folders(db, sorted(jobs.items()), embedder=embedder, progress=True,
-                                            allow_low_quality=True)
-        assert not report.refused, report.refused[:3]
-        gated = sum(bool(quality.problems(c.quality, quality.LIMITS))
-                    for paths in jobs.values() for c in map(images.load, paths))
-        print(f"{gated} of {len(report.enrolled)} enrolled captures are below the default quality "
-              "limits (enrolled anyway)", file=sys.stderr)
-        db.set_setting("shortlist", 100)
-        print(f"querying {len(queries)} captures", file=sys.stderr)
-        results = list(specimen_id.query(db, [q for _, _, q in queries], top_k=100,
-                                         embedder=embedder, log=False))
-        baseline = baselines(jobs, queries, embedder)
-        db.close()
-
-    rows = []
-    for (g, i, _), result in zip(queries, results):
-        truth = f"field-{g:04d}" if enrolled[g] else None
-        rows.append({"part": half[g], "truth": truth, "candidates": result["candidates"], "i": i})
-    lookalike = lookalike_fields(originals, queries, enrolled, embedder)
-    if args.dump:
-        args.dump.write_text(json.dumps({"rows": rows, "lookalike": sorted(lookalike),
-                                         "files": [f.name for f in files]}))
-
-    tune = [r for r in rows if r["part"] == "tune"]
-    x, y = pair_features(tune)
-    w = fit_logistic(x, y)
-    fitted = {name: round(float(v), 2) for name, v in zip(TERMS, w)}
-    shipped = dict(scoring.FUSION)
-    threshold = choose_threshold(tune, shipped)
-    report = evaluate(rows, lookalike, shipped, scoring.DEFAULT_THRESHOLD, baseline)
-    if fitted != {k: round(v, 2) for k, v in shipped.items()}:
-        print("fitted fusion differs from the shipped one; paste it into search/score.py:",
-              fitted, file=sys.stderr)
-    write_report(report, fitted, shipped, threshold, sim, n_groups, groups, queries, enrolled,
-                 time.time() - started)
-
-
-def terms(candidate) -> list[float]:
-    t = scoring.evidence_terms(candidate["cnn_similarity"], candidate["inliers"], candidate["correlation"])
-    return [t[name] for name in TERMS]
-
-
-def pair_features(rows):
-    """(x, y) over every verified (query, specimen) pair: genuine when it is the true field."""
-    x = [terms(c) for r in rows for c in r["candidates"]]
-    y = [float(c["specimen"] == r["truth"]) for r in rows for c in r["candidates"]]
-    return np.array(x), np.array(y)
-
-
-def rescored(row, fusion):
-    """The row's candidates scored with these fusion weights, best first."""
-    scored = [(c["specimen"], scoring.fused(c["cnn_similarity"], c["inliers"], c["correlation"], fusion))
-              for c in row["candidates"]]
-    return sorted(scored, key=lambda t: -t[1])
-
-
-def choose_threshold(rows, fusion, fmr=0.001):
-    impostor = [s for r in rows for name, s in rescored(r, fusion) if name != r["truth"]]
-    return float(np.quantile(impostor, 1 - fmr))
-
-
-def scores_of(rows, fusion):
-    """Genuine: the true specimen's score when ranked first (else it cannot be accepted);
-    impostor: the best wrong specimen's score for every query (what a false match needs)."""
-    genuine, impostor, top1 = [], [], []
-    for r in rows:
-        ranked = rescored(r, fusion)
-        wrong = [s for name, s in ranked if name != r["truth"]]
-        impostor.append(wrong[0] if wrong else 0.0)
-        if r["truth"]:
-            first = bool(ranked) and ranked[0][0] == r["truth"]
-            top1.append(first)
-            genuine.append(ranked[0][1] if first else 0.0)
-    return genuine, impostor, top1
-
-
-def evaluate(rows, lookalike, fusion, threshold, baseline):
-    out = {}
-    for part_name, subset in (("test", lambda r: r["part"] == "test"),
-                              ("test, look-alike", lambda r: r["part"] == "test" and r["i"] in lookalike)):
-        chosen = [r for r in rows if subset(r)]
-        genuine, impostor, top1 = scores_of(chosen, fusion)
-        correct = ambiguous = false_match = 0
-        for r in chosen:
-            ranked = rescored(r, fusion)
-            candidates = [{"specimen": n, "score": s} for n, s in ranked]
-            decision, specimen, _ = scoring.decide(candidates, threshold, DEFAULTS["margin"])
-            ambiguous += decision == "ambiguous"
-            correct += (decision == "match" and specimen == r["truth"]) or (decision == "no_match" and not r["truth"])
-            false_match += decision == "match" and specimen != r["truth"]
-        # calibration on the pairs that matter: each query's two best candidates (the bulk of
-        # easy impostors near 0 would make any model look calibrated)
-        top2 = [(n == r["truth"], s) for r in chosen for n, s in rescored(r, fusion)[:2]]
-        probabilities, truths = [s for _, s in top2], [float(t) for t, _ in top2]
-        out[part_name] = {"ours": {"n": len(chosen), "enrolled": len(genuine), "top1": np.mean(top1),
-                                   **rates(genuine, impostor), "correct": correct / len(chosen),
-                                   "ambiguous": ambiguous / len(chosen),
-                                   "false_match": false_match / len(chosen),
-                                   "ece": ece(probabilities, truths)}}
-        for name, per_query in baseline.items():
-            picked = [per_query[r["i"]] for r in chosen]
-            out[part_name][name] = baseline_rates(picked, [r["truth"] for r in chosen])
-    return out
-
-
-def baseline_rates(per_query, truths):
-    genuine, impostor, top1 = [], [], []
-    for ranked, truth in zip(per_query, truths):
-        wrong = [s for name, s in ranked if name != truth]
-        impostor.append(wrong[0] if wrong else 0.0)
-        if truth:  # first, and strictly ahead (a tie of all zeros identifies nothing)
-            first = ranked[0][0] == truth and (len(ranked) == 1 or ranked[0][1] > ranked[1][1])
-            top1.append(first)
-            genuine.append(ranked[0][1] if first else -1.0)
-    return {"top1": np.mean(top1), **rates(genuine, impostor)}
-
-
-def baselines(jobs, queries, embedder):
-    """Per query index: [(specimen, similarity)] best first, for each baseline method."""
-    import imagehash
-    from PIL import Image
-
-    def gap(pixels):
-        return gap_vector(embedder, pixels)
-
-    enrolled = [(name, p) for name, paths in jobs.items() for p in paths]
-    decoded = {p: images.load(p) for _, p in enrolled}
-    sha = [(n, decoded[p].file_sha256) for n, p in enrolled]
-    phash = [(n, imagehash.phash(Image.fromarray(decoded[p].pixels))) for n, p in enrolled]
-    gap_vectors = np.array([gap(decoded[p].pixels) for _, p in enrolled])
-    out = {"file SHA-256": {}, "pHash": {}, "plain GAP CNN": {}}
-
-    def best_per_specimen(pairs):
-        best = {}
-        for name, s in sorted(pairs, key=lambda t: -t[1]):
-            best.setdefault(name, s)
-        return sorted(best.items(), key=lambda t: -t[1])
-
-    for _, i, query in queries:
-        q = images.load(query)
-        out["file SHA-256"][i] = best_per_specimen([(n, float(h == q.file_sha256)) for n, h in sha])
-        qh = imagehash.phash(Image.fromarray(q.pixels))
-        out["pHash"][i] = best_per_specimen([(n, 1 - (qh - h) / 64) for n, h in phash])
-        sims = gap_vectors @ gap(q.pixels)
-        out["plain GAP CNN"][i] = best_per_specimen(list(zip([n for n, _ in enrolled], sims.tolist())))
-    return out
+def lookalike_fields(originals, groups, enrolled, embedder) -> set[int]:
+    """Images queried for their field that have another enrolled field the plain CNN finds
+    this alike."""
+    first = {int(g): int(np.flatnonzero(groups == g)[0]) for g in np.unique(groups)}
+    vectors = np.array([gap_vector(embedder, originals[i]) for i in first.values()])
+    rows = list(first.values())
+    sims = vectors @ vectors.T
+    is_enrolled = np.array([enrolled[g] for g in first])
+    np.fill_diagonal(sims, -1)
+    return {rows[k] for k in range(len(rows)) if sims[k][is_enrolled].max(initial=-1) >= LOOKALIKE_COSINE}
 
 
 def gap_vector(embedder, pixels) -> np.ndarray:
@@ -333,49 +236,312 @@ def gap_vector(embedder, pixels) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def lookalike_fields(originals, queries, enrolled, embedder):
-    """Queried fields with another enrolled field that the plain CNN finds this alike."""
-    vectors = np.array([gap_vector(embedder, o) for o in originals])
-    sims = vectors @ vectors.T
-    query_rows = [i for _, i, _ in queries]
-    enrolled_rows = [i for g, i, _ in queries if enrolled[g]]
-    return {i for i in query_rows if max((sims[i, j] for j in enrolled_rows if j != i), default=0) >= LOOKALIKE_COSINE}
+# -- running and scoring ------------------------------------------------------------------------
+
+def identify(dataset: Dataset, root: Path, embedder) -> list[dict]:
+    """Enrol the gallery into a fresh database and query every query: one row per query with
+    every candidate's evidence."""
+    db = specimen_id.open_database(root)
+    jobs = defaultdict(list)
+    for specimen, path in dataset.gallery:
+        jobs[specimen].append(path)
+    # every capture enrolled, whatever the intake quality gate says: this measures identification
+    report_ = specimen_id.enroll_folders(db, sorted(jobs.items()), embedder=embedder, allow_low_quality=True)
+    assert not report_.refused, report_.refused[:3]
+    db.set_setting("shortlist", 100)
+    results = specimen_id.query(db, [q["path"] for q in dataset.queries], top_k=100, embedder=embedder, log=False)
+    rows = [{"set": dataset.name, "part": dataset.part, "case": q["case"], "query": q["path"],
+             "truth": q["truth"], "overlaps": q["overlaps"], "lookalike": q["path"] in dataset.lookalike,
+             "candidates": r["candidates"]} for q, r in zip(dataset.queries, results)]
+    db.close()
+    return rows
 
 
-def write_report(report, fitted, shipped, threshold, sim, n_groups, groups, queries, enrolled, seconds):
-    header = ("method", "top-1", "TAR @ FMR 1%", "TAR @ FMR 0.1%", "EER", "correct at default",
-              "ambiguous", "false match", "ECE (top-2 pairs)")
-    sections = []
-    for part, methods in report.items():
-        ours = methods["ours"]
-        lines = [("specimen-id (regional GeM + verification, fused)", f"{ours['top1']:.3f}", f"{ours[0.01][0]:.3f}",
-                  f"{ours[0.001][0]:.3f}", f"{ours['eer']:.3f}", f"{ours['correct']:.3f}",
-                  f"{ours['ambiguous']:.3f}", f"{ours['false_match']:.3f}", f"{ours['ece']:.3f}")]
-        for name in ("plain GAP CNN", "pHash", "file SHA-256"):
-            m = methods[name]
-            lines.append((name, f"{m['top1']:.3f}", f"{m[0.01][0]:.3f}", f"{m[0.001][0]:.3f}",
-                          f"{m['eer']:.3f}", "", "", "", ""))
-        sections.append(f"**{part}**: {ours['n']} queries, {ours['enrolled']} of enrolled fields\n\n"
-                        + table(header, lines))
-    multi = int(sum(np.bincount(groups) > 1))
-    body = (
-        "## Identification accuracy on DSB 2018 (bench/accuracy.py)\n\n"
-        f"{len(groups)} images in {n_groups} fields ({multi} fields hold near-copies, grouped by "
-        f">= {GROUP_INLIERS} verified inliers between originals). Seeded split of fields (seed "
-        f"{SEED}): half tune, half test; 80% of each half enrolled, 20% never enrolled; one "
-        "simulated re-capture queried per field. Look-alike subset: queried fields with another "
-        f"enrolled field at plain GAP CNN cosine >= {LOOKALIKE_COSINE}. Genuine score: the true "
-        "specimen's score when ranked first; impostor score: the best wrong specimen's score for "
-        "every query. Correct at default: match to the right specimen, or no_match for a field "
-        "never enrolled, at the shipped threshold "
-        f"{scoring.DEFAULT_THRESHOLD}; ambiguous answers are neither correct nor false matches.\n\n"
-        f"Simulation: {json.dumps(sim.describe())}.\n\n" + "\n\n".join(sections) + "\n\n"
-        f"Fusion fitted on the tune half: {fitted}; shipped in search/score.py: {shipped}. "
-        f"Threshold for FMR 0.1% per comparison on the tune half: {threshold:.3f} (shipped default "
-        f"{scoring.DEFAULT_THRESHOLD}). Run time {seconds / 60:.1f} min."
-    )
+def rescored(row, fusion) -> list[dict]:
+    """The row's candidates scored with these fusion weights, best first."""
+    out = [{**c, "score": scoring.fused(c["cnn_similarity"], c["spread"], c["correlation"], c["details"], fusion)}
+           for c in row["candidates"]]
+    return sorted(out, key=lambda c: -c["score"])
+
+
+def terms(candidate) -> list[float]:
+    t = scoring.evidence_terms(candidate["cnn_similarity"], candidate["spread"], candidate["correlation"],
+                               candidate["details"])
+    return [t[name] for name in TERMS]
+
+
+def fit_fusion(rows) -> dict:
+    """Logistic regression on every verified (query, candidate) pair of these rows: genuine
+    when it is the query's field, impostor when it shares nothing with it (pairs that share
+    part of the view are for the placement rule). Each set weighs the same."""
+    x, y, w = [], [], []
+    per_set = Counter(r["set"] for r in rows)
+    pairs = defaultdict(int)
+    for r in rows:
+        for c in r["candidates"]:
+            if c["specimen"] == r["truth"] or c["specimen"] not in r["overlaps"]:
+                pairs[r["set"]] += 1
+    for r in rows:
+        for c in r["candidates"]:
+            genuine = c["specimen"] == r["truth"]
+            if genuine or c["specimen"] not in r["overlaps"]:
+                x.append(terms(c))
+                y.append(float(genuine))
+                w.append(1.0 / pairs[r["set"]])
+    x, y, w = np.array(x), np.array(y), np.array(w) * len(x) / len(per_set)
+    # every weight but the bias kept positive (more evidence never lowers the score): a term
+    # fitted negative is dropped and the rest fitted again
+    active = list(range(len(TERMS)))
+    while True:
+        fitted = fit_logistic(x[:, active], y, w)
+        negative = [a for a, v in zip(active, fitted) if v < 0 and TERMS[a] != "bias"]
+        if not negative:
+            break
+        active = [a for a in active if a not in negative]
+    weights = dict.fromkeys(TERMS, 0.0) | {TERMS[a]: round(float(v), 2) for a, v in zip(active, fitted)}
+    return weights
+
+
+def fit_logistic(x, y, weight, l2: float = 1e-2, steps: int = 60) -> np.ndarray:
+    """Weighted logistic regression by Newton's method (IRLS); x has a leading column of ones."""
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(x @ w, -700, 700)))
+        gradient = x.T @ (weight * (p - y)) + l2 * w
+        hessian = (x * (weight * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        w -= np.linalg.solve(hessian, gradient)
+    return w
+
+
+def decisions(rows, fusion, threshold: float = scoring.DEFAULT_THRESHOLD) -> list[dict]:
+    """Each row decided as the product decides: (row, decision, answer, top-1, best two)."""
+    out = []
+    for r in rows:
+        ranked = rescored(r, fusion)
+        decided = scoring.decide(ranked, threshold, DEFAULTS["margin"])
+        fields = [c for c in ranked if scoring.shows_field(c)] or ranked
+        out.append({"row": r, "decided": decided, "first": fields[0]["specimen"] if fields else None,
+                    # calibration: the best two candidates that are the field or share nothing with it
+                    "top2": [(c["specimen"] == r["truth"], c["score"]) for c in ranked
+                             if c["specimen"] == r["truth"] or c["specimen"] not in r["overlaps"]][:2],
+                    "genuine": next((c["score"] for c in fields[:1] if c["specimen"] == r["truth"]), 0.0),
+                    "impostor": max((c["score"] for c in ranked if c["specimen"] != r["truth"]
+                                     and c["specimen"] not in r["overlaps"]), default=0.0)})
+    return out
+
+
+def tally(decided: list[dict]) -> dict:
+    n = len(decided)
+    enrolled = [d for d in decided if d["row"]["truth"]]
+    right = sum((d["decided"]["decision"] == "match" and d["decided"]["specimen"] == d["row"]["truth"])
+                or (d["decided"]["decision"] == "no_match" and not d["row"]["truth"]) for d in decided)
+    false = sum(d["decided"]["decision"] == "match" and d["decided"]["specimen"] != d["row"]["truth"] for d in decided)
+    ambiguous = sum(d["decided"]["decision"] == "ambiguous" for d in decided)
+    top1 = sum(d["first"] == d["row"]["truth"] for d in enrolled)
+    return {"n": n, "right": right, "false": false, "ambiguous": ambiguous, "enrolled": len(enrolled), "top1": top1}
+
+
+def ece(decided: list[dict], bins: int = 10) -> float:
+    """Expected calibration error over each query's two best candidates (the bulk of easy
+    impostors near 0 would make any model look calibrated)."""
+    pairs = [(s, float(t)) for d in decided for t, s in d["top2"]]
+    p, y = np.array([s for s, _ in pairs]), np.array([t for _, t in pairs])
+    total = 0.0
+    for lo in np.linspace(0, 1, bins + 1)[:-1]:
+        inside = (p >= lo) & ((p < lo + 1 / bins) if lo + 1 / bins < 1 else (p <= 1))
+        if inside.any():
+            total += inside.mean() * abs(p[inside].mean() - y[inside].mean())
+    return float(total)
+
+
+def rates(genuine, impostor, fmr_targets=(0.01, 0.001)) -> dict:
+    """TAR at the threshold that keeps FMR at or under each target, and the EER."""
+    genuine, impostor = np.asarray(genuine, float), np.asarray(impostor, float)
+    out = {}
+    candidates = np.unique(np.concatenate([impostor, genuine, [np.inf]]))
+    for target in fmr_targets:
+        t = min(t for t in candidates if np.mean(impostor >= t) <= target)
+        out[target] = float(np.mean(genuine >= t))
+    grid = np.unique(np.concatenate([impostor, genuine]))
+    fmr = np.array([np.mean(impostor >= t) for t in grid])
+    fnmr = np.array([np.mean(genuine < t) for t in grid])
+    i = int(np.argmin(np.abs(fmr - fnmr)))
+    out["eer"] = float((fmr[i] + fnmr[i]) / 2)
+    return out
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+def baseline_scores(dataset: Dataset, embedder) -> dict:
+    """Per query path: {baseline: [(specimen, similarity)] best first} over the whole gallery
+    (plain SIFT+RANSAC over the 100 captures the plain CNN finds nearest)."""
+    import imagehash
+    from PIL import Image
+
+    def load(path):
+        capture = images.load(path)
+        rgb = to_rgb8(capture.pixels)
+        return {"sha": capture.file_sha256, "phash": imagehash.phash(Image.fromarray(rgb)),
+                "gap": gap_vector(embedder, capture.pixels), "sift": local_features.extract(capture.pixels)}
+
+    gallery = [(name, load(p)) for name, p in dataset.gallery]
+    gap = np.array([g["gap"] for _, g in gallery])
+    out = {}
+    for q in dataset.queries:
+        mine = load(q["path"])
+        cosines = gap @ mine["gap"]
+        nearest = np.argsort(-cosines)[:100]
+        scores = {"file SHA-256": [(n, float(g["sha"] == mine["sha"])) for n, g in gallery],
+                  "pHash": [(n, 1 - (mine["phash"] - g["phash"]) / 64) for n, g in gallery],
+                  "plain GAP CNN": [(n, float(s)) for (n, _), s in zip(gallery, cosines)],
+                  "plain SIFT+RANSAC": [(gallery[i][0], float(verification.verify(mine["sift"], gallery[i][1]["sift"]).inliers))
+                                        for i in nearest]}
+        out[q["path"]] = {k: _best_per_specimen(v) for k, v in scores.items()}
+    return out
+
+
+def _best_per_specimen(pairs):
+    best = {}
+    for name, s in sorted(pairs, key=lambda t: -t[1]):
+        best.setdefault(name, s)
+    return sorted(best.items(), key=lambda t: -t[1])
+
+
+def baseline_thresholds(rows, baselines) -> dict:
+    """Each baseline's decision threshold: SHA-256 needs identity, SIFT+RANSAC its fixed
+    inlier count; pHash and the plain CNN the similarity their best-impostor scores reach at
+    FMR 1% on the DSB tune half."""
+    out = {"file SHA-256": 1.0, "plain SIFT+RANSAC": float(SIFT_BASELINE_INLIERS)}
+    tune = [r for r in rows if r["part"] == "tune" and r["case"] == "simulated"]
+    for name in ("pHash", "plain GAP CNN"):
+        impostor = [next((s for n, s in baselines[r["query"]][name] if n != r["truth"]), 0.0) for r in tune]
+        out[name] = float(np.quantile(impostor, 0.99)) if impostor else 1.0
+    return out
+
+
+def baseline_tally(rows, baselines, name: str, threshold: float) -> dict:
+    c = Counter()
+    genuine, impostor = [], []
+    for r in rows:
+        ranked = baselines[r["query"]][name]
+        best, s = ranked[0] if ranked else (None, 0.0)
+        tie = len(ranked) > 1 and ranked[1][1] == s  # a tie identifies nothing
+        match = s >= threshold and not tie
+        c["n"] += 1
+        c["right"] += (match and best == r["truth"]) or (not match and not r["truth"])
+        c["false"] += match and best != r["truth"]
+        if r["truth"]:
+            c["enrolled"] += 1
+            c["top1"] += best == r["truth"] and not tie
+            genuine.append(s if best == r["truth"] and not tie else -1.0)
+        impostor.append(next((v for n, v in ranked if n != r["truth"] and n not in r["overlaps"]), 0.0))
+    return {**c, **rates(genuine, impostor)}
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def report(rows, baselines, seconds: float) -> None:
+    real = sorted({r["set"] for r in rows if r["part"] == "real"})
+    tune = [r for r in rows if r["part"] == "tune"]
+    folds, fitted_without = [], {}
+    for held_out in real:
+        fusion = fit_fusion(tune + [r for r in rows if r["part"] == "real" and r["set"] != held_out])
+        fitted_without[held_out] = fusion
+        folds += decisions([r for r in rows if r["set"] == held_out], fusion)
+    shipped = fit_fusion(tune + [r for r in rows if r["part"] == "real"])
+    test = decisions([r for r in rows if r["part"] == "test"], scoring.FUSION)
+    thresholds = baseline_thresholds(rows, baselines)
+    sections = [real_section(folds, rows, baselines, thresholds, fitted_without),
+                simulated_section(test, rows, baselines, thresholds),
+                fit_section(shipped, folds, test, rows, seconds)]
+    body = "\n\n".join(sections)
     print(body)
     write_section("accuracy", body)
+
+
+def _row(label, t) -> tuple:
+    top1 = f"{t['top1'] / t['enrolled']:.3f}" if t["enrolled"] else ""
+    return (label, t["n"], f"{t['right'] / t['n']:.3f}", top1, t.get("ambiguous", ""), t["false"])
+
+
+def real_section(folds, rows, baselines, thresholds, fitted_without) -> str:
+    header = ("set / case", "queries", "decisions right", "top-1", "ambiguous", "false matches")
+    lines = []
+    by_set = defaultdict(list)
+    for d in folds:
+        by_set[d["row"]["set"]].append(d)
+    for name, decided in sorted(by_set.items()):
+        lines.append(_row(f"**{name}**", tally(decided)))
+        for case in sorted({d["row"]["case"] for d in decided}):
+            lines.append(_row(f"{name} / {case}", tally([d for d in decided if d["row"]["case"] == case])))
+    pooled = tally(folds)
+    lines.append(_row("**all real sets, pooled**", pooled))
+    base = []
+    real_rows = [r for r in rows if r["part"] == "real"]
+    for name in BASELINES:
+        for set_name in sorted({r["set"] for r in real_rows}):
+            t = baseline_tally([r for r in real_rows if r["set"] == set_name], baselines, name, thresholds[name])
+            base.append(_row(f"{name}, {set_name}", t))
+        base.append(_row(f"**{name}, pooled**", baseline_tally(real_rows, baselines, name, thresholds[name])))
+    return (
+        "## Identification accuracy (bench/accuracy.py)\n\n"
+        "### Real re-captures, leave one set out\n\n"
+        "Each set of ../shared/data/real scored by a fusion fitted without it (on the other real "
+        "sets and the simulated tune halves); decided at the default threshold "
+        f"{scoring.DEFAULT_THRESHOLD} and margin {DEFAULTS['margin']}, with the placement rule "
+        f"(the query shows a field when at least {scoring.SHOWS:.0%} of either lies in the other). "
+        "Right: `match` to the expected field, or `no_match` for a field never enrolled; "
+        "`ambiguous` is neither right nor false. Top-1: the expected field is the first candidate "
+        "the query shows (queries of enrolled fields).\n\n"
+        + table(header, lines)
+        + f"\n\nExpected calibration error on the held-out sets' best two candidates per query: "
+        f"{ece(folds):.3f}. Fusions fitted without each set: "
+        + "; ".join(f"{k}: {v}" for k, v in fitted_without.items())
+        + f".\n\nBaselines on the same captures (pHash and plain CNN decided at the similarity of FMR "
+        f"1% on the DSB tune half: {thresholds['pHash']:.3f} and {thresholds['plain GAP CNN']:.3f}; "
+        f"SIFT+RANSAC at {SIFT_BASELINE_INLIERS} inliers):\n\n" + table(header, base))
+
+
+def simulated_section(test, rows, baselines, thresholds) -> str:
+    header = ("method", "queries", "top-1", "TAR @ FMR 1%", "TAR @ FMR 0.1%", "EER", "decisions right",
+              "ambiguous", "false matches", "ECE (top-2)")
+    lines = []
+    for set_name in sorted({d["row"]["set"] for d in test}):
+        subsets = [(set_name, [d for d in test if d["row"]["set"] == set_name])]
+        if any(d["row"]["lookalike"] for d in subsets[0][1]):
+            subsets.append((f"{set_name}, look-alike fields",
+                            [d for d in subsets[0][1] if d["row"]["lookalike"]]))
+        for label, decided in subsets:
+            t = tally(decided)
+            r = rates([d["genuine"] for d in decided if d["row"]["truth"]], [d["impostor"] for d in decided])
+            lines.append((f"specimen-id: {label}", t["n"], f"{t['top1'] / t['enrolled']:.3f}", f"{r[0.01]:.3f}",
+                          f"{r[0.001]:.3f}", f"{r['eer']:.3f}", f"{t['right'] / t['n']:.3f}", t["ambiguous"],
+                          t["false"], f"{ece(decided):.3f}"))
+            for name in BASELINES:
+                b = baseline_tally([d["row"] for d in decided], baselines, name, thresholds[name])
+                lines.append((f"{name}: {label}", b["n"], f"{b['top1'] / b['enrolled']:.3f}", f"{b[0.01]:.3f}",
+                              f"{b[0.001]:.3f}", f"{b['eer']:.3f}", f"{b['right'] / b['n']:.3f}", "", b["false"], ""))
+    sim = Recapture().describe()
+    return ("### Simulated re-captures, test halves (shipped fusion)\n\n"
+            f"Simulation: {json.dumps(sim)}; the microscope: {json.dumps(FixedPattern().describe())}, "
+            f"{PATTERN_FIELDS} fields of each half at {PATTERN_SHAPE[0]}x{PATTERN_SHAPE[1]}. Genuine score: the "
+            "true field's score when it is the first field shown; impostor score: the best wrong "
+            "specimen's, for every query. Look-alike: fields with another enrolled field at plain CNN "
+            f"cosine >= {LOOKALIKE_COSINE}.\n\n" + table(header, lines))
+
+
+def fit_section(shipped, folds, test, rows, seconds) -> str:
+    changed = shipped != {k: round(v, 2) for k, v in scoring.FUSION.items()}
+    note = (" It differs from the one shipped: paste it into search/score.py and run again."
+            if changed else " It is the one shipped in search/score.py.")
+    n_pairs = sum(len(r["candidates"]) for r in rows)
+    return (f"### The fusion\n\nFitted on the real sets and both tune halves: {shipped}.{note} "
+            f"{len(rows)} queries, {n_pairs} verified pairs. Run time {seconds / 60:.1f} min.")
+
+
+def _load(path: Path):
+    data = json.loads(path.read_text())
+    return data["rows"], data["baselines"]
 
 
 if __name__ == "__main__":

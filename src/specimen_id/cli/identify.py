@@ -88,11 +88,26 @@ def _format_result(result: dict) -> str:
     head = f"{result['query']}: {result['decision']}"
     if result["specimen"]:
         head += f" {result['specimen']}"
-    lines = [f"{head} (score {result['score']:.3f}, threshold {result['threshold']:.3f})"]
+    head += f" (score {result['score']:.3f}, threshold {result['threshold']:.3f})"
+    if result["decision"] == "ambiguous":
+        first, second = result["contenders"]
+        head += (f" between {first['specimen']} ({first['score']:.3f}) and {second['specimen']} "
+                 f"({second['score']:.3f}): lead {result['lead']:.3f} < margin {result['margin']:.3f}")
+    lines = [head]
     for copy in result.get("exact", []):
         lines.append(f"  same {copy['same']} as capture {copy['capture']} of {copy['specimen']}")
+    for o in result.get("overlaps", []):
+        lines.append(f"  overlaps {o['specimen']} (capture {o['capture']}): {o['overlap_query']:.0%} of the "
+                     f"query lies in that field, {o['overlap_candidate']:.0%} of the field in the query")
     width = max((len(c["specimen"]) for c in result["candidates"]), default=0)
     for i, c in enumerate(result["candidates"], 1):
         lines.append(f"  {i:>2}. {c['specimen']:<{width}}  {c['score']:.3f}  (cnn {c['cnn_similarity']:.3f}, "
-                     f"{c['inliers']} inliers, aligned {c['correlation']:.2f})  capture {c['capture']}")
+                     f"{c['inliers']} inliers over {c['spread']} cells, aligned {c['correlation']:.2f})  "
+                     f"capture {c['capture']}")
+        if i == 1 and c.get("placement"):
+            p = c["placement"]
+            lines.append(f"      placed: {p['overlap_query']:.0%} of the query in its field, "
+                         f"{p['overlap_candidate']:.0%} of its field in the query, offset "
+                         f"({p['offset_px'][0]:+.0f}, {p['offset_px'][1]:+.0f}) px, rotated "
+                         f"{p['rotation_deg']:+.1f} deg, scale {p['scale']:.2f}")
     return "\n".join(lines)

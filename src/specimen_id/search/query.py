@@ -7,19 +7,23 @@ list. Exact copies (same file, same pixels) are reported on their own."""
 
 from __future__ import annotations
 
-from .. import __version__, images, local_features, quality
+from .. import __version__, fixed_pattern, images, local_features, quality
 from ..errors import ImageRefused
 from ..local_features import LocalFeatures
 from ..models import embedder_for
-from .score import DEFAULT_THRESHOLD, SCORE_KIND, decide, fused
+from ..verification import verify_many
+from .score import DEFAULT_THRESHOLD, SCORE_KIND, decide, fused, shows_field
 
 
 def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
          exclude: set[int] = frozenset()) -> list[dict]:
     """The top_k specimens for one query, best fused score first, with their evidence
-    (captures in `exclude` left out: calibration queries a capture against the others)."""
+    (captures in `exclude` left out: calibration queries a capture against the others). Each
+    specimen is represented by its best capture among those the query shows (score.SHOWS),
+    else by its best capture."""
     k = max(shortlist, top_k)
     scored: dict[int, dict] = {}  # capture id -> candidate, kept when the search widens
+    pattern = None
     while True:
         similarities, ids = db.search(vector[None], k)
         found = [(float(s), int(i)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
@@ -29,24 +33,37 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
         stored = db.local_features(fresh, local_features.FEATURE_VERSION)
         todo = [(similarity, cid) for similarity, cid in pairs if cid in owners]  # owners: fresh only
         others = {cid: LocalFeatures.from_bytes(stored[cid]) for _, cid in todo if cid in stored}
-        checks = dict(zip(others, local_features.verify_many(features, list(others.values()))))
+        if not scored:  # the microscope's pattern, from the first shortlist (nearest first)
+            pattern = _pattern(features, [(others[cid], owners[cid]["specimen"]) for _, cid in todo if cid in others])
+        checks = dict(zip(others, verify_many(features, list(others.values()), pattern)))
         for similarity, cid in todo:
-            other, check = others.get(cid), checks.get(cid)
-            inliers, correlation = (check.inliers, check.correlation) if check else (0, 0.0)
-            keypoints = min(len(features), len(other)) if other else 0
+            check = checks.get(cid)
+            spread, correlation, details = (check.spread, check.correlation, check.details) if check else (0, 0.0, 0.0)
             scored[cid] = {"specimen": owners[cid]["specimen"],
-                           "score": fused(similarity, inliers, correlation),
+                           "score": fused(similarity, spread, correlation, details),
                            "capture": owners[cid]["uuid"], "cnn_similarity": similarity,
-                           "inliers": inliers, "keypoints": keypoints, "correlation": correlation}
-        # best capture first, so each specimen keeps the first (best) of its captures
-        ordered = sorted(scored.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))
+                           "inliers": check.inliers if check else 0, "spread": spread,
+                           "keypoints": min(len(features), len(others[cid])) if cid in others else 0,
+                           "correlation": correlation, "details": details,
+                           "placement": check.placement.to_json() if check and check.placement else None}
+        ordered = sorted(scored.values(), key=lambda c: (-shows_field(c), -c["score"], -c["cnn_similarity"]))
         best: dict[str, dict] = {}
         for candidate in ordered:
             best.setdefault(candidate["specimen"], candidate)
         # Many captures of few specimens can hide the k-th specimen: look further if so.
         if len(best) >= top_k or len(found) < k:
-            return list(best.values())[:top_k]
+            return sorted(best.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))[:top_k]
         k *= 4
+
+
+def _pattern(query: LocalFeatures, shortlist: list[tuple[LocalFeatures, str]]):
+    """The fixed pattern of the query's microscope (fixed_pattern.py) from the shortlist:
+    the nearest capture of each specimen with the query's shape."""
+    nearest: dict[str, LocalFeatures] = {}
+    for features, specimen in shortlist:
+        if features.thumbnail.shape == query.thumbnail.shape:
+            nearest.setdefault(specimen, features)
+    return fixed_pattern.estimate(list(nearest.values()))
 
 
 def exact_copies(db, capture) -> list[dict]:
@@ -83,10 +100,9 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
     # at least the runner-up, even for --top-k 1: `ambiguous` needs it to be seen
     ranked = rank(db, vector, local_features.extract(capture.pixels), max(top_k, 2),
                   int(db.setting("shortlist")))
-    decision, specimen, score = decide(ranked, threshold, margin)
-    result = {"query": capture.name, "decision": decision, "specimen": specimen, "score": score,
-              "threshold": float(threshold), "margin": margin, "score_kind": SCORE_KIND,
-              "candidates": ranked[:top_k], "exact": exact_copies(db, capture),
+    decided = decide(ranked, threshold, margin)
+    result = {"query": capture.name, **decided, "threshold": float(threshold), "margin": margin,
+              "score_kind": SCORE_KIND, "candidates": ranked[:top_k], "exact": exact_copies(db, capture),
               # a low-quality query is answered, with a warning: the person is at the microscope
               "quality": capture.quality,
               "warnings": quality.problems(capture.quality, quality.limits(db)) + notes}

@@ -1,13 +1,26 @@
-"""One calibrated score from two kinds of evidence, and the decision it leads to.
+"""One calibrated score from the evidence of verification, and the decision it leads to.
 
-The fused score is a logistic model of P(same field | evidence), fitted on genuine and impostor
-pairs of the tuning half of bench/accuracy.py. The evidence: CNN cosine, RANSAC inliers, and
-the aligned correlation (local_features: the two captures laid over each other at their best
-alignment). The correlation carries most of the weight, and more above CORRELATION_KNEE:
-unrelated fields reach 0.5 to 0.7 by chance alignment of a few alike nuclei, the same field
-0.8 and more. Every weight is positive, so more evidence never lowers the score. Its
-coefficients and the local-feature recipe make up SCORE_KIND: a threshold stored for another
-kind is never applied to this one.
+The fused score is a logistic model of P(same field | evidence), fitted by bench/accuracy.py on
+genuine and impostor pairs of real re-captures (../shared/data/real) and of the simulated
+DSB 2018 tuning half together: a score fitted to simulated re-captures alone learns the
+simulator (there a true pair always correlates about 0.99, so correlation was almost all it
+used, and real pairs that changed focus were called no_match). The evidence:
+- the CNN cosine;
+- the spread of verified keypoint pairs beyond CHANCE_SPREAD, the cells that unrelated fields
+  reach by chance (verification.py): many pairs all over the overlap are decisive whatever
+  else says, a few bunched ones are not;
+- the aligned correlation above CORRELATION_KNEE (unrelated sparse fields reach 0.5 to 0.7 by
+  chance alignment of a few alike nuclei), and the correlation weighed by the decades of
+  independent details it rests on (one glare disc laid over another agrees on hundreds of
+  pixels, but as one detail).
+Every weight is positive, so more evidence never lowers the score. Its coefficients and the
+local-feature recipe make up SCORE_KIND: a threshold stored for another kind is never applied
+to this one.
+
+A score says "these two captures show one scene"; the placement says whether the query shows
+*the candidate's field*: at least SHOWS of the query inside the field, or of the field inside
+the query. A verified candidate that shares less (a neighbouring tile of the same slide) is
+reported as an overlap, never as a rival that would make the answer ambiguous.
 """
 
 from __future__ import annotations
@@ -18,39 +31,67 @@ import math
 
 from ..local_features import FEATURE_VERSION
 
-# Fitted by `python bench/accuracy.py` (tuning half of the fields; the default model, int8);
-# see bench/RESULTS.md. Other models keep these weights; `calibrate` fits their threshold.
-FUSION = {"bias": -17.17, "cnn_similarity": 8.68, "log_inliers": 0.26, "aligned_correlation": 3.72,
-          "correlation_above_knee": 24.72}
+# Fitted by `python bench/accuracy.py` (real sets and the DSB tuning half; the default model,
+# int8); see bench/RESULTS.md. Other models keep these weights; `calibrate` fits their threshold.
+FUSION = {"bias": -27.06, "cnn_similarity": 23.15, "log_spread_above_chance": 7.64,
+          "correlation_above_knee": 33.52, "correlation_x_details": 3.55}
 CORRELATION_KNEE = 0.6
+CHANCE_SPREAD = 4
 # Named after the weights themselves, so any refit is a new kind of score.
 SCORE_KIND = "fused-{}+{}".format(
     hashlib.sha256(json.dumps(FUSION, sort_keys=True).encode()).hexdigest()[:8], FEATURE_VERSION)
-# Default threshold on the fused probability, chosen on the tuning half for a false-match rate
-# of at most 0.1% per comparison (bench/RESULTS.md); `specimen-id calibrate` fits a database's own.
+# Default threshold on the fused probability: even odds, which the fit on real and simulated
+# pairs makes a calibrated 50% (bench/RESULTS.md); `specimen-id calibrate` fits a database's own.
 DEFAULT_THRESHOLD = 0.5
+# No evidence makes two captures certainly one field: the score stays under 1, so that a
+# threshold of 1 refuses every match.
+MAX_LOGIT = 20.0
+SHOWS = 0.5  # share of the query in the field, or of the field in the query, that makes it that field
 
 
-def evidence_terms(cnn_similarity: float, inliers: int, correlation: float) -> dict:
+def evidence_terms(cnn_similarity: float, spread: int, correlation: float, details: float) -> dict:
     """The model's inputs, named as FUSION's weights."""
     correlation = min(max(correlation, 0.0), 1.0)  # an anti-correlation is no evidence either way
-    return {"bias": 1.0, "cnn_similarity": cnn_similarity, "log_inliers": math.log1p(inliers),
-            "aligned_correlation": correlation,
-            "correlation_above_knee": max(correlation - CORRELATION_KNEE, 0.0)}
+    return {"bias": 1.0, "cnn_similarity": cnn_similarity,
+            "log_spread_above_chance": math.log1p(max(spread - CHANCE_SPREAD, 0)),
+            "correlation_above_knee": max(correlation - CORRELATION_KNEE, 0.0),
+            "correlation_x_details": correlation * math.log10(max(details, 1.0))}
 
 
-def fused(cnn_similarity: float, inliers: int, correlation: float, fusion: dict = FUSION) -> float:
-    terms = evidence_terms(cnn_similarity, inliers, correlation)
-    z = sum(fusion[name] * value for name, value in terms.items())
+def fused(cnn_similarity: float, spread: int, correlation: float, details: float,
+          fusion: dict = FUSION) -> float:
+    terms = evidence_terms(cnn_similarity, spread, correlation, details)
+    z = min(sum(fusion[name] * value for name, value in terms.items()), MAX_LOGIT)
     return 1 / (1 + math.exp(-z)) if z > -700 else 0.0
 
 
-def decide(candidates: list[dict], threshold: float, margin: float) -> tuple[str, str | None, float]:
-    """`match` when the best specimen clears the threshold and leads the next by at least the
-    margin; `ambiguous` when it clears it but the next is too close to call; else `no_match`."""
-    if not candidates or candidates[0]["score"] < threshold:
-        return "no_match", None, candidates[0]["score"] if candidates else 0.0
-    best = candidates[0]
-    if len(candidates) > 1 and best["score"] - candidates[1]["score"] < margin:
-        return "ambiguous", None, best["score"]
-    return "match", best["specimen"], best["score"]
+def shows_field(candidate: dict) -> bool:
+    """Whether the query shows this candidate's field (see SHOWS); a candidate that could not
+    be placed is judged by its score alone."""
+    placement = candidate.get("placement")
+    return placement is None or max(placement["overlap_query"], placement["overlap_candidate"]) >= SHOWS
+
+
+def decide(candidates: list[dict], threshold: float, margin: float) -> dict:
+    """The decision over ranked candidates (best score first): `match` when the best field the
+    query shows clears the threshold and leads the next such field by at least the margin;
+    `ambiguous` when it clears it but the next is too close to call (both are then named as
+    contenders, with the lead); else `no_match`. Candidates that clear the threshold but share
+    too little of the query's view are overlaps (neighbouring fields), whatever the decision."""
+    fields = [c for c in candidates if shows_field(c)]
+    overlaps = [{"specimen": c["specimen"], "capture": c["capture"],
+                 "overlap_query": c["placement"]["overlap_query"],
+                 "overlap_candidate": c["placement"]["overlap_candidate"]}
+                for c in candidates if not shows_field(c) and c["score"] >= threshold]
+    out = {"decision": "no_match", "specimen": None, "score": fields[0]["score"] if fields else 0.0,
+           "overlaps": overlaps}
+    if not fields or fields[0]["score"] < threshold:
+        return out
+    best, runner_up = fields[0], fields[1] if len(fields) > 1 else None
+    lead = best["score"] - (runner_up["score"] if runner_up else 0.0)
+    if runner_up is not None and lead < margin:
+        out.update(decision="ambiguous", lead=lead,
+                   contenders=[{"specimen": c["specimen"], "score": c["score"]} for c in (best, runner_up)])
+        return out
+    out.update(decision="match", specimen=best["specimen"], lead=lead)
+    return out

@@ -207,7 +207,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         """The query and a candidate side by side, matched keypoints joined by lines."""
         import cv2
 
-        from .. import local_features
+        from .. import local_features, verification
         from ..models.preprocess import to_rgb8
 
         with database() as db:
@@ -216,7 +216,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             except KeyError:
                 raise HTTPException(404) from None
         pixels = [images.load(p).pixels for p in paths]
-        check = local_features.verify(*(local_features.extract(p) for p in pixels))
+        check = verification.verify(*(local_features.extract(p) for p in pixels))
         tiles = []
         for p in pixels:  # both at the verification's working size, so the points land right
             rgb = to_rgb8(p)
