@@ -60,6 +60,7 @@ LOOKALIKE_COSINE = 0.90  # plain CNN cosine to another field at which fields cou
 PATTERN_SHAPE = (320, 256)  # the simulated microscope's camera (width, height)
 PATTERN_FIELDS = 120  # fields of each DSB half seen through it
 SIFT_BASELINE_INLIERS = 15
+ROBUST_FIELDS = 60  # test-half fields turned, cut and zoomed
 TERMS = list(scoring.FUSION)
 BASELINES = ("file SHA-256", "pHash", "plain GAP CNN", "plain SIFT+RANSAC")
 
@@ -94,6 +95,8 @@ def main():
                       file=sys.stderr)
                 rows += identify(dataset, Path(tmp) / "db" / dataset.name, embedder)
                 baselines.update(baseline_scores(dataset, embedder))
+            print("robustness: turned, cut and zoomed re-captures of test fields", file=sys.stderr)
+            rows += robustness(args.data / "dsb2018", Path(tmp) / "robust", embedder)
         if args.dump:
             args.dump.write_text(json.dumps({"rows": rows, "baselines": baselines}))
     report(rows, baselines, time.time() - started)
@@ -241,7 +244,7 @@ def gap_vector(embedder, pixels) -> np.ndarray:
 def identify(dataset: Dataset, root: Path, embedder) -> list[dict]:
     """Enrol the gallery into a fresh database and query every query: one row per query with
     every candidate's evidence."""
-    db = specimen_id.open_database(root)
+    db = specimen_id.open_database(root)  # (an existing one is used as it is)
     jobs = defaultdict(list)
     for specimen, path in dataset.gallery:
         jobs[specimen].append(path)
@@ -254,6 +257,47 @@ def identify(dataset: Dataset, root: Path, embedder) -> list[dict]:
              "truth": q["truth"], "overlaps": q["overlaps"], "lookalike": q["path"] in dataset.lookalike,
              "candidates": r["candidates"]} for q, r in zip(dataset.queries, results)]
     db.close()
+    return rows
+
+
+def robustness(data: Path, tmp: Path, embedder) -> list[dict]:
+    """Re-captures of test-half fields turned, cut and zoomed (ROBUSTNESS kinds), each queried
+    against the enrolled fields; zoomed out: each field enrolled as its centre enlarged, the
+    whole field queried."""
+    from specimen_id.models.views import _centre, _turned
+
+    files = sorted(data.glob("*.png"))
+    groups = known_fields(files)
+    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    first = {}
+    for k, g in enumerate(groups):
+        first.setdefault(labels[g], k)
+    rng = np.random.default_rng(SEED)
+    order = rng.permutation(len(labels))
+    test = [int(g) for k, g in enumerate(order) if k >= len(labels) // 2][:ROBUST_FIELDS]
+    sim, rng = Recapture(), np.random.default_rng(SEED + 1)
+    fields = {g: cv2.cvtColor(cv2.imread(str(files[first[g]]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for g in test}
+    kinds = {"turned 90 degrees": lambda x: _turned(x, 90), "turned 180 degrees": lambda x: _turned(x, 180),
+             "turned 30 degrees": lambda x: _turned(x, 30),
+             "left 60% of the field": lambda x: np.ascontiguousarray(x[:, :int(x.shape[1] * 0.6)]),
+             "zoomed in 1.5x": lambda x: _centre(x, 2 / 3), "zoomed in 2x": lambda x: _centre(x, 1 / 2)}
+    rows = []
+    plain = Dataset("robustness", "robust", [(f"field-{g:04d}", _write(tmp / "enrol" / f"{g:04d}.jpg",
+                                                                      sim.jpeg_bytes(rgb, rng)))
+                                             for g, rgb in fields.items()])
+    for kind, change in kinds.items():
+        plain.queries = [{"path": str(_write(tmp / kind / f"{g:04d}.jpg", _jpeg(change(sim.apply(rgb, rng)), rng))),
+                          "truth": f"field-{g:04d}", "case": kind, "overlaps": {}} for g, rgb in fields.items()]
+        rows += identify(plain, tmp / "db", embedder)
+    for zoom in (1.5, 2.0):  # the enrolled field is the centre, seen closer; the query the whole
+        closer = Dataset("robustness", "robust",
+                         [(f"field-{g:04d}", _write(tmp / f"close-{zoom}" / f"{g:04d}.jpg",
+                                                    _jpeg(_centre(sim.apply(rgb, rng), 1 / zoom), rng)))
+                          for g, rgb in fields.items()])
+        closer.queries = [{"path": str(_write(tmp / f"out-{zoom}" / f"{g:04d}.jpg", sim.jpeg_bytes(rgb, rng))),
+                           "truth": f"field-{g:04d}", "case": f"zoomed out {zoom:g}x", "overlaps": {}}
+                          for g, rgb in fields.items()]
+        rows += identify(closer, tmp / f"db-{zoom}", embedder)
     return rows
 
 
@@ -453,6 +497,7 @@ def report(rows, baselines, seconds: float) -> None:
     thresholds = baseline_thresholds(rows, baselines)
     sections = [real_section(folds, rows, baselines, thresholds, fitted_without),
                 simulated_section(test, rows, baselines, thresholds),
+                robustness_section(decisions([r for r in rows if r["part"] == "robust"], scoring.FUSION)),
                 fit_section(shipped, folds, test, rows, seconds)]
     body = "\n\n".join(sections)
     print(body)
@@ -528,6 +573,18 @@ def simulated_section(test, rows, baselines, thresholds) -> str:
             "true field's score when it is the first field shown; impostor score: the best wrong "
             "specimen's, for every query. Look-alike: fields with another enrolled field at plain CNN "
             f"cosine >= {LOOKALIKE_COSINE}.\n\n" + table(header, lines))
+
+
+def robustness_section(decided) -> str:
+    header = ("kind", "queries", "decisions right", "top-1", "ambiguous", "false matches")
+    lines = [_row(case, tally([d for d in decided if d["row"]["case"] == case]))
+             for case in dict.fromkeys(d["row"]["case"] for d in decided)]
+    return ("### Turned, cut and zoomed (shipped fusion)\n\n"
+            f"{ROBUST_FIELDS} enrolled fields of the DSB test half, each queried with a simulated "
+            "re-capture turned about its centre (30 degrees: corners filled by reflection), cut to "
+            "the left 60% of its width, or with its centre 2/3 or 1/2 enlarged back to full size "
+            "(bicubic); zoomed out: each field enrolled as its centre 2/3 (1/2) enlarged, and the "
+            "whole field queried.\n\n" + table(header, lines))
 
 
 def fit_section(shipped, folds, test, rows, seconds) -> str:

@@ -45,10 +45,10 @@ class Pattern:
         other shapes (another camera) are returned as they are."""
         if thumbnail.shape != self.shape:
             return thumbnail
-        t = thumbnail - thumbnail.mean()
         f = self.median
-        t = t - float((t * f).sum() / max(float((f * f).sum()), 1e-9)) * f
-        return (t * self.keep).astype(np.float32)
+        t = thumbnail - float(thumbnail.mean())
+        weight = float(np.dot(t.ravel(), f.ravel())) / max(float(np.dot(f.ravel(), f.ravel())), 1e-9)
+        return ((t - weight * f) * self.keep).astype(np.float32, copy=False)
 
     def covers(self, points: np.ndarray, work_shape: tuple[int, int]) -> np.ndarray:
         """For points (n, 2) at the working size of a capture of this shape: inside the

@@ -9,7 +9,7 @@ evidence:
   their shapes and the faint background between them must coincide too). High-passing takes
   out uneven illumination, whose ramps would otherwise dominate flat brightfield fields.
 - The capture's size in pixels, so that where one capture lies on another can be said in
-  either one's pixels.
+  either one's pixels, and the grain of its thumbnail (how far its values go together).
 
 FEATURE_VERSION names this recipe; it is stored with the features, apart from the model_id,
 so that a new recipe recomputes features (`reindex --features-only`), not CNN vectors.
@@ -45,6 +45,7 @@ class LocalFeatures:
     descriptors: np.ndarray  # (n, 128) uint8, SIFT
     thumbnail: np.ndarray  # float16, the detection image at THUMB_SIZE, high-passed
     size: tuple[int, int]  # (width, height) of the capture, in its own pixels
+    grain: float  # squared correlation length of the thumbnail's values (see `grain`)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -68,18 +69,19 @@ class LocalFeatures:
 
     def to_bytes(self) -> bytes:
         return (np.array([len(self), *self.thumbnail.shape, *self.size], np.int32).tobytes()
-                + self.points.astype(np.float32).tobytes()
+                + np.float32(self.grain).tobytes() + self.points.astype(np.float32).tobytes()
                 + self.descriptors.astype(np.uint8).tobytes() + self.thumbnail.astype(np.float16).tobytes())
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "LocalFeatures":
         n, h, w, width, height = (int(v) for v in np.frombuffer(blob, np.int32, 5))
-        offset = 20
+        grain = float(np.frombuffer(blob, np.float32, 1, offset=20)[0])
+        offset = 24
         points = np.frombuffer(blob, np.float32, 2 * n, offset=offset).reshape(n, 2)
         offset += 8 * n
         descriptors = np.frombuffer(blob, np.uint8, 128 * n, offset=offset).reshape(n, 128)
         thumbnail = np.frombuffer(blob, np.float16, h * w, offset=offset + 128 * n).reshape(h, w)
-        return cls(points, descriptors, thumbnail, (width, height))
+        return cls(points, descriptors, thumbnail, (width, height), grain)
 
 
 def _scaled(size: tuple[int, int], longer: int) -> tuple[int, int]:
@@ -112,6 +114,19 @@ def extract(pixels: np.ndarray) -> LocalFeatures:
     thumbnail = (thumbnail - cv2.GaussianBlur(thumbnail, (0, 0), HIGHPASS_PX)).astype(np.float16)
     keypoints, descriptors = _sift.detectAndCompute(grey, None)
     if descriptors is None:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), thumbnail, (w, h))
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), thumbnail, (w, h),
+                             grain(thumbnail))
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
-    return LocalFeatures(points, np.clip(np.rint(descriptors), 0, 255).astype(np.uint8), thumbnail, (w, h))
+    return LocalFeatures(points, np.clip(np.rint(descriptors), 0, 255).astype(np.uint8), thumbnail, (w, h),
+                         grain(thumbnail))
+
+
+def grain(thumbnail: np.ndarray) -> float:
+    """Squared correlation length of a thumbnail's values, 2 <x^2> / <|grad x|^2> (as for a
+    smooth random field): a big blob's pixels go together over a wide area, nuclei's over a
+    few pixels. Verification counts the details a correlation rests on with it: one glare disc
+    laid over another agrees on hundreds of pixels, but as one detail."""
+    t = thumbnail.astype(np.float32)
+    t -= t.mean()
+    gy, gx = np.diff(t, axis=0), np.diff(t, axis=1)
+    return 2 * float((t * t).mean()) / max(float((gy * gy).mean() + (gx * gx).mean()), 1e-12)

@@ -32,25 +32,29 @@ from typing import NamedTuple
 import numpy as np
 
 from .fixed_pattern import Pattern
-from .local_features import THUMB_SIZE, WORK_SIZE, LocalFeatures
+from .local_features import HIGHPASS_PX, THUMB_SIZE, WORK_SIZE, LocalFeatures
 
 RANSAC_PX = 3.0  # reprojection tolerance at the working size (local_features.WORK_SIZE)
 # Most shortlisted candidates are other fields, whose few chance pairs keep RANSAC running to
 # its limit: 1,000 tries cost a quarter of 4,000, and bench/accuracy.py's answers were the same.
 RANSAC_ITERATIONS = 1000
 SCALE_RANGE = (0.4, 2.5)  # a zoom of up to 2x either way, with room for focus breathing
+NEAR_SCALE, NEAR_DEGREES = (0.8, 1.25), 10.0  # a transform near the identity (see verify_many)
+TURN_SPREAD = 3  # cells of pairs below which only a transform near the identity lays thumbnails over
 GRID = 8  # the spread's grid, cells a side
 SAME_SPOT_PX = 2 * RANSAC_PX  # a pair this close at one position in the fixed pattern is the pattern's
 # Central share of one thumbnail looked for in the other: shifts of up to (1 - TEMPLATE) / 2 of
 # the field either way are found this way.
 TEMPLATE = 0.7
-MIN_OVERLAP = 0.3  # share of the candidate the aligned query must cover to be correlated
+MIN_OVERLAP = 0.3  # share of the smaller thumbnail that must overlap the other to be correlated
 # Verified pairs in fewer cells than this do not place the query by themselves (chance pairs of
-# unrelated fields reach 5); the alignment that correlates best does.
+# unrelated fields reach 5); the alignment that correlates best does, from PLACE_CORRELATION.
 PLACE_SPREAD = 6
+PLACE_CORRELATION = 0.3
 # A correlation above this is checked against the microscope's other fields at the same
 # alignment (fixed_pattern: the cohort); below it nothing could come of it.
 COHORT_FROM = 0.3
+WIDE_ZOOMS = (1.5, 2.0, 1 / 1.5, 1 / 2)  # query pixels per candidate pixel tried by a wide search
 
 
 class Placement(NamedTuple):
@@ -59,7 +63,7 @@ class Placement(NamedTuple):
     overlap_query: float  # share of the query's area inside the candidate's field
     overlap_candidate: float  # share of the candidate's field inside the query
     offset_px: tuple[float, float]  # the query's centre from the candidate's centre
-    rotation_deg: float
+    rotation_deg: float  # how far the query is turned clockwise, as seen on screen
     scale: float  # query pixels per candidate pixel
 
     def to_json(self) -> dict:
@@ -77,23 +81,25 @@ class Verification(NamedTuple):
     pairs: np.ndarray  # (inliers, 2, 2) query and candidate points, at the working size
 
 
-def verify(query: LocalFeatures, candidate: LocalFeatures, pattern: Pattern | None = None) -> Verification:
-    return verify_many(query, [candidate], pattern)[0]
+def verify(query: LocalFeatures, candidate: LocalFeatures, pattern: Pattern | None = None,
+           wide: bool = False) -> Verification:
+    return verify_many(query, [candidate], pattern, wide)[0]
 
 
 def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
-                pattern: Pattern | None = None) -> list[Verification]:
+                pattern: Pattern | None = None, wide: bool = False) -> list[Verification]:
     """`verify` against each candidate. The descriptor comparisons of all candidates are one
     matrix product (RootSIFT vectors have unit length, so the nearest neighbour by distance is
     the one with the largest dot product): a shortlist of 100 is verified several times faster
-    than pair by pair."""
+    than pair by pair. `wide` also lays the thumbnails over each other turned and zoomed
+    (when the query was found by its turned or zoomed views: a few times the work)."""
     from .products import matmul
 
     usable = [c for c in candidates if len(c) >= 3] if len(query) >= 3 else []
     similarity = matmul(query.root_sift, np.concatenate([c.root_sift for c in usable]),
                         b_transposed=True) if usable else None
     query_thumb = pattern.clean(query.thumb32) if pattern else query.thumb32
-    query_centre, query_grain = _centre(query_thumb), _grain(query_thumb)
+    query_centre = _centre(query_thumb)
     results, start = [], 0
     for candidate in candidates:
         fit = None
@@ -109,22 +115,27 @@ def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
             if len(qi) >= 3:
                 fit = _fit(query, candidate, qi, ci)
         transform, pairs = fit or (None, np.zeros((0, 2, 2), np.float32))
+        spread = _spread(pairs, query, candidate)
         candidate_thumb = pattern.clean(candidate.thumb32) if pattern else candidate.thumb32
-        (correlation, structure), alignment = _best_overlay(query_thumb, query_centre, candidate_thumb, transform)
-        if pattern is not None and candidate_thumb.shape == pattern.shape == query_thumb.shape \
-                and correlation > COHORT_FROM:
+        # a transform of pairs bunched in a cell or two is as likely chance: trusted to lay the
+        # thumbnails over each other only when it is near the identity (a re-capture at one
+        # microscope); a turn or zoom must show in more pairs (or in a wide search)
+        overlay = transform if spread >= TURN_SPREAD or _near_identity(transform) else None
+        correlation, alignment = _best_overlay(query_thumb, query_centre, candidate_thumb, overlay, wide)
+        details = 0.0
+        if correlation > 0:  # (no correlation, no details to count)
+            # pixels that carry the agreement, over the area each detail spans
+            details = _details_at(query_thumb, candidate_thumb, alignment, query.grain, candidate.grain)
+        if correlation > COHORT_FROM and pattern is not None \
+                and candidate_thumb.shape == pattern.shape == query_thumb.shape:
             # what lies at the same place in every capture of the microscope is no evidence
             shared = max(_shared_at(query_thumb, alignment, pattern, candidate), 0.0)
             correlation = (correlation - shared) / (1 - shared) if shared < 1 else 0.0
-        spread = _spread(pairs, query, candidate)
+        placement = None  # (for chance alignments of unrelated fields it would mean nothing)
         if spread >= PLACE_SPREAD:
             placement = _placement(query, candidate, _in_pixels(transform, query, candidate, work=True))
-        elif alignment is not None:
+        elif correlation >= PLACE_CORRELATION:
             placement = _placement(query, candidate, _in_pixels(alignment, query, candidate, work=False))
-        else:
-            placement = None
-        # pixels that carry the agreement, over the area each detail spans
-        details = structure / (np.pi * np.sqrt(query_grain * _grain(candidate_thumb)))
         results.append(Verification(len(pairs), spread, correlation, float(details), placement, pairs))
     return results
 
@@ -133,8 +144,11 @@ def _off_pattern(query, candidate, qi, ci, pattern: Pattern):
     """Pairs other than those at one position inside the fixed pattern (dust, a field stop's
     edge): unrelated fields of one microscope share those."""
     q, c = query.points[qi], candidate.points[ci]
-    same_spot = np.hypot(*(q - c).T) < SAME_SPOT_PX
-    keep = ~(same_spot & pattern.covers(q, query.work_shape))
+    same_spot = np.flatnonzero(np.abs(q - c).max(axis=1) < SAME_SPOT_PX)
+    if not len(same_spot):
+        return qi, ci
+    keep = np.ones(len(qi), bool)
+    keep[same_spot[pattern.covers(q[same_spot], query.work_shape)]] = False
     return qi[keep], ci[keep]
 
 
@@ -152,6 +166,13 @@ def _fit(query: LocalFeatures, candidate: LocalFeatures, qi: np.ndarray, ci: np.
         return None
     inliers = mask.ravel().astype(bool)
     return transform, np.stack([src[inliers], dst[inliers]], axis=1)
+
+
+def _near_identity(transform) -> bool:
+    if transform is None:
+        return False
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    return NEAR_SCALE[0] < scale < NEAR_SCALE[1] and abs(np.degrees(np.arctan2(transform[1, 0], transform[0, 0]))) < NEAR_DEGREES
 
 
 def _in_pixels(matrix: np.ndarray, query: LocalFeatures, candidate: LocalFeatures, work: bool) -> np.ndarray:
@@ -179,7 +200,7 @@ def _placement(query: LocalFeatures, candidate: LocalFeatures, m: np.ndarray) ->
     centre = m @ np.array([wq / 2, hq / 2, 1.0])
     return Placement(overlap_query=min(1.0, shared / (det * wq * hq)), overlap_candidate=min(1.0, shared / (wc * hc)),
                      offset_px=(float(centre[0] - wc / 2), float(centre[1] - hc / 2)),
-                     rotation_deg=float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))), scale=float(1 / np.sqrt(det)))
+                     rotation_deg=float(-np.degrees(np.arctan2(m[1, 0], m[0, 0]))), scale=float(1 / np.sqrt(det)))
 
 
 def _spread(pairs: np.ndarray, query: LocalFeatures, candidate: LocalFeatures) -> int:
@@ -190,7 +211,9 @@ def _spread(pairs: np.ndarray, query: LocalFeatures, candidate: LocalFeatures) -
     counts = []
     for points, (h, w) in ((pairs[:, 0], query.work_shape), (pairs[:, 1], candidate.work_shape)):
         cells = np.clip((points * (GRID / w, GRID / h)).astype(int), 0, GRID - 1)
-        counts.append(len(np.unique(cells[:, 0] * GRID + cells[:, 1])))
+        occupied = np.zeros(GRID * GRID, bool)
+        occupied[cells[:, 0] * GRID + cells[:, 1]] = True
+        counts.append(int(occupied.sum()))
     return max(counts)
 
 
@@ -204,11 +227,11 @@ def _centre(thumbnail: np.ndarray) -> tuple[np.ndarray, int, int] | None:
     return (template, x0, y0) if min(th, tw) >= 8 and float(template.std()) > 1e-3 else None
 
 
-def _best_overlay(a: np.ndarray, a_centre, b: np.ndarray, transform):
+def _best_overlay(a: np.ndarray, a_centre, b: np.ndarray, transform, wide: bool = False):
     """The aligned correlation of thumbnails a (query) and b (candidate): the best of their
     correlations under the SIFT transform (if any) and under the shift that lays each one's
-    centre on the other; with its structure, and that alignment as a 2x3 matrix in thumbnail
-    pixels (None when none was found)."""
+    centre on the other (and, `wide`, under the best place of one turned or zoomed inside the
+    other); with that alignment as a 2x3 matrix in thumbnail pixels (None when none was found)."""
     alignments = []
     if transform is not None:
         small = transform.astype(np.float32)
@@ -216,47 +239,93 @@ def _best_overlay(a: np.ndarray, a_centre, b: np.ndarray, transform):
         alignments.append(small)
     for shift in (_locate(a_centre, b), _negated(_locate(_centre(b), a))):
         if shift is not None:
-            alignments.append(np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32))
-    found = [(_correlation_at(a, b, m), m) for m in alignments]
-    return max(found, key=lambda t: t[0][0], default=((0.0, 0.0), None))
+            alignments.append(_Shift([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32))
+    if wide:
+        alignments += _turned_and_zoomed(a, b)
+    found = [(_pearson(*_overlap(a, b, m)), m) for m in alignments]
+    return max(found, key=lambda t: t[0], default=(0.0, None))
 
 
-def _grain(thumbnail: np.ndarray) -> float:
-    """Squared correlation length of a thumbnail's values, 2 <x^2> / <|grad x|^2> (as for a
-    smooth random field): a big blob's pixels go together over a wide area, nuclei's over a
-    few pixels. One glare disc laid over another agrees on hundreds of pixels but is one
-    detail, as rare a coincidence as one nucleus on another."""
-    t = thumbnail - thumbnail.mean()
-    gy, gx = np.diff(t, axis=0), np.diff(t, axis=1)
-    return 2 * float((t * t).mean()) / max(float((gy * gy).mean() + (gx * gx).mean()), 1e-12)
+def _turned_and_zoomed(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Alignments of a onto b when the query is turned by quarter turns, or zoomed by
+    WIDE_ZOOMS: the smaller of the two (a scaled copy) placed where it correlates best in the
+    other. For sparse fields, where SIFT finds no transform to turn or zoom by."""
+    import cv2
+
+    found = []
+    h, w = a.shape
+    for turns in (1, 2, 3):  # a turned clockwise by 90 degrees a turn, then its centre looked for in b
+        turned = np.ascontiguousarray(np.rot90(a, -turns))
+        shift = _locate(_centre(turned), b)
+        if shift is not None:
+            # a's point (x, y) -> turned's, then shifted
+            rotate = {1: [[0, -1, h - 1], [1, 0, 0]], 2: [[-1, 0, w - 1], [0, -1, h - 1]],
+                      3: [[0, 1, 0], [-1, 0, w - 1]]}[turns]
+            m = np.array(rotate, np.float32)
+            m[:, 2] += shift
+            found.append(m)
+    for zoom in WIDE_ZOOMS:  # query pixels per candidate pixel
+        if zoom > 1:  # the query shows part of the field, closer: shrink the query into b
+            small, within, flip = cv2.resize(a, None, fx=1 / zoom, fy=1 / zoom, interpolation=cv2.INTER_AREA), b, False
+        else:  # the query shows more: shrink the candidate into a
+            small, within, flip = cv2.resize(b, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_AREA), a, True
+        if small.shape[0] > within.shape[0] or small.shape[1] > within.shape[1] or min(small.shape) < 8:
+            continue
+        _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(within, small, cv2.TM_CCOEFF_NORMED))
+        if not flip:  # a point p of a lands at p / zoom + (x, y) in b
+            found.append(np.array([[1 / zoom, 0, x], [0, 1 / zoom, y]], np.float32))
+        else:  # a point q of b lands at q * zoom + (x, y) in a: invert
+            found.append(np.array([[1 / zoom, 0, -x / zoom], [0, 1 / zoom, -y / zoom]], np.float32))
+    return found
 
 
 def _shared_at(a: np.ndarray, alignment: np.ndarray, pattern: Pattern, candidate: LocalFeatures) -> float:
     """The best the query correlates, at this alignment, with other specimens' captures of
     its microscope (the pattern's cohort, the candidate itself left out): what another field
     scores there, the candidate must beat."""
-    return max((_correlation_at(a, cleaned, alignment)[0] for source, cleaned in pattern.cohort
+    return max((_pearson(*_overlap(a, cleaned, alignment)) for source, cleaned in pattern.cohort
                 if source is not candidate), default=0.0)
 
 
-def _correlation_at(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[float, float]:
-    """Correlation of thumbnail a laid onto b by m (2x3, thumbnail pixels) over their overlap,
-    and its structure; a whole-pixel shift needs no warp (two slices cost a fifth of two)."""
+def _overlap(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of thumbnail a laid onto b by m (2x3, thumbnail pixels) and those of b under
+    them, where they overlap (empty when that is less than MIN_OVERLAP of b); a whole-pixel
+    shift needs no warp (two slices cost a fifth of two warps)."""
     import cv2
 
     h, w = b.shape
-    if np.array_equal(m[:, :2], np.eye(2, dtype=m.dtype)) and np.array_equal(m[:, 2], np.round(m[:, 2])):
+    if isinstance(m, _Shift):
         dx, dy = int(m[0, 2]), int(m[1, 2])
         x0, y0 = max(0, dx), max(0, dy)
         x1, y1 = min(w, a.shape[1] + dx), min(h, a.shape[0] + dy)
         if (x1 - x0) * (y1 - y0) < MIN_OVERLAP * h * w:
-            return 0.0, 0.0
-        return _pearson(a[y0 - dy:y1 - dy, x0 - dx:x1 - dx], b[y0:y1, x0:x1])
-    warped = cv2.warpAffine(a, m, (w, h))
-    inside = cv2.warpAffine(np.ones(a.shape, np.float32), m, (w, h)) > 0.99
-    if inside.mean() < MIN_OVERLAP:
-        return 0.0, 0.0
-    return _pearson(warped[inside], b[inside])
+            return _EMPTY, _EMPTY
+        return a[y0 - dy:y1 - dy, x0 - dx:x1 - dx].ravel(), b[y0:y1, x0:x1].ravel()
+    zoom = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if zoom > 1.25:  # compare at the coarser of the two: lay b onto a instead
+        return _overlap(b, a, cv2.invertAffineTransform(m))[::-1]
+    if zoom < 0.8:
+        # a is shrunk onto b: first blurred as a camera that far away would see it, and b
+        # high-passed as a was, at b's scale (a's thumbnail lost less of the fine, more of the
+        # coarse: the same HIGHPASS_PX in pixels a zoom apart)
+        a = cv2.GaussianBlur(a, (0, 0), 0.5 * np.sqrt(1 / zoom ** 2 - 1))
+        b = b - cv2.GaussianBlur(b, (0, 0), HIGHPASS_PX * zoom)
+    # outside a, NaN; pixels that sample it are NaN too: those where a does not reach
+    warped = cv2.warpAffine(a, m, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    inside = ~np.isnan(warped)
+    if np.count_nonzero(inside) < MIN_OVERLAP * min(h * w, zoom * zoom * a.size):  # of the smaller
+        return _EMPTY, _EMPTY
+    return warped[inside], b[inside]
+
+
+_EMPTY = np.zeros(0, np.float32)
+
+
+class _Shift(np.ndarray):
+    """An alignment that only shifts by whole pixels (laid over by slicing, not warping)."""
+
+    def __new__(cls, rows, dtype):
+        return np.asarray(rows, dtype).view(cls)
 
 
 def _negated(shift):
@@ -277,14 +346,29 @@ def _locate(centre, other: np.ndarray) -> tuple[int, int] | None:
     return x - x0, y - y0
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Pearson correlation, and its structure: how many pixels carry the agreement,
-    (sum ab)^2 / sum (ab)^2. One bright speck laid over another correlates as well as a whole
-    field of nuclei, on a few dozen pixels, not thousands; noise that does not agree adds
-    nothing."""
-    a = a - a.mean()
-    b = b - b.mean()
-    product = a * b
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if not len(a):
+        return 0.0
+    a = a - a.sum() / len(a)
+    b = b - b.sum() / len(b)
+    return float(np.dot(a, b) / (np.sqrt(np.dot(a, a) * np.dot(b, b)) + 1e-6))
+
+
+def _details_at(a: np.ndarray, b: np.ndarray, m: np.ndarray, grain_a: float, grain_b: float) -> float:
+    """How many independent details carry the agreement of a laid onto b by m: the pixels
+    that carry it, (sum ab)^2 / sum (ab)^2, over the area one detail spans, pi times the
+    geometric mean of the two grains (each brought to the frame they are compared in). One
+    bright speck laid over another correlates as well as a whole field of nuclei, as one
+    detail; noise that does not agree adds nothing."""
+    a_part, b_part = _overlap(a, b, m)
+    if not len(a_part):
+        return 0.0
+    product = (a_part - a_part.mean()) * (b_part - b_part.mean())
     agreement = float(product.sum())
-    structure = agreement * agreement / max(float((product * product).sum()), 1e-12) if agreement > 0 else 0.0
-    return agreement / (float(np.sqrt((a * a).sum() * (b * b).sum())) + 1e-6), structure
+    if agreement <= 0:
+        return 0.0
+    zoom = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # _overlap compares in the coarser frame
+    grain_a, grain_b = (grain_a, grain_b / zoom ** 2) if zoom > 1.25 else (
+        (grain_a * zoom ** 2, grain_b) if zoom < 0.8 else (grain_a, grain_b))
+    pixels = agreement * agreement / max(float(np.dot(product, product)), 1e-12)
+    return pixels / (np.pi * np.sqrt(grain_a * grain_b))

@@ -26,8 +26,9 @@ def show(ctx, name, as_json):
     db = open_db(ctx)
     specimen = db.specimen(name)
     captures = db.captures(specimen["id"])
+    overlaps = db.overlaps_of(specimen["id"])
     if as_json:
-        click.echo(json.dumps({**specimen, "captures": captures}))
+        click.echo(json.dumps({**specimen, "captures": captures, "overlaps": overlaps}))
         return
     click.echo(f"{specimen['name']}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
     for key, value in specimen["metadata"].items():
@@ -36,6 +37,11 @@ def show(ctx, name, as_json):
     for c in captures:
         click.echo(f"    {c['uuid']}  {c['original_name']}  {c['width']}x{c['height']} "
                    f"{c['format']} {c['dtype']}  sha256 {c['file_sha256'][:12]}  {c['created_at']}")
+    if overlaps:
+        click.echo(f"  overlaps {len(overlaps)} field(s) of other specimens:")
+    for o in overlaps:
+        click.echo(f"    capture {o['capture']} shares {o['share_of_capture']:.0%} of its field with "
+                   f"{o['specimen']} (capture {o['other_capture']}, {o['share_of_other']:.0%} of that field)")
 
 
 @cli.command()

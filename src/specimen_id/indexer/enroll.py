@@ -11,6 +11,7 @@ from .. import images, local_features, quality
 from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
+from ..search.overlap import find_overlaps
 from .pipeline import evidence, prepare
 
 BATCH = 16  # captures per transaction: a kill loses at most this much work
@@ -21,6 +22,7 @@ class EnrolReport:
     enrolled: list = field(default_factory=list)  # paths stored as new captures
     skipped: list = field(default_factory=list)  # (path, "file"|"pixels"): already enrolled there
     refused: list = field(default_factory=list)  # ImageRefused errors, one per bad file
+    overlaps: list = field(default_factory=list)  # (path, overlap found, see search/overlap.py)
 
 
 def enroll(db, specimen: str, paths, metadata: dict | None = None, **options) -> EnrolReport:
@@ -56,8 +58,12 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
 
         def store():
             vectors, features = evidence(embedder, batch)
-            db.add_captures([(p.item[0], p.capture) for p in batch], metadata, vectors,
-                            embedder.model_id, features, local_features.FEATURE_VERSION)
+            ids = db.add_captures([(p.item[0], p.capture) for p in batch], metadata, vectors,
+                                  embedder.model_id, features, local_features.FEATURE_VERSION)
+            found = find_overlaps(db, [(cid, p.item[0], v, f) for cid, p, v, f in zip(ids, batch, vectors, features)])
+            db.record_overlaps(found)
+            paths = {cid: p.capture.name for cid, p in zip(ids, batch)}
+            report.overlaps.extend((paths[f["capture_id"]], f) for f in found)
             report.enrolled.extend(p.capture.name for p in batch)
             bar.update(len(batch))
             batch.clear()

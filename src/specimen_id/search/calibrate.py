@@ -53,7 +53,7 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
     def score(pixels, truth: str, exclude: set[int]) -> None:
         vector = embedder.embed([pixels])[0]
         candidates = rank(db, vector, local_features.extract(pixels), top_k,
-                          int(db.setting("shortlist")), exclude=exclude)
+                          int(db.setting("shortlist")), exclude=exclude)[:top_k]
         genuine.append(next((c["score"] for c in candidates if c["specimen"] == truth), 0.0))
         impostor.extend(c["score"] for c in candidates if c["specimen"] != truth)
 

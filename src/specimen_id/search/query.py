@@ -11,52 +11,87 @@ from .. import __version__, fixed_pattern, images, local_features, quality
 from ..errors import ImageRefused
 from ..local_features import LocalFeatures
 from ..models import embedder_for
+from ..models.views import views
 from ..verification import verify_many
 from .score import DEFAULT_THRESHOLD, SCORE_KIND, decide, fused, shows_field
 
+# Captures each turned or zoomed view of a query adds to the shortlist (models/views.py)
+VIEW_SHORTLIST = 10
+
 
 def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
-         exclude: set[int] = frozenset()) -> list[dict]:
-    """The top_k specimens for one query, best fused score first, with their evidence
-    (captures in `exclude` left out: calibration queries a capture against the others). Each
-    specimen is represented by its best capture among those the query shows (score.SHOWS),
-    else by its best capture."""
+         exclude: set[int] = frozenset(), views=None, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+    """The specimens in the shortlist (at least top_k of them, where there are), best fused
+    score first, with their evidence (captures in `exclude` left out: calibration queries a
+    capture against the others). Each specimen is represented by its best capture among those
+    the query shows (score.SHOWS), else by its best capture. `views` (a function giving the query's turned and zoomed vectors,
+    models/views.py) widens the shortlist when none of it is a field the query shows at the
+    threshold."""
     k = max(shortlist, top_k)
     scored: dict[int, dict] = {}  # capture id -> candidate, kept when the search widens
-    pattern = None
+    pattern = []  # the microscope's, from the first shortlist (nearest first)
     while True:
         similarities, ids = db.search(vector[None], k)
         found = [(float(s), int(i)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
-        pairs = [(s, cid) for s, cid in found if cid not in exclude]
-        fresh = [cid for _, cid in pairs if cid not in scored]
-        owners = db.capture_owners(fresh)
-        stored = db.local_features(fresh, local_features.FEATURE_VERSION)
-        todo = [(similarity, cid) for similarity, cid in pairs if cid in owners]  # owners: fresh only
-        others = {cid: LocalFeatures.from_bytes(stored[cid]) for _, cid in todo if cid in stored}
-        if not scored:  # the microscope's pattern, from the first shortlist (nearest first)
-            pattern = _pattern(features, [(others[cid], owners[cid]["specimen"]) for _, cid in todo if cid in others])
-        checks = dict(zip(others, verify_many(features, list(others.values()), pattern)))
-        for similarity, cid in todo:
-            check = checks.get(cid)
-            spread, correlation, details = (check.spread, check.correlation, check.details) if check else (0, 0.0, 0.0)
-            scored[cid] = {"specimen": owners[cid]["specimen"],
-                           "score": fused(similarity, spread, correlation, details),
-                           "capture": owners[cid]["uuid"], "cnn_similarity": similarity,
-                           "inliers": check.inliers if check else 0, "spread": spread,
-                           "keypoints": min(len(features), len(others[cid])) if cid in others else 0,
-                           "correlation": correlation, "details": details,
-                           "placement": check.placement.to_json() if check and check.placement else None}
+        _verify(db, features, found, exclude, scored, pattern)
+        if views is not None and not any(c["score"] >= threshold and shows_field(c) for c in scored.values()):
+            turned = views()
+            similarities, ids = db.search(turned, VIEW_SHORTLIST)
+            best_view = {}  # capture id -> its best cosine with any view
+            for row_s, row_ids in zip(similarities, ids):
+                for s, i in zip(row_s, row_ids):
+                    if i >= 0 and s > best_view.get(int(i), -2.0):
+                        best_view[int(i)] = float(s)
+            # the views' nearest are laid over the query turned and zoomed too (wide), those
+            # verified before again: sparse fields give SIFT nothing to turn or zoom by
+            _verify(db, features, sorted(((s, i) for i, s in best_view.items()), reverse=True),
+                    exclude, scored, pattern, wide=True)
+            views = None  # once
         ordered = sorted(scored.values(), key=lambda c: (-shows_field(c), -c["score"], -c["cnn_similarity"]))
         best: dict[str, dict] = {}
         for candidate in ordered:
             best.setdefault(candidate["specimen"], candidate)
         # Many captures of few specimens can hide the k-th specimen: look further if so.
         if len(best) >= top_k or len(found) < k:
-            return sorted(best.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))[:top_k]
+            return sorted(best.values(), key=lambda c: (-c["score"], -c["cnn_similarity"]))
         k *= 4
 
 
-def _pattern(query: LocalFeatures, shortlist: list[tuple[LocalFeatures, str]]):
+def _verify(db, features: LocalFeatures, found: list[tuple[float, int]], exclude, scored: dict, pattern: list,
+            wide: bool = False):
+    """Verify the captures found (cosine, capture id) not seen yet, into `scored` (`wide`:
+    those seen too, keeping the better score); a capture seen before that a view finds more
+    alike is scored again with that cosine."""
+    for similarity, cid in found:
+        seen = scored.get(cid)
+        if seen is not None and similarity > seen["cnn_similarity"]:
+            seen["cnn_similarity"] = similarity
+            seen["score"] = fused(similarity, seen["spread"], seen["correlation"], seen["details"])
+    fresh = [(max(s, scored[cid]["cnn_similarity"]) if cid in scored else s, cid) for s, cid in found
+             if cid not in exclude and (wide or cid not in scored)]
+    owners = db.capture_owners([cid for _, cid in fresh])
+    todo = [(s, cid) for s, cid in fresh if cid in owners]
+    stored = db.local_features([cid for _, cid in todo], local_features.FEATURE_VERSION)
+    others = {cid: LocalFeatures.from_bytes(stored[cid]) for _, cid in todo if cid in stored}
+    if not pattern:
+        pattern.append(shortlist_pattern(features, [(others[cid], owners[cid]["specimen"]) for _, cid in todo
+                                                    if cid in others]))
+    checks = dict(zip(others, verify_many(features, list(others.values()), pattern[0], wide)))
+    for similarity, cid in todo:
+        check = checks.get(cid)
+        spread, correlation, details = (check.spread, check.correlation, check.details) if check else (0, 0.0, 0.0)
+        if cid in scored and scored[cid]["score"] >= fused(similarity, spread, correlation, details):
+            continue  # seen before, and better then
+        scored[cid] = {"specimen": owners[cid]["specimen"],
+                       "score": fused(similarity, spread, correlation, details),
+                       "capture": owners[cid]["uuid"], "cnn_similarity": similarity,
+                       "inliers": check.inliers if check else 0, "spread": spread,
+                       "keypoints": min(len(features), len(others[cid])) if cid in others else 0,
+                       "correlation": correlation, "details": details,
+                       "placement": check.placement.to_json() if check and check.placement else None}
+
+
+def shortlist_pattern(query: LocalFeatures, shortlist: list[tuple[LocalFeatures, str]]):
     """The fixed pattern of the query's microscope (fixed_pattern.py) from the shortlist:
     the nearest capture of each specimen with the query's shape."""
     nearest: dict[str, LocalFeatures] = {}
@@ -97,10 +132,11 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
     margin = float(db.setting("margin"))
     top_k = int(top_k or db.setting("top_k"))
     vector = embedder.embed([capture.pixels])[0]
-    # at least the runner-up, even for --top-k 1: `ambiguous` needs it to be seen
-    ranked = rank(db, vector, local_features.extract(capture.pixels), max(top_k, 2),
-                  int(db.setting("shortlist")))
-    decided = decide(ranked, threshold, margin)
+    ranked = rank(db, vector, local_features.extract(capture.pixels), top_k, int(db.setting("shortlist")),
+                  views=lambda: embedder.embed(views(capture.pixels)), threshold=threshold)
+    decided = decide(ranked, threshold, margin)  # over every specimen verified, not only those listed
+    if decided["specimen"]:  # the answer leads the list, ahead of a neighbour that verified as well
+        ranked = sorted(ranked, key=lambda c: c["specimen"] != decided["specimen"])
     result = {"query": capture.name, **decided, "threshold": float(threshold), "margin": margin,
               "score_kind": SCORE_KIND, "candidates": ranked[:top_k], "exact": exact_copies(db, capture),
               # a low-quality query is answered, with a warning: the person is at the microscope

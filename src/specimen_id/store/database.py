@@ -33,6 +33,7 @@ from .audit import Audit
 from .curation import Curation, check_metadata, check_name
 from .embeddings import Embeddings
 from .files import managed, store_image, tree_size
+from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
@@ -53,7 +54,7 @@ def lock_timeout() -> float:
     return float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
 
 
-class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog):
+class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog, Overlaps):
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 

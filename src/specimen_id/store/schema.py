@@ -143,6 +143,19 @@ MIGRATIONS = [
         SELECT 'features_version', json_quote(version) FROM local_features
         GROUP BY version ORDER BY COUNT(*) DESC LIMIT 1;
     """,
+    # 8: where a capture overlaps another specimen's field (a neighbouring tile of one slide),
+    # found when the later one is enrolled; the share of each field inside the other.
+    """
+    CREATE TABLE overlaps (
+        capture_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+        other_id INTEGER NOT NULL REFERENCES captures(id) ON DELETE CASCADE,
+        share_of_capture REAL NOT NULL,
+        share_of_other REAL NOT NULL,
+        found_at TEXT NOT NULL,
+        PRIMARY KEY (capture_id, other_id)
+    );
+    CREATE INDEX overlaps_other ON overlaps(other_id);
+    """,
 ]
 
 

@@ -126,6 +126,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             found = db.specimen(name)
             record = db.threshold_record(SCORE_KIND) or {"value": DEFAULT_THRESHOLD}
             data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
+                    "overlaps": db.overlaps_of(found["id"]),
                     "threshold": record["value"], "calibration": record.get("calibration"),
                     "audit": db.audit_trail(found["name"], 10)}
         return data if api(request) else page(request, "specimen.html", specimen=data)
