@@ -121,3 +121,19 @@ def test_zoomed_out_matches_a_field_enrolled_closer(run, tmp_path):
     assert answer["decision"] == "match" and answer["specimen"] == "close", answer
     place = answer["candidates"][0]["placement"]
     assert place["scale"] == pytest.approx(0.5, rel=0.05) and place["overlap_candidate"] > 0.9
+
+
+def test_calibration_does_not_count_a_neighbour_as_an_impostor(run, tmp_path):
+    """Two fields that share a third verify as one scene; `calibrate` must not take that for
+    a false match and raise the threshold past every score."""
+    tile = images.load(REAL / "tile-a07.png").pixels
+    for name, part in (("left", tile[:, :307]), ("right", tile[:, 205:])):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), part)
+        assert run("enroll", "-s", name, tmp_path / f"{name}.png").exit_code == 0
+    assert run("enroll", "-s", "tile-a06", REAL / "tile-a06.png").exit_code == 0
+    assert run("calibrate", "--min-genuine", "10").exit_code == 0
+    again = images.load(REAL / "tile-a07-remounted.png").pixels
+    cv2.imwrite(str(tmp_path / "query-left.png"), again[:, :307])
+    answer = _answer(run, tmp_path / "query-left.png")
+    assert answer["threshold"] < 0.999
+    assert answer["decision"] == "match" and answer["specimen"] == "left", answer

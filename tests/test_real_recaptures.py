@@ -73,3 +73,18 @@ def test_a_microscopes_fixed_pattern_never_makes_two_fields_one(run, tmp_path):
     # and the pattern does not hide the fields themselves
     found = {name for name, a in answers.items() if a["decision"] == "match"}
     assert len(found) >= 0.75 * len(enrolled), found
+
+
+def test_one_field_under_two_names_stays_ambiguous_under_a_microscopes_pattern(run, tmp_path):
+    """The pattern's discount measures a candidate against the microscope's other fields: a
+    second capture of the candidate's own field is not one of them."""
+    enrolled, queries = _through_one_microscope(tmp_path)
+    for name, path in enrolled.items():
+        assert run("enroll", "-s", name, "--allow-low-quality", path).exit_code == 0
+    # a field that SIFT pairs only by chance here: its thumbnails' correlation decides
+    assert run("enroll", "-s", "fluo-nuclei-c-again", "--allow-duplicate", "--allow-low-quality",
+               enrolled["fluo-nuclei-c"]).exit_code == 0
+    (answer,) = _answers(run, queries["fluo-nuclei-c"])
+    assert answer["candidates"][0]["spread"] <= 5
+    assert answer["decision"] == "ambiguous", answer
+    assert {c["specimen"] for c in answer["contenders"]} == {"fluo-nuclei-c", "fluo-nuclei-c-again"}

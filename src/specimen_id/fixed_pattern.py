@@ -8,8 +8,9 @@ It is estimated per query from the shortlist: the thumbnails of the captures the
 nearest to the query, one per specimen, of the query's shape (the same camera and settings).
 Their per-pixel median is the pattern (each specimen's content sits elsewhere, so it drops out
 of the median). The pattern is then projected out of both thumbnails before they are
-correlated, and where it is strong (its pixels, dilated) they are not compared at all;
-keypoint pairs that sit at the same position inside it are not evidence either.
+correlated, and where it is strong (its pixels, dilated) they are set to zero, so they add
+nothing to a correlation; keypoint pairs that sit at the same position inside it are not
+evidence either.
 
 It needs MIN_SPECIMENS such captures in the shortlist; below that (a database of a handful of
 fields) no pattern is taken out, and only the spread of verified keypoints (verification.py)

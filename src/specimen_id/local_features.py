@@ -126,6 +126,8 @@ def grain(thumbnail: np.ndarray) -> float:
     smooth random field): a big blob's pixels go together over a wide area, nuclei's over a
     few pixels. Verification counts the details a correlation rests on with it: one glare disc
     laid over another agrees on hundreds of pixels, but as one detail."""
+    if min(thumbnail.shape) < 2:  # a strip: no gradient either way
+        return 1.0
     t = thumbnail.astype(np.float32)
     t -= t.mean()
     gy, gx = np.diff(t, axis=0), np.diff(t, axis=1)

@@ -48,13 +48,14 @@ SAME_SPOT_PX = 2 * RANSAC_PX  # a pair this close at one position in the fixed p
 TEMPLATE = 0.7
 MIN_OVERLAP = 0.3  # share of the smaller thumbnail that must overlap the other to be correlated
 # Verified pairs in fewer cells than this do not place the query by themselves (chance pairs of
-# unrelated fields reach 5); the alignment that correlates best does, from PLACE_CORRELATION.
+# unrelated fields reach 5, score.CHANCE_SPREAD); the alignment that correlates best does, from
+# PLACE_CORRELATION.
 PLACE_SPREAD = 6
 PLACE_CORRELATION = 0.3
 # A correlation above this is checked against the microscope's other fields at the same
 # alignment (fixed_pattern: the cohort); below it nothing could come of it.
 COHORT_FROM = 0.3
-WIDE_ZOOMS = (1.5, 2.0, 1 / 1.5, 1 / 2)  # query pixels per candidate pixel tried by a wide search
+SAME_FIELD = 0.9  # correlation at which two enrolled captures are taken to show one field
 
 
 class Placement(NamedTuple):
@@ -81,18 +82,16 @@ class Verification(NamedTuple):
     pairs: np.ndarray  # (inliers, 2, 2) query and candidate points, at the working size
 
 
-def verify(query: LocalFeatures, candidate: LocalFeatures, pattern: Pattern | None = None,
-           wide: bool = False) -> Verification:
-    return verify_many(query, [candidate], pattern, wide)[0]
+def verify(query: LocalFeatures, candidate: LocalFeatures, pattern: Pattern | None = None) -> Verification:
+    return verify_many(query, [candidate], pattern)[0]
 
 
 def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
-                pattern: Pattern | None = None, wide: bool = False) -> list[Verification]:
+                pattern: Pattern | None = None) -> list[Verification]:
     """`verify` against each candidate. The descriptor comparisons of all candidates are one
     matrix product (RootSIFT vectors have unit length, so the nearest neighbour by distance is
     the one with the largest dot product): a shortlist of 100 is verified several times faster
-    than pair by pair. `wide` also lays the thumbnails over each other turned and zoomed
-    (when the query was found by its turned or zoomed views: a few times the work)."""
+    than pair by pair."""
     from .products import matmul
 
     usable = [c for c in candidates if len(c) >= 3] if len(query) >= 3 else []
@@ -119,9 +118,9 @@ def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
         candidate_thumb = pattern.clean(candidate.thumb32) if pattern else candidate.thumb32
         # a transform of pairs bunched in a cell or two is as likely chance: trusted to lay the
         # thumbnails over each other only when it is near the identity (a re-capture at one
-        # microscope); a turn or zoom must show in more pairs (or in a wide search)
+        # microscope); a turn or zoom must show in more pairs
         overlay = transform if spread >= TURN_SPREAD or _near_identity(transform) else None
-        correlation, alignment = _best_overlay(query_thumb, query_centre, candidate_thumb, overlay, wide)
+        correlation, alignment = _best_overlay(query_thumb, query_centre, candidate_thumb, overlay)
         details = 0.0
         if correlation > 0:  # (no correlation, no details to count)
             # pixels that carry the agreement, over the area each detail spans
@@ -129,7 +128,7 @@ def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
         if correlation > COHORT_FROM and pattern is not None \
                 and candidate_thumb.shape == pattern.shape == query_thumb.shape:
             # what lies at the same place in every capture of the microscope is no evidence
-            shared = max(_shared_at(query_thumb, alignment, pattern, candidate), 0.0)
+            shared = max(_shared_at(query_thumb, alignment, pattern, candidate, candidate_thumb), 0.0)
             correlation = (correlation - shared) / (1 - shared) if shared < 1 else 0.0
         placement = None  # (for chance alignments of unrelated fields it would mean nothing)
         if spread >= PLACE_SPREAD:
@@ -227,11 +226,11 @@ def _centre(thumbnail: np.ndarray) -> tuple[np.ndarray, int, int] | None:
     return (template, x0, y0) if min(th, tw) >= 8 and float(template.std()) > 1e-3 else None
 
 
-def _best_overlay(a: np.ndarray, a_centre, b: np.ndarray, transform, wide: bool = False):
+def _best_overlay(a: np.ndarray, a_centre, b: np.ndarray, transform):
     """The aligned correlation of thumbnails a (query) and b (candidate): the best of their
     correlations under the SIFT transform (if any) and under the shift that lays each one's
-    centre on the other (and, `wide`, under the best place of one turned or zoomed inside the
-    other); with that alignment as a 2x3 matrix in thumbnail pixels (None when none was found)."""
+    centre on the other; with that alignment as a 2x3 matrix in thumbnail pixels (None when
+    none was found)."""
     alignments = []
     if transform is not None:
         small = transform.astype(np.float32)
@@ -240,51 +239,23 @@ def _best_overlay(a: np.ndarray, a_centre, b: np.ndarray, transform, wide: bool 
     for shift in (_locate(a_centre, b), _negated(_locate(_centre(b), a))):
         if shift is not None:
             alignments.append(_Shift([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32))
-    if wide:
-        alignments += _turned_and_zoomed(a, b)
     found = [(_pearson(*_overlap(a, b, m)), m) for m in alignments]
     return max(found, key=lambda t: t[0], default=(0.0, None))
 
 
-def _turned_and_zoomed(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
-    """Alignments of a onto b when the query is turned by quarter turns, or zoomed by
-    WIDE_ZOOMS: the smaller of the two (a scaled copy) placed where it correlates best in the
-    other. For sparse fields, where SIFT finds no transform to turn or zoom by."""
-    import cv2
-
-    found = []
-    h, w = a.shape
-    for turns in (1, 2, 3):  # a turned clockwise by 90 degrees a turn, then its centre looked for in b
-        turned = np.ascontiguousarray(np.rot90(a, -turns))
-        shift = _locate(_centre(turned), b)
-        if shift is not None:
-            # a's point (x, y) -> turned's, then shifted
-            rotate = {1: [[0, -1, h - 1], [1, 0, 0]], 2: [[-1, 0, w - 1], [0, -1, h - 1]],
-                      3: [[0, 1, 0], [-1, 0, w - 1]]}[turns]
-            m = np.array(rotate, np.float32)
-            m[:, 2] += shift
-            found.append(m)
-    for zoom in WIDE_ZOOMS:  # query pixels per candidate pixel
-        if zoom > 1:  # the query shows part of the field, closer: shrink the query into b
-            small, within, flip = cv2.resize(a, None, fx=1 / zoom, fy=1 / zoom, interpolation=cv2.INTER_AREA), b, False
-        else:  # the query shows more: shrink the candidate into a
-            small, within, flip = cv2.resize(b, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_AREA), a, True
-        if small.shape[0] > within.shape[0] or small.shape[1] > within.shape[1] or min(small.shape) < 8:
-            continue
-        _, _, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(within, small, cv2.TM_CCOEFF_NORMED))
-        if not flip:  # a point p of a lands at p / zoom + (x, y) in b
-            found.append(np.array([[1 / zoom, 0, x], [0, 1 / zoom, y]], np.float32))
-        else:  # a point q of b lands at q * zoom + (x, y) in a: invert
-            found.append(np.array([[1 / zoom, 0, -x / zoom], [0, 1 / zoom, -y / zoom]], np.float32))
-    return found
-
-
-def _shared_at(a: np.ndarray, alignment: np.ndarray, pattern: Pattern, candidate: LocalFeatures) -> float:
-    """The best the query correlates, at this alignment, with other specimens' captures of
-    its microscope (the pattern's cohort, the candidate itself left out): what another field
-    scores there, the candidate must beat."""
-    return max((_pearson(*_overlap(a, cleaned, alignment)) for source, cleaned in pattern.cohort
-                if source is not candidate), default=0.0)
+def _shared_at(a: np.ndarray, alignment: np.ndarray, pattern: Pattern, candidate: LocalFeatures,
+               candidate_thumb: np.ndarray) -> float:
+    """The best the query correlates, at this alignment, with other fields of its microscope
+    (the pattern's cohort): what another field scores there, the candidate must beat. The
+    candidate is left out, and so is a member that shows the candidate's own field (enrolled
+    twice, or under another name): that is no other field."""
+    scores = sorted(((_pearson(*_overlap(a, cleaned, alignment)), i) for i, (source, cleaned)
+                     in enumerate(pattern.cohort) if source is not candidate), reverse=True)
+    for score, i in scores:
+        cleaned = pattern.cohort[i][1]
+        if _best_overlay(cleaned, _centre(cleaned), candidate_thumb, None)[0] < SAME_FIELD:
+            return score
+    return 0.0
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,7 +269,7 @@ def _overlap(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, n
         dx, dy = int(m[0, 2]), int(m[1, 2])
         x0, y0 = max(0, dx), max(0, dy)
         x1, y1 = min(w, a.shape[1] + dx), min(h, a.shape[0] + dy)
-        if (x1 - x0) * (y1 - y0) < MIN_OVERLAP * h * w:
+        if (x1 - x0) * (y1 - y0) < MIN_OVERLAP * min(h * w, a.size):  # of the smaller
             return _EMPTY, _EMPTY
         return a[y0 - dy:y1 - dy, x0 - dx:x1 - dx].ravel(), b[y0:y1, x0:x1].ravel()
     zoom = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))

@@ -61,7 +61,10 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
             ids = db.add_captures([(p.item[0], p.capture) for p in batch], metadata, vectors,
                                   embedder.model_id, features, local_features.FEATURE_VERSION)
             found = find_overlaps(db, [(cid, p.item[0], v, f) for cid, p, v, f in zip(ids, batch, vectors, features)])
-            db.record_overlaps(found)
+            pairs = {}  # two new captures of one batch find each other: recorded once
+            for f in found:
+                pairs.setdefault(frozenset((f["capture_id"], f["other_id"])), f)
+            db.record_overlaps(list(pairs.values()))
             paths = {cid: p.capture.name for cid, p in zip(ids, batch)}
             report.overlaps.extend((paths[f["capture_id"]], f) for f in found)
             report.enrolled.extend(p.capture.name for p in batch)

@@ -25,7 +25,7 @@ from ..progress import progress_bar
 from ..simulate import Recapture
 from ..store.files import write_atomic
 from .query import rank
-from .score import DEFAULT_THRESHOLD, SCORE_KIND
+from .score import DEFAULT_THRESHOLD, SCORE_KIND, shows_field
 
 
 def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | None = None,
@@ -55,7 +55,9 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
         candidates = rank(db, vector, local_features.extract(pixels), top_k,
                           int(db.setting("shortlist")), exclude=exclude)[:top_k]
         genuine.append(next((c["score"] for c in candidates if c["specimen"] == truth), 0.0))
-        impostor.extend(c["score"] for c in candidates if c["specimen"] != truth)
+        # a neighbouring field that shares part of the view verifies as one scene: it is
+        # reported as an overlap, never matched, so it is no impostor either
+        impostor.extend(c["score"] for c in candidates if c["specimen"] != truth and shows_field(c))
 
     with progress_bar(len(repeats) + len(simulated), "calibrate", progress) as bar:
         for cid, path in repeats:

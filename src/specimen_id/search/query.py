@@ -1,9 +1,10 @@
 """Answering "which specimen is this?" for new captures.
 
 FAISS gives a shortlist of captures by CNN similarity; each is verified spatially against the
-query (local_features) and scored by the fused model (score). Candidates are specimens, each
-represented by its best capture, so a specimen enrolled from ten captures does not crowd the
-list. Exact copies (same file, same pixels) are reported on their own."""
+query (verification) and scored by the fused model (score). Candidates are specimens, each
+represented by its best capture among those the query shows, so a specimen enrolled from ten
+captures does not crowd the list. Exact copies (same file, same pixels) are reported on their
+own."""
 
 from __future__ import annotations
 
@@ -37,15 +38,12 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
         if views is not None and not any(c["score"] >= threshold and shows_field(c) for c in scored.values()):
             turned = views()
             similarities, ids = db.search(turned, VIEW_SHORTLIST)
-            best_view = {}  # capture id -> its best cosine with any view
-            for row_s, row_ids in zip(similarities, ids):
-                for s, i in zip(row_s, row_ids):
-                    if i >= 0 and s > best_view.get(int(i), -2.0):
-                        best_view[int(i)] = float(s)
-            # the views' nearest are laid over the query turned and zoomed too (wide), those
-            # verified before again: sparse fields give SIFT nothing to turn or zoom by
-            _verify(db, features, sorted(((s, i) for i, s in best_view.items()), reverse=True),
-                    exclude, scored, pattern, wide=True)
+            # the views only admit captures; each is scored with the query's own cosine, as
+            # the fusion was fitted (a view's is the best of a dozen tries, higher by chance)
+            admitted = list(dict.fromkeys(int(i) for i in ids.ravel() if i >= 0 and int(i) not in scored))
+            stored = db.vectors_of(admitted, db.model_id, len(vector))
+            _verify(db, features, [(float(stored[i] @ vector), i) for i in admitted if i in stored],
+                    exclude, scored, pattern)
             views = None  # once
         ordered = sorted(scored.values(), key=lambda c: (-shows_field(c), -c["score"], -c["cnn_similarity"]))
         best: dict[str, dict] = {}
@@ -57,18 +55,9 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
         k *= 4
 
 
-def _verify(db, features: LocalFeatures, found: list[tuple[float, int]], exclude, scored: dict, pattern: list,
-            wide: bool = False):
-    """Verify the captures found (cosine, capture id) not seen yet, into `scored` (`wide`:
-    those seen too, keeping the better score); a capture seen before that a view finds more
-    alike is scored again with that cosine."""
-    for similarity, cid in found:
-        seen = scored.get(cid)
-        if seen is not None and similarity > seen["cnn_similarity"]:
-            seen["cnn_similarity"] = similarity
-            seen["score"] = fused(similarity, seen["spread"], seen["correlation"], seen["details"])
-    fresh = [(max(s, scored[cid]["cnn_similarity"]) if cid in scored else s, cid) for s, cid in found
-             if cid not in exclude and (wide or cid not in scored)]
+def _verify(db, features: LocalFeatures, found: list[tuple[float, int]], exclude, scored: dict, pattern: list):
+    """Verify the captures found (cosine, capture id) not seen yet, into `scored`."""
+    fresh = [(s, cid) for s, cid in found if cid not in exclude and cid not in scored]
     owners = db.capture_owners([cid for _, cid in fresh])
     todo = [(s, cid) for s, cid in fresh if cid in owners]
     stored = db.local_features([cid for _, cid in todo], local_features.FEATURE_VERSION)
@@ -76,12 +65,10 @@ def _verify(db, features: LocalFeatures, found: list[tuple[float, int]], exclude
     if not pattern:
         pattern.append(shortlist_pattern(features, [(others[cid], owners[cid]["specimen"]) for _, cid in todo
                                                     if cid in others]))
-    checks = dict(zip(others, verify_many(features, list(others.values()), pattern[0], wide)))
+    checks = dict(zip(others, verify_many(features, list(others.values()), pattern[0])))
     for similarity, cid in todo:
         check = checks.get(cid)
         spread, correlation, details = (check.spread, check.correlation, check.details) if check else (0, 0.0, 0.0)
-        if cid in scored and scored[cid]["score"] >= fused(similarity, spread, correlation, details):
-            continue  # seen before, and better then
         scored[cid] = {"specimen": owners[cid]["specimen"],
                        "score": fused(similarity, spread, correlation, details),
                        "capture": owners[cid]["uuid"], "cnn_similarity": similarity,

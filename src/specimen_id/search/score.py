@@ -2,7 +2,7 @@
 
 The fused score is a logistic model of P(same field | evidence), fitted by bench/accuracy.py on
 genuine and impostor pairs of real re-captures (../shared/data/real) and of the simulated
-DSB 2018 tuning half together: a score fitted to simulated re-captures alone learns the
+tuning halves (DSB 2018, and the same fields seen through one simulated microscope) together: a score fitted to simulated re-captures alone learns the
 simulator (there a true pair always correlates about 0.99, so correlation was almost all it
 used, and real pairs that changed focus were called no_match). The evidence:
 - the CNN cosine;
@@ -33,10 +33,10 @@ from ..local_features import FEATURE_VERSION
 
 # Fitted by `python bench/accuracy.py` (real sets and the DSB tuning half; the default model,
 # int8); see bench/RESULTS.md. Other models keep these weights; `calibrate` fits their threshold.
-FUSION = {"bias": -27.06, "cnn_similarity": 23.15, "log_spread_above_chance": 7.64,
-          "correlation_above_knee": 33.52, "correlation_x_details": 3.55}
+FUSION = {"bias": -27.38, "cnn_similarity": 24.55, "log_spread_above_chance": 9.45,
+          "correlation_above_knee": 39.93, "correlation_x_details": 1.76}
 CORRELATION_KNEE = 0.6
-CHANCE_SPREAD = 4
+CHANCE_SPREAD = 5  # cells that verified pairs of unrelated fields reach by chance
 # Named after the weights themselves, so any refit is a new kind of score.
 SCORE_KIND = "fused-{}+{}".format(
     hashlib.sha256(json.dumps(FUSION, sort_keys=True).encode()).hexdigest()[:8], FEATURE_VERSION)
@@ -59,9 +59,10 @@ def evidence_terms(cnn_similarity: float, spread: int, correlation: float, detai
 
 
 def fused(cnn_similarity: float, spread: int, correlation: float, details: float,
-          fusion: dict = FUSION) -> float:
+          fusion: dict | None = None) -> float:
+    """P(same field) from the evidence, with FUSION's weights (or these)."""
     terms = evidence_terms(cnn_similarity, spread, correlation, details)
-    z = min(sum(fusion[name] * value for name, value in terms.items()), MAX_LOGIT)
+    z = min(sum((fusion or FUSION)[name] * value for name, value in terms.items()), MAX_LOGIT)
     return 1 / (1 + math.exp(-z)) if z > -700 else 0.0
 
 

@@ -1,5 +1,7 @@
 """Where enrolled captures of different specimens overlap (neighbouring fields of one slide,
-found by verification when the later one is enrolled): a mixin of Database."""
+found by verification when the later one is enrolled): a mixin of Database. Derived facts,
+recorded just after the batch that found them (a process killed in between loses them, not
+the captures)."""
 
 from __future__ import annotations
 
