@@ -53,6 +53,16 @@ def usb_jpegs(fields, folder: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def changed(paths: list[Path], folder: Path, change) -> list[Path]:
+    """Copies of JPEG captures changed (turned, zoomed), as PNG under the same names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in paths:
+        out.append(folder / path.with_suffix(".png").name)
+        cv2.imwrite(str(out[-1]), change(cv2.imread(str(path), cv2.IMREAD_COLOR)))
+    return out
+
+
 def rate(fn, items: int, repeats: int = 3) -> float:
     """Median items per second over repeats (after one warm-up call)."""
     fn()
@@ -226,12 +236,17 @@ def part_query(args, model: FittedVectors) -> None:
     from specimen_id.models import load_embedder
 
     embedder = load_embedder()
-    fields = real_fields(args.data, 300)
-    fields, donors = fields[:200], fields[200:]
+    fields = real_fields(args.data, 330)
+    fields, donors, strangers = fields[:200], fields[200:300], fields[300:]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         enrolled = usb_jpegs(fields, tmp / "enrol", len(fields), seed=1)
         queries = usb_jpegs(fields, tmp / "query", len(fields), seed=2)[:: max(1, len(fields) // 30)]
+        unknown = usb_jpegs(strangers, tmp / "unknown", len(strangers), seed=3)  # never enrolled
+        turned = changed(queries, tmp / "turned", lambda x: np.ascontiguousarray(np.rot90(x, -1)))
+        zoomed = changed(queries, tmp / "zoomed", lambda x: cv2.resize(
+            x[x.shape[0] // 4: 3 * x.shape[0] // 4, x.shape[1] // 4: 3 * x.shape[1] // 4],
+            (x.shape[1], x.shape[0]), interpolation=cv2.INTER_CUBIC))
         with specimen_id.open_database(tmp / "db") as db:
             # every field enrolled, whatever the intake quality gate says (15 of 200 simulated
             # captures are refused): this measures the query, not the gate
@@ -252,6 +267,20 @@ def part_query(args, model: FittedVectors) -> None:
                         correct += 1
                     else:
                         misses.add(f"{truth}: {result['decision']} {result['specimen'] or ''}".strip())
+            # fields never enrolled: nothing matches, so the query's turned and zoomed views are
+            # searched and their captures verified too (search/query.py)
+            unknown_ms, unknown_right = [], 0
+            for q in tqdm(unknown, desc="never enrolled", leave=False):
+                t = time.perf_counter()
+                (result,) = specimen_id.query(db, [q])
+                unknown_ms.append((time.perf_counter() - t) * 1000)
+                unknown_right += result["decision"] == "no_match"
+            # turned and zoomed re-captures: found by the views at this size too?
+            found = {}
+            for name, paths in (("turned 90 degrees", turned), ("zoomed in 2x", zoomed)):
+                answers = list(specimen_id.query(db, paths, log=False))
+                found[name] = sum((a["decision"], a["specimen"]) == ("match", f"field-{int(p.stem.split('-')[1]):04d}")
+                                  for a, p in zip(answers, paths))
             entries, kind = len(db.index()), db.index().kind
         cold = []
         cli = [sys.executable, "-m", "specimen_id.cli", "--db", str(tmp / "db"), "query", str(queries[0])]
@@ -263,6 +292,11 @@ def part_query(args, model: FittedVectors) -> None:
              f"{statistics.median(latencies):.0f} ms median",
              f"p90 {np.percentile(latencies, 90):.0f} ms, {len(latencies)} queries, {correct} of them right"
              + (f" (the others: {'; '.join(sorted(misses))})" if misses else "")),
+            ("warm query, field never enrolled (plus its turned and zoomed views)",
+             f"{statistics.median(unknown_ms):.0f} ms median",
+             f"p90 {np.percentile(unknown_ms, 90):.0f} ms, {len(unknown_ms)} queries, {unknown_right} answered no_match"),
+            *[(f"re-captures {name}", f"{right} of {len(queries)} matched to their field",
+               "found through the query's turned and zoomed views (models/views.py)") for name, right in found.items()],
             ("index", f"{entries:,} entries ({kind})", f"filled and indexed in {build:.0f} s"),
             ("CLI query, cold start (new process, one query)", f"{statistics.median(cold):.2f} s median",
              "imports, model from the converted-model cache, index load, one query")]

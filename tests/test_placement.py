@@ -137,3 +137,17 @@ def test_calibration_does_not_count_a_neighbour_as_an_impostor(run, tmp_path):
     answer = _answer(run, tmp_path / "query-left.png")
     assert answer["threshold"] < 0.999
     assert answer["decision"] == "match" and answer["specimen"] == "left", answer
+
+
+def test_the_specimen_page_lists_its_overlaps(tiles):
+    from fastapi.testclient import TestClient
+
+    from specimen_id.web import create_app
+
+    assert tiles("enroll", "-s", "window", REAL / "tile-a07-shifted-right.png").exit_code == 0
+    client = TestClient(create_app(tiles.db), base_url="http://127.0.0.1")
+    page = client.get("/specimens/tile-a07")
+    assert page.status_code == 200 and 'id="overlaps"' in page.text
+    assert '<a href="/specimens/window">window</a>' in page.text
+    (seen,) = [o for o in client.get("/api/specimens/window").json()["overlaps"] if o["specimen"] == "tile-a07"]
+    assert 0.55 <= seen["share_of_capture"] <= 0.75

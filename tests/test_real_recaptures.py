@@ -88,3 +88,17 @@ def test_one_field_under_two_names_stays_ambiguous_under_a_microscopes_pattern(r
     assert answer["candidates"][0]["spread"] <= 5
     assert answer["decision"] == "ambiguous", answer
     assert {c["specimen"] for c in answer["contenders"]} == {"fluo-nuclei-c", "fluo-nuclei-c-again"}
+
+
+def test_answers_do_not_depend_on_the_order_of_enrolment(run, tmp_path):
+    """The microscope's pattern is estimated from what is enrolled, never from when."""
+    enrolled, queries = _through_one_microscope(tmp_path)
+    answers = []
+    for order, db in ((sorted(enrolled), tmp_path / "a"), (sorted(enrolled, reverse=True), tmp_path / "b")):
+        for name in order:
+            assert run("enroll", "-s", name, "--allow-low-quality", enrolled[name], db=db).exit_code == 0
+        lines = run("query", "--json", *queries.values(), db=db).stdout.splitlines()
+        answers.append([(a["decision"], a["specimen"], round(a["score"], 9),
+                         [(c["specimen"], round(c["score"], 9)) for c in a["candidates"]])
+                        for a in map(json.loads, lines)])
+    assert answers[0] == answers[1]

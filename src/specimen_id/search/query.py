@@ -17,7 +17,7 @@ from ..verification import verify_many
 from .score import DEFAULT_THRESHOLD, SCORE_KIND, decide, fused, shows_field
 
 # Captures each turned or zoomed view of a query adds to the shortlist (models/views.py)
-VIEW_SHORTLIST = 10
+VIEW_SHORTLIST = 8
 
 
 def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
