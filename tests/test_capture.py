@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import SPECIMENS
 
-from specimen_id import images
+from specimen_id import images, quality
 
 FIELD = sorted((SPECIMENS / "he-tissue-a").iterdir())[0]
 NOISE = 12.0  # sensor noise (grey levels) in each simulated frame
@@ -71,7 +71,7 @@ def test_capture_averages_frames_into_a_lossless_png_and_enrols_it(run, video, c
     facts = stored["acquisition"]
     assert (facts["device"], facts["frames"], facts["width"], facts["height"]) == (str(video), 8, 320, 256)
     assert facts["not_locked"] == ["exposure", "white_balance", "focus"]
-    assert stored["quality"]["focus"] > 10 and stored["quality"]["bright_clipped"] < 0.05
+    assert quality.problems(stored["quality"], quality.LIMITS) == []
 
 
 def test_capture_query_finds_the_enrolled_field(run, video, tmp_path):

@@ -101,14 +101,16 @@ def test_killed_enrolment_keeps_whole_batches_and_a_rerun_finishes(template, tmp
     outcomes = []
     for trial in range(6):
         db = _copy(template, tmp_path, f"enrol-{trial}")
-        proc = _launch(db, "enroll", "-s", "batch", *files)
+        # (every capture is enrolled whatever the quality gate says: this is about batches)
+        proc = _launch(db, "enroll", "-s", "batch", "--allow-low-quality", *files)
         outcomes.append(_kill_at_random(proc, db, window=5 if trial < 3 else 2, after_first_image=trial >= 3))
         _assert_sound(db)
         stored = len(_captures_of(db, "batch"))
         # each batch is one transaction: whole batches or nothing
         assert stored in range(0, BATCH_FILES, BATCH) or stored == BATCH_FILES, stored
         assert len(_captures_of(db, "he-tissue-a")) == 2  # earlier work untouched
-        result = CliRunner().invoke(cli, ["--db", str(db), "enroll", "-s", "batch", *map(str, files)])
+        result = CliRunner().invoke(cli, ["--db", str(db), "enroll", "-s", "batch", "--allow-low-quality",
+                                          *map(str, files)])
         assert result.exit_code == 0, result.output
         captures = _captures_of(db, "batch")
         assert len(captures) == BATCH_FILES

@@ -1,65 +1,143 @@
-"""The quality gate at intake: is a capture sharp, well exposed and large enough to identify?
+"""The quality gate at intake: would a person at the microscope take this capture again?
 
-Focus is the variance of the Laplacian on a normalised grey image: the field is stretched from
-its 0.1st to its 99.9th percentile onto 0..1 (so gain, bit depth and stain do not change the
-figure) and resized to 512 px on its long side (so the figure describes the field, not the
-sensor's resolution). Exposure is the share of pixels clipped at the bottom or top of the
-image's own range (0 and 255 for 8-bit, 0 and 65535 for 16-bit)."""
+Every measure describes the field, not the sensor: it is taken on the grey image brought to
+SIDE px on its long side and stretched from its 0.1st to its 99.9th percentile onto 0..1, so
+gain, bit depth, stain and resolution do not change it.
+
+- Focus is judged on the structure there is, by two measures that must agree before a capture
+  is called out of focus. `edge_width`: how wide the sharpest tenth of its strong edges are (the
+  local step over the steepest gradient across it), as a share of the long side; a blurred edge
+  is wider, whatever the content. `blur`: how little the image changes when blurred once more
+  (Crete-Roffet's "blur effect", 0 sharp to 1 blurred); coarse structure in focus has wide edges
+  but still changes. Each alone refuses some sharp kinds (sparse nuclei, soft tissue under
+  vignetting); together they refuse blur and leave sharp captures of every kind measured.
+- Over-exposure is clipping that destroys detail of the specimen (`clipped_detail`): the share
+  of the specimen's area at the sensor's top. The background is neither counted nor divided
+  by: the most common brightness (a black background), or, where that is white (correct in
+  brightfield), the white plateau that is wide somewhere and reaches the image's edge.
+- Under-exposure is a nearly all-black field (`dark_clipped`); a black background is normal.
+- Size: the identification works from MIN_SIDE px (bench/quality.py measures it).
+
+bench/quality.py fits the limits and reports them on image kinds not used for fitting."""
 
 from __future__ import annotations
 
 import numpy as np
 
-# Limits, stored as database settings (`specimen-id config`), chosen from the real data: the 16
-# images in data/ and the 664 DSB 2018 fields in ../shared/data (fluorescence, brightfield,
-# H&E). Focus (on a 0..255 scale) of those 680 real fields: 12.3 at the lowest, 32 at the 5th
-# percentile, 104 median. Blurred by a Gaussian of sigma 1.5 / 2 / 3 px: medians 15 / 12 / 8.7,
-# so a limit of 10 refuses none of the real fields and 24 / 41 / 58 % of the blurred ones
-# (sparse fields hold little detail even when sharp: focus alone cannot tell them from blurred
-# dense ones). Up to 86 % black pixels is normal in fluorescence (a black background): only a
-# nearly all-black field is refused. Saturated pixels: at most 3.0 % in the real fields;
-# scaled by a gain of 3, 25 % of them exceed the 5 % limit (dim fields stay unsaturated).
-LIMITS = {"min_focus": 10.0, "max_dark_clipped": 0.95, "max_bright_clipped": 0.05, "min_side": 64}
-SIDE = 512
+# Limits, stored as database settings (`specimen-id config`); bench/quality.py says what they
+# were chosen on and what they refuse.
+LIMITS = {"max_edge_width": 0.028, "max_blur": 0.55, "max_clipped_detail": 0.125,
+          "max_dark_clipped": 0.95, "min_side": 32}
+SIDE = 256
 HIST_BINS = 1024
+STRONG_EDGE = 0.2  # a step of a fifth of the stretched range: an edge, not noise
+EDGE_WINDOW = 0.08  # the step is read over this share of the long side (wider than any blur judged)
+BLUR_BOX = 7  # px at SIDE: the re-blur of the blur effect
+PLATEAU = 0.03  # a background plateau is wider than a disc of this radius (share of the long side)
+BANDS = 20  # brightness bands of 5% of the range: the background is the most common one
 
 
 def measure(pixels: np.ndarray) -> dict:
-    """focus, dark_clipped, bright_clipped (shares 0..1), width, height of decoded pixels."""
+    """edge_width, blur, clipped_detail, dark_clipped (shares 0..1), width and height of
+    decoded pixels."""
     import cv2
 
-    top = 65535 if pixels.dtype == np.uint16 else 255 if pixels.dtype == np.uint8 else None
-    dark = bright = 0.0
-    if top is not None:
-        channels = np.ascontiguousarray(pixels[:, :, :3]) if pixels.ndim == 3 else pixels
-        # black: every colour channel at 0; saturated: any channel at the top (inRange is one
-        # vectorised pass, where numpy's all/any would make two full boolean copies)
-        n = 1 if channels.ndim == 2 else 3
-        total = channels.shape[0] * channels.shape[1]
-        dark = cv2.countNonZero(cv2.inRange(channels, (0,) * n, (0,) * n)) / total
-        bright = 1 - cv2.countNonZero(cv2.inRange(channels, (0,) * n, (top - 1,) * n)) / total
     h, w = pixels.shape[:2]
-    # the rest on the channels' mean at the working size: grey first makes the resize a third
-    # of the work (by cv2: numpy's mean over the last axis is 6x slower), and in float, as
-    # rounding to integer levels adds quantisation noise that dim fields' stretch would amplify
-    grey = (pixels[:, :, :3] if pixels.ndim == 3 else pixels).astype(np.float32)
+    channels = np.ascontiguousarray(pixels[:, :, :3]) if pixels.ndim == 3 else pixels
+    top = 65535 if pixels.dtype == np.uint16 else 255 if pixels.dtype == np.uint8 else None
+    # grey first makes the resize a third of the work (by cv2: numpy's mean over the last axis
+    # is 6x slower), and in float, as rounding to integer levels adds steps a stretch amplifies
+    grey = channels.astype(np.float32)
     if grey.ndim == 3:
         grey = cv2.transform(grey, np.full((1, grey.shape[2]), 1 / grey.shape[2], np.float32))
-    scale = SIDE / max(h, w)
-    if scale < 1:
-        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
-                          interpolation=cv2.INTER_AREA)
-    low, high = _percentiles(grey, (0.1, 99.9))
-    grey = np.clip((grey - low) / (high - low), 0, 1) if high > low else np.zeros_like(grey)
-    # on the 0..255 scale people know from the usual variance-of-Laplacian rule of thumb
-    focus = float(cv2.Laplacian(grey.astype(np.float32) * 255, cv2.CV_32F).var())
-    return {"focus": round(focus, 3), "dark_clipped": round(dark, 6),
-            "bright_clipped": round(bright, 6), "width": int(w), "height": int(h)}
+    size = _working_size(w, h)
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA) if size != (w, h) else grey
+    low, high = _percentiles(small, (0.1, 99.9))
+    stretched = (np.clip((small - low) / (high - low), 0, 1) if high > low else np.zeros_like(small)).astype(np.float32)
+    dark = clipped = 0.0
+    if top is not None:
+        n = 1 if channels.ndim == 2 else 3
+        # black: every colour channel at 0; saturated: any channel at the top (inRange is one
+        # vectorised pass, where numpy's all/any would make two full boolean copies)
+        dark = cv2.countNonZero(cv2.inRange(channels, (0,) * n, (0,) * n)) / (w * h)
+        saturated = 255 - cv2.inRange(channels, (0,) * n, (top - 1,) * n)
+        darkest = channels.min(axis=2) if channels.ndim == 3 else channels
+        clipped = _clipped_detail(saturated, darkest, small, top)
+    return {"edge_width": round(_edge_width(stretched), 5), "blur": round(_blur_effect(stretched), 4),
+            "clipped_detail": round(clipped, 6), "dark_clipped": round(dark, 6),
+            "width": int(w), "height": int(h)}
+
+
+def _working_size(w: int, h: int) -> tuple[int, int]:
+    scale = min(1.0, SIDE / max(h, w))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _edge_width(grey: np.ndarray) -> float:
+    """The 10th percentile of strong edges' widths (step / steepest slope), as a share of the
+    long side; 1.0 when there is no strong edge at all."""
+    import cv2
+
+    smooth = cv2.GaussianBlur(grey, (0, 0), 1.0)  # below a pixel's step: noise is not an edge
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
+    slope = cv2.magnitude(gx, gy)
+    window = np.ones((max(3, int(EDGE_WINDOW * max(grey.shape)) | 1),) * 2, np.uint8)
+    step = cv2.dilate(smooth, window) - cv2.erode(smooth, window)
+    ridge = (slope >= cv2.dilate(slope, np.ones((3, 3), np.uint8))) & (step > STRONG_EDGE) & (slope > 0)
+    if np.count_nonzero(ridge) < 20:
+        return 1.0
+    return float(np.percentile(step[ridge] / slope[ridge], 10) / max(grey.shape))
+
+
+def _blur_effect(grey: np.ndarray) -> float:
+    """Crete-Roffet et al. 2007: the share of neighbour differences a further blur leaves,
+    the worse of the two axes (0 sharp, 1 blurred)."""
+    import cv2
+
+    worst = 0.0
+    for axis, box in ((0, (1, BLUR_BOX)), (1, (BLUR_BOX, 1))):  # cv2's box is (width, height)
+        reblurred = cv2.blur(grey, box)
+        d_image = np.abs(np.diff(grey, axis=axis))
+        d_blurred = np.abs(np.diff(reblurred, axis=axis))
+        total = float(d_image.sum())
+        lost = float(np.maximum(0, d_image - d_blurred).sum())
+        worst = max(worst, (total - lost) / total if total > 0 else 1.0)
+    return worst
+
+
+def _clipped_detail(saturated: np.ndarray, darkest: np.ndarray, grey: np.ndarray, top: int) -> float:
+    """The share of the specimen at the sensor's top. The background is not specimen: the
+    field's most common brightness (black in fluorescence, the tissue's tone where it fills the
+    field) or, where that is white, the white plateau reaching the image's edge."""
+    import cv2
+
+    size = grey.shape[::-1]
+    clipped = cv2.resize(saturated, size, interpolation=cv2.INTER_AREA) > 127
+    if not clipped.any():
+        return 0.0
+    counts = cv2.calcHist([darkest], [0], None, [BANDS], [0, top + 1]).ravel()
+    if counts.argmax() == BANDS - 1:  # the most common colour is white: a white background
+        # white in every channel (a stain clipped in one or two channels is specimen), wide
+        # somewhere, and reaching the image's edge; with the narrow gaps joined to it
+        white = (cv2.resize(darkest, size, interpolation=cv2.INTER_AREA) >= (1 - 1 / BANDS) * top).astype(np.uint8)
+        radius = max(1, round(PLATEAU * max(size)))
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+        wide = cv2.morphologyEx(white, cv2.MORPH_OPEN, disc) > 0
+        _, labels = cv2.connectedComponents(white, connectivity=8)
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        specimen = ~np.isin(labels, np.intersect1d(np.unique(labels[wide]), edge[edge > 0]))
+    else:
+        levels = cv2.calcHist([grey], [0], None, [BANDS], [0, top + 1]).ravel()
+        mode = (levels.argmax() + 0.5) * (top + 1) / BANDS
+        specimen = clipped | (np.abs(grey - mode) > (top + 1) / BANDS)
+    area = np.count_nonzero(specimen)
+    return float(np.count_nonzero(clipped & specimen) / area) if area else 0.0
 
 
 def _percentiles(grey: np.ndarray, q) -> tuple[float, float]:
     """Percentiles of a float image from a histogram of HIST_BINS between its extremes: within
-    a bin of numpy's (focus within 4% on the real fields) at a sixth of the cost."""
+    a bin of numpy's at a sixth of the cost."""
     import cv2
 
     lo, hi, _, _ = cv2.minMaxLoc(grey)
@@ -86,17 +164,23 @@ def gate(db, capture, allow_low_quality: bool = False) -> None:
 
 
 def problems(measures: dict, limits_: dict) -> list[str]:
-    """What is wrong with a capture, one phrase each; empty when it passes."""
+    """What is wrong with a capture, one phrase each with the measure, the limit and what to
+    do at the microscope; empty when it passes. Measures stored by an older version (without
+    these keys) are not judged again."""
     found = []
-    if measures["focus"] < limits_["min_focus"]:
-        found.append(f"out of focus (focus {measures['focus']:.4g} < min_focus {limits_['min_focus']:g})")
+    if "edge_width" not in measures:
+        return found
+    if measures["edge_width"] > limits_["max_edge_width"] and measures["blur"] > limits_["max_blur"]:
+        found.append(f"out of focus (edge width {measures['edge_width']:.1%} of the field > "
+                     f"max_edge_width {limits_['max_edge_width']:g}, blur {measures['blur']:.2f} > "
+                     f"max_blur {limits_['max_blur']:g}): refocus")
+    if measures["clipped_detail"] > limits_["max_clipped_detail"]:
+        found.append(f"over-exposed ({measures['clipped_detail']:.1%} of the specimen saturated > "
+                     f"max_clipped_detail {limits_['max_clipped_detail']:g}): lower the exposure or the light")
     if measures["dark_clipped"] > limits_["max_dark_clipped"]:
         found.append(f"under-exposed ({measures['dark_clipped']:.1%} of pixels black > "
-                     f"max_dark_clipped {limits_['max_dark_clipped']:g})")
-    if measures["bright_clipped"] > limits_["max_bright_clipped"]:
-        found.append(f"over-exposed ({measures['bright_clipped']:.1%} of pixels saturated > "
-                     f"max_bright_clipped {limits_['max_bright_clipped']:g})")
+                     f"max_dark_clipped {limits_['max_dark_clipped']:g}): raise the exposure or the light")
     if min(measures["width"], measures["height"]) < limits_["min_side"]:
         found.append(f"too small ({measures['width']}x{measures['height']}, shorter side < "
-                     f"min_side {limits_['min_side']})")
+                     f"min_side {limits_['min_side']}): capture at a higher resolution")
     return found

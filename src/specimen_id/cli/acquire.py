@@ -130,3 +130,40 @@ def watch(ctx, folder, specimen, as_query, once, interval, allow_low_quality, mo
         watcher.run(interval, once)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+
+
+@cli.command("quality")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.pass_context
+def quality_(ctx, files, as_json):
+    """Measure captures as the quality gate does, without enrolling them: focus (edge width,
+    blur), clipping of the specimen, black pixels and size, against this database's limits (the
+    defaults when there is no database yet). Exit 1 when any file is below them or unreadable."""
+    from .. import images, quality
+    from ..errors import ImageRefused
+    from ..store.settings import DEFAULTS
+
+    root = ctx.find_root().obj
+    limits = quality.limits(open_db(ctx)) if (Path(root) / "specimens.sqlite").exists() \
+        else {key: DEFAULTS[key] for key in quality.LIMITS}
+    failed = False
+    for path in files:
+        try:
+            measures = images.load(path).quality
+        except ImageRefused as e:
+            click.echo(f"refused: {e}", err=True)
+            failed = True
+            continue
+        found = quality.problems(measures, limits)
+        failed |= bool(found)
+        if as_json:
+            click.echo(json.dumps({"path": str(path), **measures, "limits": limits, "problems": found}))
+            continue
+        click.echo(f"{path}: edge width {measures['edge_width']:.1%} (max {limits['max_edge_width']:.1%}), "
+                   f"blur {measures['blur']:.2f} (max {limits['max_blur']:g}), specimen saturated "
+                   f"{measures['clipped_detail']:.1%} (max {limits['max_clipped_detail']:.1%}), black "
+                   f"{measures['dark_clipped']:.1%} (max {limits['max_dark_clipped']:.0%}), "
+                   f"{measures['width']}x{measures['height']} (min side {limits['min_side']}): "
+                   + ("; ".join(found) if found else "ok"))
+    ctx.exit(1 if failed else 0)

@@ -156,6 +156,11 @@ MIGRATIONS = [
     );
     CREATE INDEX overlaps_other ON overlaps(other_id);
     """,
+    # 9: the quality gate measures focus by edge width and blur, and over-exposure on the
+    # specimen only: limits set for the measures it no longer takes do not carry over.
+    """
+    DELETE FROM settings WHERE key IN ('min_focus', 'max_bright_clipped');
+    """,
 ]
 
 

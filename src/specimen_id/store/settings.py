@@ -19,7 +19,7 @@ from ..quality import LIMITS
 SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int, "index": str,
             **{key: type(value) for key, value in LIMITS.items()}}
 DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100, "index": "auto", **LIMITS}
-SHARES = ("threshold", "margin", "max_dark_clipped", "max_bright_clipped")  # 0..1
+SHARES = ("threshold", "margin", *(key for key in LIMITS if key.startswith("max_")))  # 0..1
 
 
 def parse_setting(key: str, text: str):
@@ -32,8 +32,7 @@ def parse_setting(key: str, text: str):
         raise ValueError(f"{text!r} is not a {SETTINGS[key].__name__}") from None
     if key == "index" and value not in INDEX_KINDS:
         raise ValueError(f"index {text!r} is not one of {', '.join(INDEX_KINDS)}")
-    if key != "index" and not (0 <= value <= 1 if key in SHARES
-                               else value >= 0 if key == "min_focus" else value >= 1):
+    if key != "index" and not (0 <= value <= 1 if key in SHARES else value >= 1):
         raise ValueError(f"{key} {text} is out of range")
     return value
 

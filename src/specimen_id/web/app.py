@@ -247,7 +247,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.post("/enrol")
     @app.post("/api/enrol")
     async def enrol(request: Request, specimen: str = Form(), files: list[UploadFile] = (),
-                    metadata: str = Form("")):
+                    metadata: str = Form(""), allow_low_quality: bool = Form(False)):
         import tempfile
 
         from ..indexer import enroll
@@ -264,7 +264,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 path.write_bytes(await upload.read())
                 paths.append(path)
             with database() as db:
-                report = enroll(db, name, paths, parse_metadata(metadata))
+                report = enroll(db, name, paths, parse_metadata(metadata), allow_low_quality=allow_low_quality)
         data = {"specimen": name, "enrolled": len(report.enrolled), "skipped": len(report.skipped),
                 "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused]}
         if api(request):
