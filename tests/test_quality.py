@@ -131,3 +131,15 @@ def test_the_web_page_says_why_and_can_enrol_anyway(tmp_path, blown_out):
     assert 'name="allow_low_quality"' in page.text
     answer = client.post("/api/enrol", data={"specimen": "slide", "allow_low_quality": "true"}, files=upload)
     assert answer.status_code == 200 and answer.json()["enrolled"] == 1
+
+
+def test_a_field_blown_out_to_white_is_over_exposed_and_nan_pixels_are_measured(run, tmp_path):
+    white = tmp_path / "white.png"
+    cv2.imwrite(str(white), np.full((64, 64, 3), 255, np.uint8))
+    nan = tmp_path / "nan.tif"
+    cv2.imwrite(str(nan), np.full((50, 50), np.nan, np.float32))
+    result = run("quality", white, nan, WHITE_BACKGROUND)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert "over-exposed (100.0% of the specimen saturated" in lines[0]
+    assert lines[1].startswith(f"{nan}: ") and lines[2].endswith(": ok")  # the batch went on

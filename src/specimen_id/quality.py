@@ -2,7 +2,9 @@
 
 Every measure describes the field, not the sensor: it is taken on the grey image brought to
 SIDE px on its long side and stretched from its 0.1st to its 99.9th percentile onto 0..1, so
-gain, bit depth, stain and resolution do not change it.
+gain, bit depth, stain and resolution do not change it. A smaller capture is measured as it
+is (enlarging it would blur it): below about 128 px a pixel is wider than the blur the gate is
+fitted to see, so there focus is judged by `blur` alone and mild blur passes.
 
 - Focus is judged on the structure there is, by two measures that must agree before a capture
   is called out of focus. `edge_width`: how wide the sharpest tenth of its strong edges are (the
@@ -48,6 +50,8 @@ def measure(pixels: np.ndarray) -> dict:
     # grey first makes the resize a third of the work (by cv2: numpy's mean over the last axis
     # is 6x slower), and in float, as rounding to integer levels adds steps a stretch amplifies
     grey = channels.astype(np.float32)
+    if top is None:  # float pixels: a NaN or infinity is no light at all
+        grey = np.nan_to_num(grey, nan=0.0, posinf=0.0, neginf=0.0)
     if grey.ndim == 3:
         grey = cv2.transform(grey, np.full((1, grey.shape[2]), 1 / grey.shape[2], np.float32))
     size = _working_size(w, h)
@@ -132,7 +136,9 @@ def _clipped_detail(saturated: np.ndarray, darkest: np.ndarray, grey: np.ndarray
         mode = (levels.argmax() + 0.5) * (top + 1) / BANDS
         specimen = clipped | (np.abs(grey - mode) > (top + 1) / BANDS)
     area = np.count_nonzero(specimen)
-    return float(np.count_nonzero(clipped & specimen) / area) if area else 0.0
+    if area < 0.01 * specimen.size:  # all background: a field blown out to white, or one of no specimen
+        return float(np.count_nonzero(clipped) / clipped.size)
+    return float(np.count_nonzero(clipped & specimen) / area)
 
 
 def _percentiles(grey: np.ndarray, q) -> tuple[float, float]:
