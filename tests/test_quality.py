@@ -15,7 +15,6 @@ from specimen_id.store import Database
 from specimen_id.web import create_app
 
 DENSE = sorted((SPECIMENS / "he-tissue-b").iterdir())[0]
-BRIGHT = sorted((SPECIMENS / "brightfield-a").iterdir())[0]
 EXAMPLES = DATA / "quality"  # data/make_quality_sample.py says how each was made
 WHITE_BACKGROUND = EXAMPLES / "brightfield-white-background.png"
 SMALL_OBJECT = EXAMPLES / "small-object.png"

@@ -46,7 +46,7 @@ def measure(pixels: np.ndarray) -> dict:
 
     h, w = pixels.shape[:2]
     channels = np.ascontiguousarray(pixels[:, :, :3]) if pixels.ndim == 3 else pixels
-    top = 65535 if pixels.dtype == np.uint16 else 255 if pixels.dtype == np.uint8 else None
+    top = sensor_top(pixels)
     # grey first makes the resize a third of the work (by cv2: numpy's mean over the last axis
     # is 6x slower), and in float, as rounding to integer levels adds steps a stretch amplifies
     grey = channels.astype(np.float32)
@@ -65,11 +65,15 @@ def measure(pixels: np.ndarray) -> dict:
         # vectorised pass, where numpy's all/any would make two full boolean copies)
         dark = cv2.countNonZero(cv2.inRange(channels, (0,) * n, (0,) * n)) / (w * h)
         saturated = 255 - cv2.inRange(channels, (0,) * n, (top - 1,) * n)
-        darkest = channels.min(axis=2) if channels.ndim == 3 else channels
-        clipped = _clipped_detail(saturated, darkest, small, top)
+        clipped = _clipped_detail(saturated, channels, small, top)
     return {"edge_width": round(_edge_width(stretched), 5), "blur": round(_blur_effect(stretched), 4),
             "clipped_detail": round(clipped, 6), "dark_clipped": round(dark, 6),
             "width": int(w), "height": int(h)}
+
+
+def sensor_top(pixels: np.ndarray) -> int | None:
+    """The sensor's top level for integer pixels (saturation); None for float pixels."""
+    return 65535 if pixels.dtype == np.uint16 else 255 if pixels.dtype == np.uint8 else None
 
 
 def _working_size(w: int, h: int) -> tuple[int, int]:
@@ -110,7 +114,7 @@ def _blur_effect(grey: np.ndarray) -> float:
     return worst
 
 
-def _clipped_detail(saturated: np.ndarray, darkest: np.ndarray, grey: np.ndarray, top: int) -> float:
+def _clipped_detail(saturated: np.ndarray, channels: np.ndarray, grey: np.ndarray, top: int) -> float:
     """The share of the specimen at the sensor's top. The background is not specimen: the
     field's most common brightness (black in fluorescence, the tissue's tone where it fills the
     field) or, where that is white, the white plateau reaching the image's edge."""
@@ -120,6 +124,7 @@ def _clipped_detail(saturated: np.ndarray, darkest: np.ndarray, grey: np.ndarray
     clipped = cv2.resize(saturated, size, interpolation=cv2.INTER_AREA) > 127
     if not clipped.any():
         return 0.0
+    darkest = channels.min(axis=2) if channels.ndim == 3 else channels  # only once something clips
     counts = cv2.calcHist([darkest], [0], None, [BANDS], [0, top + 1]).ravel()
     if counts.argmax() == BANDS - 1:  # the most common colour is white: a white background
         # white in every channel (a stain clipped in one or two channels is specimen), wide

@@ -142,11 +142,9 @@ def quality_(ctx, files, as_json):
     defaults when there is no database yet). Exit 1 when any file is below them or unreadable."""
     from .. import images, quality
     from ..errors import ImageRefused
-    from ..store.settings import DEFAULTS
 
     root = ctx.find_root().obj
-    limits = quality.limits(open_db(ctx)) if (Path(root) / "specimens.sqlite").exists() \
-        else {key: DEFAULTS[key] for key in quality.LIMITS}
+    limits = quality.limits(open_db(ctx)) if (Path(root) / "specimens.sqlite").exists() else dict(quality.LIMITS)
     failed = False
     for path in files:
         try:
