@@ -22,56 +22,40 @@ file SHA-256, pHash and the plain global-average-pooled CNN (each decided at the
 own best-impostor scores reach at FMR 1% on the DSB tune half), and plain SIFT+RANSAC decided at
 a fixed 15 inliers.
 
+The data sets are built in bench/datasets.py, the baselines in bench/baselines.py.
+
     pip install -e '.[bench]'; python bench/accuracy.py [--data ../shared/data] [--dump FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import re
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from baselines import BASELINES, SIFT_BASELINE_INLIERS, baseline_scores, baseline_tally, baseline_thresholds  # noqa: E402
+from datasets import (FIELDS, LOOKALIKE_COSINE, PATTERN_FIELDS, PATTERN_SHAPE, SEED, Dataset, dsb_fields,  # noqa: E402
+                      dsb_sets, jpeg, real_sets, write)
+from metrics import ece, rates  # noqa: E402
 from results import table, write_section  # noqa: E402
 
 import specimen_id  # noqa: E402
-from specimen_id import images, local_features, verification  # noqa: E402
 from specimen_id.models import load_embedder  # noqa: E402
-from specimen_id.models.preprocess import to_rgb8  # noqa: E402
 from specimen_id.search import score as scoring  # noqa: E402
 from specimen_id.simulate import FixedPattern, Recapture  # noqa: E402
 from specimen_id.store.settings import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = 2018
-GROUP_INLIERS = 15  # verified pairs of originals above this are one field (impostors stay <= 8)
-FIELDS = Path(__file__).with_name("fields.json")  # the groups of more than one image, by file name
-LOOKALIKE_COSINE = 0.90  # plain CNN cosine to another field at which fields count as look-alike
-PATTERN_SHAPE = (320, 256)  # the simulated microscope's camera (width, height)
-PATTERN_FIELDS = 120  # fields of each DSB half seen through it
-SIFT_BASELINE_INLIERS = 15
 ROBUST_FIELDS = 60  # test-half fields turned, cut and zoomed
 TERMS = list(scoring.FUSION)
-BASELINES = ("file SHA-256", "pHash", "plain GAP CNN", "plain SIFT+RANSAC")
-
-
-@dataclass
-class Dataset:
-    name: str
-    part: str  # "real", "tune" or "test": what it may be used for
-    gallery: list = field(default_factory=list)  # (specimen, path)
-    queries: list = field(default_factory=list)  # {"path", "truth", "case", "overlaps"}
-    lookalike: set = field(default_factory=set)  # query paths of look-alike fields (DSB)
 
 
 def main():
@@ -105,141 +89,6 @@ def main():
 
 
 # -- data sets --------------------------------------------------------------------------------
-
-def real_sets(root: Path) -> list[Dataset]:
-    """Every set under ../shared/data/real, as its README describes them."""
-    out = []
-    for folder in sorted(p for p in root.iterdir() if (p / "truth.csv").exists()):
-        dataset = Dataset(folder.name, "real")
-        for specimen in sorted(p for p in (folder / "gallery").iterdir() if p.is_dir()):
-            dataset.gallery += [(specimen.name, f) for f in images.visible_files(specimen)]
-        with open(folder / "truth.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                listed = row["detail"].split("overlaps", 1)[1] if "overlaps" in row["detail"] else ""
-                overlaps = dict(re.findall(r"([^;\s:]+):([\d.]+)", listed))
-                dataset.queries.append({"path": str(folder / "queries" / row["query"]),
-                                        "truth": row["expected"] or None, "case": row["case"],
-                                        "overlaps": {k: float(v) for k, v in overlaps.items()}})
-        out.append(dataset)
-    return out
-
-
-def dsb_sets(data: Path, tmp: Path, embedder, regroup: bool) -> list[Dataset]:
-    """The simulated sets: DSB fields re-captured (tune and test halves), and the same
-    fields seen through one microscope's fixed pattern."""
-    files = sorted(data.glob("*.png"))
-    originals = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
-    if regroup or not FIELDS.exists():
-        print(f"{len(files)} images; grouping fields", file=sys.stderr)
-        save_fields(files, group_fields(originals, embedder.embed(originals)))
-    groups = known_fields(files)
-    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    groups = np.array([labels[g] for g in groups])
-    rng = np.random.default_rng(SEED)
-    order = rng.permutation(len(labels))
-    half = {int(g): ("tune" if k < len(labels) // 2 else "test") for k, g in enumerate(order)}
-    enrolled = {}
-    for part in ("tune", "test"):
-        members = [int(g) for g in order if half[int(g)] == part]
-        cut = int(round(len(members) * 0.8))
-        enrolled.update({g: k < cut for k, g in enumerate(members)})
-    sim = Recapture()
-    sets = {part: Dataset(f"dsb2018 simulated, {part} half", part) for part in ("tune", "test")}
-    lookalike = lookalike_fields(originals, groups, enrolled, embedder)
-    for i, (path, rgb) in enumerate(zip(files, originals)):
-        g = int(groups[i])
-        dataset = sets[half[g]]
-        if enrolled[g]:
-            dataset.gallery.append((f"field-{g:04d}", _write(tmp / "dsb" / f"field-{g:04d}" / f"{path.stem[:12]}.jpg",
-                                                             sim.jpeg_bytes(rgb, rng))))
-        if i == int(np.flatnonzero(groups == g)[0]):  # one query per field
-            query = _write(tmp / "dsb-query" / f"{g:04d}.jpg", sim.jpeg_bytes(rgb, rng))
-            dataset.queries.append({"path": str(query), "truth": f"field-{g:04d}" if enrolled[g] else None,
-                                    "case": "simulated", "overlaps": {}})
-            if i in lookalike:
-                dataset.lookalike.add(str(query))
-    microscope = FixedPattern()
-    patterned = {}
-    for part, dataset in sets.items():
-        seen = Dataset(f"dsb2018 through one microscope, {part} half", part)
-        fields_here = [q for q in dataset.queries][:PATTERN_FIELDS]
-        for q in fields_here:
-            g = int(Path(q["path"]).stem)
-            rgb = cv2.resize(originals[int(np.flatnonzero(groups == g)[0])], PATTERN_SHAPE, interpolation=cv2.INTER_AREA)
-            if q["truth"]:
-                seen.gallery.append((q["truth"], _write(tmp / "pattern" / q["truth"] / "1.jpg",
-                                                        _jpeg(microscope.apply(sim.apply(rgb, rng)), rng))))
-            seen.queries.append({"path": str(_write(tmp / "pattern-query" / f"{g:04d}.jpg",
-                                                     _jpeg(microscope.apply(sim.apply(rgb, rng)), rng))),
-                                 "truth": q["truth"], "case": "fixed pattern", "overlaps": {}})
-        patterned[part] = seen
-    return [sets["tune"], sets["test"], patterned["tune"], patterned["test"]]
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def _jpeg(rgb: np.ndarray, rng) -> bytes:
-    quality = int(rng.integers(*Recapture().jpeg))
-    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-
-
-def known_fields(files) -> np.ndarray:
-    """Each file's group as bench/fields.json records it (a group of its own when not listed)."""
-    index = {f.name: i for i, f in enumerate(files)}
-    groups = np.arange(len(files))
-    for names in json.loads(FIELDS.read_text())["same field"]:
-        members = [index[n] for n in names if n in index]
-        groups[members] = min(members, default=0)
-    return groups
-
-
-def save_fields(files, groups) -> None:
-    same = [[files[i].name for i in np.flatnonzero(groups == g)] for g in dict.fromkeys(groups)]
-    FIELDS.write_text(json.dumps({
-        "found by": f"python bench/accuracy.py --regroup (>= {GROUP_INLIERS} inliers between originals)",
-        "same field": [names for names in same if len(names) > 1]}, indent=1) + "\n")
-
-
-def group_fields(originals, vectors) -> np.ndarray:
-    """Union-find over pairs of originals that verify as the same field."""
-    feats = [local_features.extract(o) for o in originals]
-    parent = list(range(len(originals)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    neighbours = np.argsort(-(vectors @ vectors.T), axis=1)[:, 1:61]
-    for i, row in enumerate(neighbours):
-        for j in row:
-            if i < j and verification.verify(feats[i], feats[j]).inliers >= GROUP_INLIERS:
-                parent[find(i)] = find(int(j))
-    return np.array([find(i) for i in range(len(originals))])
-
-
-def lookalike_fields(originals, groups, enrolled, embedder) -> set[int]:
-    """Images queried for their field that have another enrolled field the plain CNN finds
-    this alike."""
-    first = {int(g): int(np.flatnonzero(groups == g)[0]) for g in np.unique(groups)}
-    vectors = np.array([gap_vector(embedder, originals[i]) for i in first.values()])
-    rows = list(first.values())
-    sims = vectors @ vectors.T
-    is_enrolled = np.array([enrolled[g] for g in first])
-    np.fill_diagonal(sims, -1)
-    return {rows[k] for k in range(len(rows)) if sims[k][is_enrolled].max(initial=-1) >= LOOKALIKE_COSINE}
-
-
-def gap_vector(embedder, pixels) -> np.ndarray:
-    """The plain baseline: the same network's feature map, global-average pooled."""
-    v = embedder.trunk(embedder.preprocess(pixels)[None])[0].mean(axis=(1, 2))
-    return v / np.linalg.norm(v)
-
 
 # -- running and scoring ------------------------------------------------------------------------
 
@@ -286,14 +135,11 @@ def robustness(data: Path, tmp: Path, embedder) -> list[dict]:
     from specimen_id.models.views import _centre, _turned
 
     files = sorted(data.glob("*.png"))
-    groups = known_fields(files)
-    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    groups, order = dsb_fields(files, np.random.default_rng(SEED))
     first = {}
     for k, g in enumerate(groups):
-        first.setdefault(labels[g], k)
-    rng = np.random.default_rng(SEED)
-    order = rng.permutation(len(labels))
-    test = [int(g) for k, g in enumerate(order) if k >= len(labels) // 2][:ROBUST_FIELDS]
+        first.setdefault(int(g), k)
+    test = [int(g) for g in order[len(order) // 2:]][:ROBUST_FIELDS]
     sim, rng = Recapture(), np.random.default_rng(SEED + 1)
     fields = {g: cv2.cvtColor(cv2.imread(str(files[first[g]]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for g in test}
     kinds = {"turned 90 degrees": lambda x: _turned(x, 90), "turned 180 degrees": lambda x: _turned(x, 180),
@@ -303,19 +149,19 @@ def robustness(data: Path, tmp: Path, embedder) -> list[dict]:
              # between the views the shortlist tries (models/views.py), as a user's zoom wheel is
              "turned 67 degrees": lambda x: _turned(x, 67), "zoomed in 1.7x": lambda x: _centre(x, 1 / 1.7)}
     rows = []
-    plain = Dataset("robustness", "robust", [(f"field-{g:04d}", _write(tmp / "enrol" / f"{g:04d}.jpg",
+    plain = Dataset("robustness", "robust", [(f"field-{g:04d}", write(tmp / "enrol" / f"{g:04d}.jpg",
                                                                       sim.jpeg_bytes(rgb, rng)))
                                              for g, rgb in fields.items()])
     for kind, change in kinds.items():
-        plain.queries = [{"path": str(_write(tmp / kind / f"{g:04d}.jpg", _jpeg(change(sim.apply(rgb, rng)), rng))),
+        plain.queries = [{"path": str(write(tmp / kind / f"{g:04d}.jpg", jpeg(change(sim.apply(rgb, rng)), rng))),
                           "truth": f"field-{g:04d}", "case": kind, "overlaps": {}} for g, rgb in fields.items()]
         rows += identify(plain, tmp / "db", embedder)
     for zoom in (1.5, 2.0):  # the enrolled field is the centre, seen closer; the query the whole
         closer = Dataset("robustness", "robust",
-                         [(f"field-{g:04d}", _write(tmp / f"close-{zoom}" / f"{g:04d}.jpg",
-                                                    _jpeg(_centre(sim.apply(rgb, rng), 1 / zoom), rng)))
+                         [(f"field-{g:04d}", write(tmp / f"close-{zoom}" / f"{g:04d}.jpg",
+                                                    jpeg(_centre(sim.apply(rgb, rng), 1 / zoom), rng)))
                           for g, rgb in fields.items()])
-        closer.queries = [{"path": str(_write(tmp / f"out-{zoom}" / f"{g:04d}.jpg", sim.jpeg_bytes(rgb, rng))),
+        closer.queries = [{"path": str(write(tmp / f"out-{zoom}" / f"{g:04d}.jpg", sim.jpeg_bytes(rgb, rng))),
                            "truth": f"field-{g:04d}", "case": f"zoomed out {zoom:g}x", "overlaps": {}}
                           for g, rgb in fields.items()]
         rows += identify(closer, tmp / f"db-{zoom}", embedder)
@@ -406,102 +252,7 @@ def tally(decided: list[dict]) -> dict:
     return {"n": n, "right": right, "false": false, "ambiguous": ambiguous, "enrolled": len(enrolled), "top1": top1}
 
 
-def ece(decided: list[dict], bins: int = 10) -> float:
-    """Expected calibration error over each query's two best candidates (the bulk of easy
-    impostors near 0 would make any model look calibrated)."""
-    pairs = [(s, float(t)) for d in decided for t, s in d["top2"]]
-    p, y = np.array([s for s, _ in pairs]), np.array([t for _, t in pairs])
-    total = 0.0
-    for lo in np.linspace(0, 1, bins + 1)[:-1]:
-        inside = (p >= lo) & ((p < lo + 1 / bins) if lo + 1 / bins < 1 else (p <= 1))
-        if inside.any():
-            total += inside.mean() * abs(p[inside].mean() - y[inside].mean())
-    return float(total)
-
-
-def rates(genuine, impostor, fmr_targets=(0.01, 0.001)) -> dict:
-    """TAR at the threshold that keeps FMR at or under each target, and the EER."""
-    genuine, impostor = np.asarray(genuine, float), np.asarray(impostor, float)
-    out = {}
-    candidates = np.unique(np.concatenate([impostor, genuine, [np.inf]]))
-    for target in fmr_targets:
-        t = min(t for t in candidates if np.mean(impostor >= t) <= target)
-        out[target] = float(np.mean(genuine >= t))
-    grid = np.unique(np.concatenate([impostor, genuine]))
-    fmr = np.array([np.mean(impostor >= t) for t in grid])
-    fnmr = np.array([np.mean(genuine < t) for t in grid])
-    i = int(np.argmin(np.abs(fmr - fnmr)))
-    out["eer"] = float((fmr[i] + fnmr[i]) / 2)
-    return out
-
-
 # -- baselines ------------------------------------------------------------------------------
-
-def baseline_scores(dataset: Dataset, embedder) -> dict:
-    """Per query path: {baseline: [(specimen, similarity)] best first} over the whole gallery
-    (plain SIFT+RANSAC over the 100 captures the plain CNN finds nearest)."""
-    import imagehash
-    from PIL import Image
-
-    def load(path):
-        capture = images.load(path)
-        rgb = to_rgb8(capture.pixels)
-        return {"sha": capture.file_sha256, "phash": imagehash.phash(Image.fromarray(rgb)),
-                "gap": gap_vector(embedder, capture.pixels), "sift": local_features.extract(capture.pixels)}
-
-    gallery = [(name, load(p)) for name, p in dataset.gallery]
-    gap = np.array([g["gap"] for _, g in gallery])
-    out = {}
-    for q in dataset.queries:
-        mine = load(q["path"])
-        cosines = gap @ mine["gap"]
-        nearest = np.argsort(-cosines)[:100]
-        scores = {"file SHA-256": [(n, float(g["sha"] == mine["sha"])) for n, g in gallery],
-                  "pHash": [(n, 1 - (mine["phash"] - g["phash"]) / 64) for n, g in gallery],
-                  "plain GAP CNN": [(n, float(s)) for (n, _), s in zip(gallery, cosines)],
-                  "plain SIFT+RANSAC": [(gallery[i][0], float(verification.verify(mine["sift"], gallery[i][1]["sift"]).inliers))
-                                        for i in nearest]}
-        out[q["path"]] = {k: _best_per_specimen(v) for k, v in scores.items()}
-    return out
-
-
-def _best_per_specimen(pairs):
-    best = {}
-    for name, s in sorted(pairs, key=lambda t: -t[1]):
-        best.setdefault(name, s)
-    return sorted(best.items(), key=lambda t: -t[1])
-
-
-def baseline_thresholds(rows, baselines) -> dict:
-    """Each baseline's decision threshold: SHA-256 needs identity, SIFT+RANSAC its fixed
-    inlier count; pHash and the plain CNN the similarity their best-impostor scores reach at
-    FMR 1% on the DSB tune half."""
-    out = {"file SHA-256": 1.0, "plain SIFT+RANSAC": float(SIFT_BASELINE_INLIERS)}
-    tune = [r for r in rows if r["part"] == "tune" and r["case"] == "simulated"]
-    for name in ("pHash", "plain GAP CNN"):
-        impostor = [next((s for n, s in baselines[r["query"]][name] if n != r["truth"]), 0.0) for r in tune]
-        out[name] = float(np.quantile(impostor, 0.99)) if impostor else 1.0
-    return out
-
-
-def baseline_tally(rows, baselines, name: str, threshold: float) -> dict:
-    c = Counter()
-    genuine, impostor = [], []
-    for r in rows:
-        ranked = baselines[r["query"]][name]
-        best, s = ranked[0] if ranked else (None, 0.0)
-        tie = len(ranked) > 1 and ranked[1][1] == s  # a tie identifies nothing
-        match = s >= threshold and not tie
-        c["n"] += 1
-        c["right"] += (match and best == r["truth"]) or (not match and not r["truth"])
-        c["false"] += match and best != r["truth"]
-        if r["truth"]:
-            c["enrolled"] += 1
-            c["top1"] += best == r["truth"] and not tie
-            genuine.append(s if best == r["truth"] and not tie else -1.0)
-        impostor.append(next((v for n, v in ranked if n != r["truth"] and n not in r["overlaps"]), 0.0))
-    return {**c, **rates(genuine, impostor)}
-
 
 # -- report ---------------------------------------------------------------------------------
 
