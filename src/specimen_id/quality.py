@@ -39,9 +39,9 @@ PLATEAU = 0.03  # a background plateau is wider than a disc of this radius (shar
 BANDS = 20  # brightness bands of 5% of the range: the background is the most common one
 
 
-def measure(pixels: np.ndarray) -> dict:
-    """edge_width, blur, clipped_detail, dark_clipped (shares 0..1), width and height of
-    decoded pixels."""
+def measure(pixels: np.ndarray, file_size: tuple[int, int] | None = None) -> dict:
+    """edge_width, blur, clipped_detail, dark_clipped (shares 0..1), width and height (the
+    file's own `file_size` when the pixels were shrunk after decoding, see images.WORK_SIDE)."""
     import cv2
 
     h, w = pixels.shape[:2]
@@ -68,7 +68,7 @@ def measure(pixels: np.ndarray) -> dict:
         clipped = _clipped_detail(saturated, channels, small, top)
     return {"edge_width": round(_edge_width(stretched), 5), "blur": round(_blur_effect(stretched), 4),
             "clipped_detail": round(clipped, 6), "dark_clipped": round(dark, 6),
-            "width": int(w), "height": int(h)}
+            "width": int((file_size or (w, h))[0]), "height": int((file_size or (w, h))[1])}
 
 
 def sensor_top(pixels: np.ndarray) -> int | None:

@@ -54,6 +54,8 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, allow_low_quality, que
     for path, same in report.skipped:
         if same == "pixels":  # a same-file re-run is the expected no-op; this is news
             click.echo(f"skipped: {path}: same pixels as a capture already enrolled there", err=True)
+    for path, warning in report.warnings:
+        click.echo(f"warning: {path}: {warning}", err=True)
     for path, o in report.overlaps:  # probably the same slide: worth knowing, not a refusal
         click.echo(f"overlaps: {path}: {o['share_of_other']:.0%} of {o['specimen']} (capture {o['other_capture']})")
     click.echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "

@@ -23,6 +23,7 @@ class EnrolReport:
     skipped: list = field(default_factory=list)  # (path, "file"|"pixels"): already enrolled there
     refused: list = field(default_factory=list)  # ImageRefused errors, one per bad file
     overlaps: list = field(default_factory=list)  # (path, overlap found, see search/overlap.py)
+    warnings: list = field(default_factory=list)  # (path, what was odd in a file that was read)
 
 
 def enroll(db, specimen: str, paths, metadata: dict | None = None, **options) -> EnrolReport:
@@ -91,6 +92,7 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
                 report.skipped.append((capture.name, same))
                 bar.update(1)
                 continue
+            report.warnings.extend((capture.name, w) for w in capture.warnings)
             here["file"].add(capture.file_sha256)
             here["pixels"].add(capture.pixel_sha256)
             batch.append(prepared)

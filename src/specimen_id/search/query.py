@@ -128,7 +128,7 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
               "score_kind": SCORE_KIND, "candidates": ranked[:top_k], "exact": exact_copies(db, capture),
               # a low-quality query is answered, with a warning: the person is at the microscope
               "quality": capture.quality,
-              "warnings": quality.problems(capture.quality, quality.limits(db)) + notes}
+              "warnings": [*capture.warnings, *quality.problems(capture.quality, quality.limits(db)), *notes]}
     if log:
         result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold, top_k,
                                           __version__, SCORE_KIND)

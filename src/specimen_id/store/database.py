@@ -237,7 +237,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
                     "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
                     "image_path": path, "original_name": os.path.basename(capture.name),
                     "format": capture.format, "width": capture.width, "height": capture.height,
-                    "dtype": str(capture.pixels.dtype), "channels": capture.channels,
+                    "dtype": capture.dtype, "channels": capture.channels,
                     "exif": json.dumps(capture.exif), "created_at": now(),
                     "quality": json.dumps(capture.quality),
                     "acquisition": json.dumps(capture.acquisition) if capture.acquisition else None,
