@@ -269,12 +269,12 @@ def _acquisition(text: str | None) -> tuple[dict | None, list[str]]:
     (the pixels are what matters: a malformed record is ignored, not fatal)."""
     import json
 
-    try:
-        value = json.loads(text) if text else None
-    except (ValueError, RecursionError):
-        value = "malformed"
-    if value is None:
+    if not text:
         return None, []
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: a record nested too deep to parse
+        value = None
     if not isinstance(value, dict):
         return None, [f"its {ACQUISITION_KEY} record is not a JSON object; it was ignored"]
     # anyone can write a PNG text chunk: keep plain values, lists of text and flat mappings,
