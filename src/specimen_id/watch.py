@@ -123,7 +123,8 @@ def enrol_action(db, embedder, specimen: str, allow_low_quality: bool = False):
             return "refused", f"refused: {report.refused[0]}"
         if report.skipped:
             return "skipped", f"skipped: {path}: already enrolled in {specimen} (same {report.skipped[0][1]})"
-        return "enrolled", f"enrolled: {path} as a capture of {specimen}"
+        return "enrolled", f"enrolled: {path} as a capture of {specimen}" + "".join(
+            f"; warning: {warning}" for _, warning in report.warnings)  # as query_action's line
     act.key = f"enrol:{specimen}"  # what "handled" means: the same content may go elsewhere too
     return act
 
