@@ -2,6 +2,7 @@
 pixels and files whose decoded size is far beyond their file size. Each is refused by name, or
 read with a warning, and the files after it are still handled."""
 
+import json
 import resource
 import struct
 import subprocess
@@ -11,12 +12,14 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SPECIMENS
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from specimen_id import images
 from specimen_id.errors import ImageRefused
+from specimen_id.web import create_app
 
 GOOD = SPECIMENS / "he-tissue-a" / "capture-1.png"
 
@@ -109,9 +112,27 @@ def test_a_small_file_of_many_decoded_megabytes_is_refused_or_bounded(tmp_path):
     for step in (["enroll", "-s", "bomb", "--allow-low-quality", str(path)], ["query", str(path)]):
         done = subprocess.run([*cli, *step], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+    # the web app shows it: three pages asking for its thumbnails at once
+    pages = subprocess.run([sys.executable, "-c", THUMBNAILS, str(tmp_path / "db")], capture_output=True, text=True)
+    assert pages.returncode == 0 and pages.stdout.split()[:3] == ["200"] * 3, pages.stderr
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # GB (ru_maxrss in KB)
-    print(f"peak RSS of enrol and query of a 10000x10000 16-bit RGBA PNG: {peak:.2f} GB")
+    print(f"peak RSS of enrol, query and thumbnails of a 10000x10000 16-bit RGBA PNG: {peak:.2f} GB")
     assert peak < 3
+
+
+THUMBNAILS = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from fastapi.testclient import TestClient
+from specimen_id.store import Database
+from specimen_id.web import create_app
+with Database(sys.argv[1]) as db:
+    uuid = db.captures(db.specimen("bomb")["id"])[0]["uuid"]
+client = TestClient(create_app(sys.argv[1]), base_url="http://127.0.0.1")
+with ThreadPoolExecutor(3) as pool:
+    replies = list(pool.map(lambda size: client.get(f"/images/capture/{uuid}?size={size}"), (256, 512, 0)))
+print(*(r.status_code for r in replies))
+"""
 
 
 def test_enrol_and_query_say_what_was_filled_in(run, tmp_path):
@@ -123,7 +144,14 @@ def test_enrol_and_query_say_what_was_filled_in(run, tmp_path):
     assert enrolled.exit_code == 0 and f"warning: {path}: 0.03% of its pixel values were not numbers" in enrolled.stderr
     queried = run("query", "--json", path)
     assert queried.exit_code == 0
-    import json
     answer = json.loads(queried.stdout)
     assert answer["decision"] == "match" and answer["specimen"] == "float-field"
     assert any("filled in" in w for w in answer["warnings"])
+    field[:5, :5], field[-5:, -5:] = field[5, 5], np.nan  # other pixels: not a duplicate
+    other = tmp_path / "other-nan.tif"
+    cv2.imwrite(str(other), field)
+    client = TestClient(create_app(run.db), base_url="http://127.0.0.1")  # the web's enrol form says so too
+    page = client.post("/enrol", data={"specimen": "web-float", "allow_low_quality": "true"},
+                       files={"files": (other.name, other.read_bytes())}, headers={"Origin": "http://127.0.0.1"})
+    assert page.status_code == 200 and "Enrolled with a warning" in page.text
+    assert f"{other.name}: 0.03% of its pixel values were not numbers" in page.text

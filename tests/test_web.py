@@ -37,7 +37,7 @@ def test_specimen_page_shows_captures_and_serves_images(client):
     data = client.get("/api/specimens/he-tissue-a").json()
     capture = data["captures"][0]["uuid"]
     thumb = client.get(f"/images/capture/{capture}", params={"size": 128})
-    assert thumb.headers["content-type"] == "image/png" and thumb.content.startswith(b"\x89PNG")
+    assert thumb.headers["content-type"] == "image/jpeg" and thumb.content.startswith(b"\xff\xd8")
     assert client.get("/specimens/nobody").status_code == 404
     assert client.get("/api/specimens/nobody").json() == {"error": "no specimen named 'nobody' (see `specimen-id list`)"}
 
@@ -117,7 +117,7 @@ def test_enrol_edit_and_curate_through_the_api(client):
              (QUERIES / "never-enrolled-1.jpg", QUERIES / "never-enrolled-2.jpg")]
     made = client.post("/api/enrol", data={"specimen": "new-slide", "metadata": "stain = DAPI\nlab = 2"},
                        files=files, headers=SAME_SITE)
-    assert made.json() == {"specimen": "new-slide", "enrolled": 2, "skipped": 0, "refused": []}
+    assert made.json() == {"specimen": "new-slide", "enrolled": 2, "skipped": 0, "refused": [], "warnings": []}
     data = client.get("/api/specimens/new-slide").json()
     assert data["metadata"] == {"stain": "DAPI", "lab": "2"} and len(data["captures"]) == 2
     bad = client.post("/api/enrol", data={"specimen": "x"}, headers=SAME_SITE,

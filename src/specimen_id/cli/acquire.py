@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .base import cli, model_options, open_db
+from .base import cli, echo, model_options, open_db
 
 
 @cli.command()
@@ -39,10 +39,10 @@ def capture(ctx, device, frames, warmup, bit_depth, out, then_query, then_enroll
         raise click.UsageError("give --query or --enroll NAME, not both")
     out = out or Path(f"capture-{datetime.now():%Y%m%d-%H%M%S}.png")
     facts = take(device, out, frames=frames, warmup=warmup, bit_depth=int(bit_depth))
-    click.echo(f"captured {out}: {facts['width']}x{facts['height']}, {frames} frame(s) averaged "
+    echo(f"captured {out}: {facts['width']}x{facts['height']}, {frames} frame(s) averaged "
                f"from {device}")
     for aspect in facts["not_locked"]:
-        click.echo(f"warning: {aspect} not locked: {facts['controls'][aspect]}", err=True)
+        echo(f"warning: {aspect} not locked: {facts['controls'][aspect]}", err=True)
     if then_enroll:
         # meta={}: ctx.invoke passes defaults as they are, without the option's parsing callback
         ctx.invoke(_command("enroll"), specimen=then_enroll, files=(out,), allow_low_quality=allow_low_quality,
@@ -63,8 +63,8 @@ def cameras(as_json):
     from ..camera import v4l2
 
     if not v4l2.available():
-        click.echo("v4l2-ctl not found: install Debian's v4l-utils (apt-get install v4l-utils) "
-                   "to list and lock controls; OpenCV's properties are used without it", err=True)
+        echo("v4l2-ctl not found: install Debian's v4l-utils (apt-get install v4l-utils) "
+             "to list and lock controls; OpenCV's properties are used without it", err=True)
     names = {node: name for name, group in v4l2.parse_devices(v4l2.list_devices() if v4l2.available()
                                                                else "") for node in group}
     # the nodes /dev holds and those v4l2-ctl names: the same on a real system, and the
@@ -72,7 +72,7 @@ def cameras(as_json):
     nodes = sorted({str(p) for p in Path("/dev").glob("video*")}
                    | {n for n in names if n.startswith("/dev/video")})
     if not nodes:
-        click.echo("no video devices (/dev/video*) found", err=True)
+        echo("no video devices (/dev/video*) found", err=True)
     for node in nodes:
         entry = {"device": node, "name": names.get(node, ""), "controls": {}, "lock_plan": {}}
         if v4l2.available():
@@ -84,15 +84,15 @@ def cameras(as_json):
                 entry["controls"] = {n: c.value for n, c in controls.items()}
                 entry["lock_plan"] = v4l2.lock_plan(controls).aspects
         if as_json:
-            click.echo(json.dumps(entry))
+            echo(json.dumps(entry))
             continue
-        click.echo(f"{node}  {entry['name']}".rstrip())
+        echo(f"{node}  {entry['name']}".rstrip())
         for name, value in entry["controls"].items():
-            click.echo(f"  {name} = {value}")
+            echo(f"  {name} = {value}")
         for aspect, how in entry["lock_plan"].items():
-            click.echo(f"  lock {aspect}: {how}")
+            echo(f"  lock {aspect}: {how}")
         if "error" in entry:
-            click.echo(f"  {entry['error']}")
+            echo(f"  {entry['error']}")
 
 
 def _stop(signum, frame):
@@ -121,15 +121,15 @@ def watch(ctx, folder, specimen, as_query, once, interval, allow_low_quality, mo
     db = open_db(ctx)
     embedder = embedder_for(db, model, weights)
     act = enrol_action(db, embedder, specimen, allow_low_quality) if specimen else query_action(db, embedder)
-    watcher = Watcher(db, folder, act, click.echo)
+    watcher = Watcher(db, folder, act, echo)
     if not once:
         # a service manager stops us with SIGTERM: end between files, like Ctrl-C
         signal.signal(signal.SIGTERM, _stop)
-        click.echo(f"watching {folder} every {interval:g} s (Ctrl-C to stop)", err=True)
+        echo(f"watching {folder} every {interval:g} s (Ctrl-C to stop)", err=True)
     try:
         watcher.run(interval, once)
     except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        echo("stopped", err=True)
 
 
 @cli.command("quality")
@@ -150,18 +150,18 @@ def quality_(ctx, files, as_json):
         try:
             measures = images.load(path).quality
         except ImageRefused as e:
-            click.echo(f"refused: {e}", err=True)
+            echo(f"refused: {e}", err=True)
             failed = True
             continue
         found = quality.problems(measures, limits)
         failed |= bool(found)
         if as_json:
-            click.echo(json.dumps({"path": str(path), **measures, "limits": limits, "problems": found}))
+            echo(json.dumps({"path": str(path), **measures, "limits": limits, "problems": found}))
             continue
-        click.echo(f"{path}: edge width {measures['edge_width']:.1%} (max {limits['max_edge_width']:.1%}), "
-                   f"blur {measures['blur']:.2f} (max {limits['max_blur']:g}), specimen saturated "
-                   f"{measures['clipped_detail']:.1%} (max {limits['max_clipped_detail']:.1%}), black "
-                   f"{measures['dark_clipped']:.1%} (max {limits['max_dark_clipped']:.0%}), "
-                   f"{measures['width']}x{measures['height']} (min side {limits['min_side']}): "
+        echo(f"{path}: edge width {measures['edge_width']:.1%} (max {limits['max_edge_width']:.1%}), "
+             f"blur {measures['blur']:.2f} (max {limits['max_blur']:g}), specimen saturated "
+             f"{measures['clipped_detail']:.1%} (max {limits['max_clipped_detail']:.1%}), black "
+             f"{measures['dark_clipped']:.1%} (max {limits['max_dark_clipped']:.0%}), "
+             f"{measures['width']}x{measures['height']} (min side {limits['min_side']}): "
                    + ("; ".join(found) if found else "ok"))
     ctx.exit(1 if failed else 0)

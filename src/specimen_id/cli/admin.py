@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..store.settings import SETTINGS, parse_setting
-from .base import cli, model_options, open_db
+from .base import cli, echo, model_options, open_db
 
 
 @cli.command()
@@ -24,13 +24,13 @@ def info(ctx, as_json):
              "calibration": db.threshold_note(SCORE_KIND) or (
                  "set for this score" if db.threshold_record(SCORE_KIND) else "default threshold")}
     if as_json:
-        click.echo(json.dumps(facts))
+        echo(json.dumps(facts))
         return
     for key, value in facts.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v / 1e6:.1f} MB" if key == "bytes" else f"{k} {v}"
                               for k, v in value.items())
-        click.echo(f"{key}: {value}")
+        echo(f"{key}: {value}")
 
 
 @cli.command()
@@ -60,7 +60,7 @@ def config(ctx, key, value):
             db.set_setting(key, parsed)
     for k in [key] if key else sorted(SETTINGS):
         shown = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD) if k == "threshold" else db.setting(k)
-        click.echo(f"{k} = {shown}")
+        echo(f"{k} = {shown}")
 
 
 @cli.command()
@@ -78,10 +78,10 @@ def reindex(ctx, model, weights, features_only):
         if model or weights:
             raise click.UsageError("--features-only keeps the model: give no --model or --weights")
         count = reindex_features(db, progress=True)
-        click.echo(f"recomputed the local features of {count} capture(s) ({db.setting('features_version')})")
+        echo(f"recomputed the local features of {count} capture(s) ({db.setting('features_version')})")
         return
     count = run_reindex(db, model, weights, progress=True)
-    click.echo(f"re-embedded {count} capture(s) with {db.model_id}")
+    echo(f"re-embedded {count} capture(s) with {db.model_id}")
 
 
 @cli.command()
@@ -97,12 +97,12 @@ def calibrate(ctx, fmr, min_genuine, out):
     from ..search import calibrate as run_calibrate
 
     summary = run_calibrate(open_db(ctx), fmr, min_genuine, out, progress=True)
-    click.echo(f"threshold = {summary['threshold']:.4f} for FMR {fmr:g} "
+    echo(f"threshold = {summary['threshold']:.4f} for FMR {fmr:g} "
                f"(TAR {summary['tar']:.3f}; {summary['genuine']} genuine, "
                f"{summary['impostor']} impostor scores); report: {summary['report']}")
     if summary["resolvable_fmr"] > fmr:
-        click.echo(f"warning: {summary['impostor']} impostor scores cannot resolve FMR {fmr:g}; "
-                   "see the report", err=True)
+        echo(f"warning: {summary['impostor']} impostor scores cannot resolve FMR {fmr:g}; "
+             "see the report", err=True)
 
 
 @cli.command()
@@ -123,5 +123,5 @@ def browse(ctx, host, port, token):
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     embedder_for(open_db(ctx))  # load the model now, so the first query is as fast as the rest
-    click.echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
+    echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -12,6 +12,13 @@ from .. import __version__
 from ..errors import SpecimenIdError
 from ..models.backbones import MODEL_NAMES
 from ..store.database import DB_ENV, DEFAULT_DIR
+from ..text import escaped
+
+
+def echo(message: str = "", err: bool = False) -> None:
+    """click.echo, with control characters from names, metadata and file names made visible:
+    nothing printed can steer the terminal or forge a line."""
+    click.echo(escaped(str(message)), err=err)
 
 
 class _Group(click.Group):
@@ -19,12 +26,12 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SpecimenIdError as e:
-            click.echo(f"error: {e}", err=True)
+            echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # disk full, permissions: the database cannot be written as asked
             where = f" ({e.filename})" if e.filename else ""
-            click.echo(f"error: {e.strerror or e}{where}; the database keeps what was committed "
-                       "before it: run the command again once this is fixed", err=True)
+            echo(f"error: {e.strerror or e}{where}; the database keeps what was committed "
+                 "before it: run the command again once this is fixed", err=True)
             ctx.exit(3)
 
 

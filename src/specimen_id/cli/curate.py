@@ -6,15 +6,16 @@ import json
 
 import click
 
-from .base import cli, open_db
+from ..text import escaped
+from .base import cli, echo, open_db
 
 
 @cli.command(name="list")
 @click.pass_context
 def list_(ctx):
     """Enrolled specimen names, one per line."""
-    for specimen in open_db(ctx).specimens():
-        click.echo(specimen["name"])
+    for specimen in open_db(ctx).specimens():  # one line each, whatever an old name holds
+        echo(escaped(specimen["name"], keep=""))
 
 
 @cli.command()
@@ -28,20 +29,20 @@ def show(ctx, name, as_json):
     captures = db.captures(specimen["id"])
     overlaps = db.overlaps_of(specimen["id"])
     if as_json:
-        click.echo(json.dumps({**specimen, "captures": captures, "overlaps": overlaps}))
+        echo(json.dumps({**specimen, "captures": captures, "overlaps": overlaps}))
         return
-    click.echo(f"{specimen['name']}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
+    echo(f"{specimen['name']}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
     for key, value in specimen["metadata"].items():
-        click.echo(f"  {key} = {value}")
-    click.echo(f"  {len(captures)} capture(s):")
+        echo(f"  {key} = {value}")
+    echo(f"  {len(captures)} capture(s):")
     for c in captures:
-        click.echo(f"    {c['uuid']}  {c['original_name']}  {c['width']}x{c['height']} "
-                   f"{c['format']} {c['dtype']}  sha256 {c['file_sha256'][:12]}  {c['created_at']}")
+        echo(f"    {c['uuid']}  {c['original_name']}  {c['width']}x{c['height']} "
+             f"{c['format']} {c['dtype']}  sha256 {c['file_sha256'][:12]}  {c['created_at']}")
     if overlaps:
-        click.echo(f"  overlaps {len(overlaps)} field(s) of other specimens:")
+        echo(f"  overlaps {len(overlaps)} field(s) of other specimens:")
     for o in overlaps:
-        click.echo(f"    capture {o['capture']} shares {o['share_of_capture']:.0%} of its field with "
-                   f"{o['specimen']} (capture {o['other_capture']}, {o['share_of_other']:.0%} of that field)")
+        echo(f"    capture {o['capture']} shares {o['share_of_capture']:.0%} of its field with "
+             f"{o['specimen']} (capture {o['other_capture']}, {o['share_of_other']:.0%} of that field)")
 
 
 @cli.command()
@@ -50,7 +51,7 @@ def show(ctx, name, as_json):
 def remove(ctx, name):
     """Remove a specimen from list, query and the web pages (kept until `purge`; `restore` undoes)."""
     count = open_db(ctx).remove_specimen(name)
-    click.echo(f"removed {name} and its {count} capture(s) (kept until purged: "
+    echo(f"removed {name} and its {count} capture(s) (kept until purged: "
                f"`specimen-id restore {name}` undoes this)")
 
 
@@ -59,9 +60,9 @@ def remove(ctx, name):
 @click.argument("new_name")
 @click.pass_context
 def rename(ctx, name, new_name):
-    """Rename a specimen."""
+    """Rename a specimen (NAME may be its uuid: a name that cannot be typed is reached so)."""
     open_db(ctx).rename_specimen(name, new_name)
-    click.echo(f"renamed {name} to {new_name}")
+    echo(f"renamed {name} to {new_name}")
 
 
 @cli.command()
@@ -71,7 +72,7 @@ def rename(ctx, name, new_name):
 def merge(ctx, source, target):
     """Merge specimen SOURCE into TARGET (captures, queries, metadata)."""
     moved = open_db(ctx).merge_specimens(source, target)
-    click.echo(f"merged {source} into {target} ({moved} capture(s) moved)")
+    echo(f"merged {source} into {target} ({moved} capture(s) moved)")
 
 
 @cli.command()
@@ -81,7 +82,7 @@ def merge(ctx, source, target):
 def move(ctx, capture, specimen):
     """Move a capture (by its id, see `show`) to another specimen."""
     open_db(ctx).move_capture(capture, specimen)
-    click.echo(f"moved capture {capture} to {specimen}")
+    echo(f"moved capture {capture} to {specimen}")
 
 
 @cli.command()
@@ -93,4 +94,4 @@ def move(ctx, capture, specimen):
 def review(ctx, query_id, verdict, reviewer, note):
     """Confirm or reject a logged decision (kept for calibration)."""
     open_db(ctx).review(query_id, verdict, reviewer, note)
-    click.echo(f"{verdict} query {query_id} by {reviewer}")
+    echo(f"{verdict} query {query_id} by {reviewer}")

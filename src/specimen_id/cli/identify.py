@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .base import cli, model_options, open_db, parse_meta
+from .base import cli, echo, model_options, open_db, parse_meta
 
 
 @cli.command()
@@ -50,15 +50,15 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, allow_low_quality, que
                             allow_duplicate=allow_duplicate, progress=True,
                             allow_low_quality=allow_low_quality)
     for error in report.refused:
-        click.echo(f"refused: {error}", err=True)
+        echo(f"refused: {error}", err=True)
     for path, same in report.skipped:
         if same == "pixels":  # a same-file re-run is the expected no-op; this is news
-            click.echo(f"skipped: {path}: same pixels as a capture already enrolled there", err=True)
+            echo(f"skipped: {path}: same pixels as a capture already enrolled there", err=True)
     for path, warning in report.warnings:
-        click.echo(f"warning: {path}: {warning}", err=True)
+        echo(f"warning: {path}: {warning}", err=True)
     for path, o in report.overlaps:  # probably the same slide: worth knowing, not a refusal
-        click.echo(f"overlaps: {path}: {o['share_of_other']:.0%} of {o['specimen']} (capture {o['other_capture']})")
-    click.echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "
+        echo(f"overlaps: {path}: {o['share_of_other']:.0%} of {o['specimen']} (capture {o['other_capture']})")
+    echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "
                f"(already enrolled), refused {len(report.refused)}")
     ctx.exit(1 if report.refused else 0)
 
@@ -78,13 +78,13 @@ def query(ctx, files, top_k, threshold, as_json, model, weights):
     for result in run_query(open_db(ctx), files, top_k, threshold, model=model, weights=weights):
         refused |= result["decision"] == "refused"
         if as_json:
-            click.echo(json.dumps(result))
+            echo(json.dumps(result))
         elif result["decision"] == "refused":
-            click.echo(f"refused: {result['error']}", err=True)
+            echo(f"refused: {result['error']}", err=True)
         else:
-            click.echo(_format_result(result))
+            echo(_format_result(result))
         for warning in result.get("warnings", []):
-            click.echo(f"warning: {result['query']}: {warning}", err=True)
+            echo(f"warning: {result['query']}: {warning}", err=True)
     ctx.exit(1 if refused else 0)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import cli, open_db
+from .base import cli, echo, open_db
 
 
 @cli.command()
@@ -16,8 +16,8 @@ def verify(ctx):
 
     report = run_verify(open_db(ctx))
     for finding in report.findings:
-        click.echo(str(finding))
-    click.echo(report.summary())
+        echo(str(finding))
+    echo(report.summary())
     ctx.exit(1 if report.problems else 0)
 
 
@@ -30,10 +30,10 @@ def repair(ctx):
 
     result = run_repair(open_db(ctx))
     for line in result.fixed:
-        click.echo(f"fixed: {line}")
+        echo(f"fixed: {line}")
     for line in result.unfixable:
-        click.echo(f"cannot fix: {line}")
+        echo(f"cannot fix: {line}")
     for finding in result.after.problems:
-        click.echo(f"still: {finding}")
-    click.echo(result.after.summary())
+        echo(f"still: {finding}")
+    echo(result.after.summary())
     ctx.exit(1 if result.after.problems else 0)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .base import cli, open_db
+from .base import cli, echo, open_db
 
 
 @cli.command()
@@ -18,11 +18,11 @@ def audit(ctx, specimen, limit, as_json):
     """Every change made to the database, newest first: when, who, where, what."""
     for row in open_db(ctx).audit_trail(specimen, limit):
         if as_json:
-            click.echo(json.dumps(row))
+            echo(json.dumps(row))
             continue
         who = f"{row['user']}@{row['station']}" + (f" ({row['client']})" if row["client"] else "")
         what = " ".join(x for x in (row["specimen_name"], row["capture_uuid"]) if x)
-        click.echo(f"{row['at']}  {who}  {row['action']}  {what}  {json.dumps(row['changes'])}")
+        echo(f"{row['at']}  {who}  {row['action']}  {what}  {json.dumps(row['changes'])}")
 
 
 @cli.command()
@@ -31,7 +31,7 @@ def audit(ctx, specimen, limit, as_json):
 def restore(ctx, name):
     """Bring back a removed specimen with its captures (same ids, back in the index)."""
     count = open_db(ctx).restore_specimen(name)
-    click.echo(f"restored {name} and its {count} capture(s)")
+    echo(f"restored {name} and its {count} capture(s)")
 
 
 @cli.command()
@@ -45,5 +45,5 @@ def purge(ctx, name, all_removed):
     db = open_db(ctx)
     for each in db.removed_specimens() if all_removed else [name]:
         done = db.purge_specimen(each)
-        click.echo(f"purged {each}: {done['captures']} capture(s), {len(done['files'])} image file(s) "
-                   "deleted (files still used by other captures or logged queries are kept)")
+        echo(f"purged {each}: {done['captures']} capture(s), {len(done['files'])} image file(s) "
+             "deleted (files still used by other captures or logged queries are kept)")

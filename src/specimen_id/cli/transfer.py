@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import cli, open_db
+from .base import cli, echo, open_db
 
 
 @cli.command()
@@ -18,7 +18,7 @@ def export(ctx, archive):
 
     manifest = export_archive(open_db(ctx), archive)
     counts = manifest["counts"]
-    click.echo(f"exported {counts['specimens']} specimen(s) ({counts['removed_specimens']} removed), "
+    echo(f"exported {counts['specimens']} specimen(s) ({counts['removed_specimens']} removed), "
                f"{counts['captures']} capture(s), {counts['queries']} logged quer(ies) and "
                f"{len(manifest['members']) - 1} image file(s) to {archive}")
 
@@ -33,7 +33,7 @@ def import_(ctx, archive):
     root = ctx.find_root().obj
     manifest = import_archive(archive, root)
     counts = manifest["counts"]
-    click.echo(f"imported {counts['specimens']} specimen(s), {counts['captures']} capture(s) and "
+    echo(f"imported {counts['specimens']} specimen(s), {counts['captures']} capture(s) and "
                f"{counts['queries']} logged quer(ies) into {root}; every file matched the manifest "
                "and the index was rebuilt")
 
@@ -45,7 +45,7 @@ def export_csv(ctx, file):
     """One row per specimen: uuid, name, notes, created_at, captures, meta:KEY columns."""
     from ..store.csvfile import export_csv as write
 
-    click.echo(f"wrote {write(open_db(ctx), file)} specimen(s) to {file}")
+    echo(f"wrote {write(open_db(ctx), file)} specimen(s) to {file}")
 
 
 @cli.command(name="import-csv")
@@ -57,7 +57,7 @@ def import_csv(ctx, file):
 
     report = read(open_db(ctx), file)
     for problem in report.problems:
-        click.echo(f"skipped: {file}: {problem}", err=True)
-    click.echo(f"updated {len(report.updated)}, unchanged {report.unchanged}, "
+        echo(f"skipped: {file}: {problem}", err=True)
+    echo(f"updated {len(report.updated)}, unchanged {report.unchanged}, "
                f"skipped {len(report.problems)} row(s)")
     ctx.exit(1 if report.problems else 0)

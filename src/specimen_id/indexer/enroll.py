@@ -11,6 +11,7 @@ from .. import images, local_features, quality
 from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen
 from ..models import embedder_for
 from ..progress import progress_bar
+from ..text import name_problem
 from ..search.overlap import find_overlaps
 from .pipeline import evidence, prepare
 
@@ -47,8 +48,11 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     whose pixels are already enrolled under another specimen is refused unless
     allow_duplicate; one already enrolled under the same specimen is skipped; one below the
     quality limits (quality.py) is refused unless allow_low_quality."""
-    embedder = embedder or embedder_for(db, model, weights)
     report = EnrolReport()
+    jobs = [(name, paths) for name, paths in jobs if _usable_name(name, paths, report)]
+    if not jobs and report.refused:  # every name refused: no model to load
+        return report
+    embedder = embedder or embedder_for(db, model, weights)
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
         items = [(name, path) for name, paths in jobs if _open_specimen(db, name, paths, metadata, report, bar)
@@ -102,6 +106,14 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
             store()
         db.save_index()
     return report
+
+
+def _usable_name(name: str, paths, report) -> bool:
+    """A name that cannot be a specimen's refuses its files by name; other folders go on."""
+    problem = name_problem(name)
+    if problem:
+        report.refused += [ImageRefused(path, problem) for path in paths]
+    return problem is None
 
 
 def _open_specimen(db, name, paths, metadata, report, bar) -> bool:

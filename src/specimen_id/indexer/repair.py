@@ -1,8 +1,8 @@
 """`repair`: fix what `verify` finds, from the source of truth (SQLite rows and the managed
 images): recompute missing or damaged embeddings and local features from the images, drop
-embeddings of another model, rebuild the index, remove leftover files. What cannot be fixed
-that way (a missing or altered image, a damaged SQLite file) is reported with the captures it
-affects; nothing is deleted to make verify pass."""
+embeddings of another model, rebuild the index and damaged renditions, remove leftover files.
+What cannot be fixed that way (a missing or altered image, a damaged SQLite file, a name to
+rename) is reported with the captures it affects; nothing is deleted to make verify pass."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 from .. import images, local_features
 from ..errors import ImageRefused
 from ..models import embedder_for
+from ..store import renditions
 from ..store.integrity import Report, verify
 
 # A query process writes its image copy before it logs the query, without the write lock: a
@@ -90,6 +91,14 @@ def _recompute(db, ids: list[int], stray: int, out: RepairReport) -> None:
 def _remove_leftovers(db, found: Report, out: RepairReport) -> None:
     young = 0
     for f in found.findings:
+        if f.kind == "rendition":  # its image is sound (verify checked): make it again from that
+            sha = renditions.source_sha(f.path)
+            f.path.unlink(missing_ok=True)
+            try:
+                renditions.build(db.root, next((db.root / "images" / sha[:2]).glob(f"{sha}.*")))
+                out.fixed.append(f"made {f.path.relative_to(db.root)} again")
+            except (StopIteration, ImageRefused) as e:
+                out.unfixable.append(f"{f.path.relative_to(db.root)}: cannot be made again ({e or 'no image'})")
         if f.kind not in ("orphan", "temp") or f.path is None:
             continue
         try:

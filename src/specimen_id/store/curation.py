@@ -9,17 +9,17 @@ import json
 import math
 
 from ..errors import SpecimenIdError, SpecimenRemoved
+from ..text import name_problem
 from .settings import now
 
 VERDICTS = ("confirmed", "rejected")
 
 
 def check_name(name: str) -> None:
-    """Specimen names appear in URLs and folder names: not empty, no slash."""
-    if not name.strip():
-        raise SpecimenIdError("a specimen name cannot be empty")
-    if "/" in name or "\\" in name:
-        raise SpecimenIdError(f"specimen names cannot contain slashes: {name!r}")
+    """Refuse a name that text.name_problem refuses (control characters, slashes, `.`...)."""
+    problem = name_problem(name)
+    if problem:
+        raise SpecimenIdError(problem)
 
 
 def check_metadata(metadata) -> None:
@@ -43,8 +43,8 @@ class Curation:
         self._free(new_name)
         with self.writing(), self.transaction():
             self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
-            self._rename_in_logged_candidates(name, new_name)
-            self._audit("rename", specimen, before={"name": name}, after={"name": new_name})
+            self._rename_in_logged_candidates(specimen["name"], new_name)
+            self._audit("rename", specimen, before={"name": specimen["name"]}, after={"name": new_name})
 
     def merge_specimens(self, source: str, target: str) -> int:
         """Move every capture and query of `source` to `target`, then drop `source`; returns
@@ -62,7 +62,7 @@ class Curation:
             self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
                             [json.dumps({**a["metadata"], **b["metadata"]}), notes, b["id"]])
             self.db.execute("DELETE FROM specimens WHERE id = ?", [a["id"]])
-            self._rename_in_logged_candidates(source, target)
+            self._rename_in_logged_candidates(a["name"], b["name"])
             merged = {"merged_into": b["uuid"], "captures": captures}
             self._audit("merge", a, before={"name": a["name"], "metadata": a["metadata"], "notes": a["notes"]},
                         after=merged)

@@ -32,6 +32,7 @@ from ..errors import (
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
 from .embeddings import Embeddings
+from . import renditions
 from .files import managed, store_image, tree_size
 from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
@@ -150,8 +151,11 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             "ON c.specimen_id = s.id WHERE s.removed_at IS NULL GROUP BY s.id ORDER BY s.name")]
 
     def specimen(self, name: str, removed: bool = False) -> dict:
-        """The named specimen; a removed one only when asked for (else SpecimenRemoved)."""
-        rows = list(self.db.query("SELECT * FROM specimens WHERE name = ?", [name]))
+        """The named specimen; a removed one only when asked for (else SpecimenRemoved). Its
+        uuid serves as its name too: a name that cannot be typed (from before names were
+        checked) can still be reached to rename it."""
+        rows = list(self.db.query("SELECT * FROM specimens WHERE name = ?", [name])) or list(
+            self.db.query("SELECT * FROM specimens WHERE uuid = ?", [name]))
         if not rows:
             raise UnknownSpecimen(name)
         if rows[0]["removed_at"] is not None and not removed:
@@ -292,5 +296,6 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             "index_kind": index.kind if index is not None else None,
             "index_generation": self.generation,
             "bytes": {"sqlite": tree_size(self.root / "specimens.sqlite"),
-                      "index": tree_size(self.index_path), "images": tree_size(self.root / "images")},
+                      "index": tree_size(self.index_path), "images": tree_size(self.root / "images"),
+                      "renditions": tree_size(self.root / renditions.FOLDER)},
         }

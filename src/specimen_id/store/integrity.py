@@ -2,12 +2,14 @@
 
 Checks SQLite itself (integrity, foreign keys, schema version), every capture's embedding and
 local features against the database's model, the index file against the embeddings it is built
-from (id by id, vector by vector), and every managed image against its SHA-256.
+from (id by id, vector by vector), every managed image against its SHA-256, and specimen names
+stored before names were checked (they work, but garble a terminal or a web address).
 
 Findings come in two kinds. A *problem* is something stored that is lost, damaged or
 disagrees, and that nothing fixes by itself: verify fails on it. A *notice* is harmless and
 expected after an interrupted process: an index file that is stale, missing or unreadable (it
-is rebuilt from SQLite on the next open), an image file no row refers to, or a temporary file
+is rebuilt from SQLite on the next open), an image file no row refers to, a damaged or orphaned
+rendition (renditions.py: derived, made again on demand), or a temporary file
 (a writer killed between writing a file and committing, or between committing and deleting,
 leaves these; nothing stored depends on them). `repair` removes notices too.
 
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseDamaged
+from ..text import name_problem
+from . import renditions
 from .files import image_relpath, managed
 from .schema import MIGRATIONS, schema_version
 from .vectors import VectorIndex
@@ -33,7 +37,7 @@ NORM_TOLERANCE = 1e-3  # stored vectors are L2-normalised float32
 
 @dataclass
 class Finding:
-    kind: str  # sqlite, schema, embedding, stray, features, index, image, orphan, temp
+    kind: str  # sqlite, schema, name, embedding, stray, features, index, image, orphan, temp, rendition
     message: str
     problem: bool = True  # False: a notice (harmless, see the module docstring)
     capture_id: int | None = None
@@ -77,6 +81,7 @@ def verify(db) -> Report:
     # another process enrols.
     with db.db.atomic():
         _check_schema(conn, report)
+        _check_names(conn, report)
         captures = _check_vectors(db, report)
         _check_index(db, report)
         referenced = _check_images(db, report, captures)
@@ -103,6 +108,16 @@ def _check_schema(conn, report: Report) -> None:
     version = schema_version(conn)
     if version != len(MIGRATIONS):
         report.add("schema", f"schema version {version}, this specimen-id expects {len(MIGRATIONS)}")
+
+
+def _check_names(conn, report: Report) -> None:
+    """Names stored before they were checked (control characters, `..`, 10,000 characters)
+    still work, but garble `list` and are unreachable in the web app: name each by its uuid."""
+    for uuid_, name in conn.execute("SELECT uuid, name FROM specimens"):
+        problem = name_problem(name)
+        if problem:
+            report.add("name", f"specimen {uuid_}: {problem}; rename it with "
+                               f"`specimen-id rename {uuid_} NEW_NAME`")
 
 
 def _check_vectors(db, report: Report) -> dict[int, dict]:
@@ -252,25 +267,36 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
 
 def _check_leftovers(root: Path, referenced: set[str], report: Report) -> None:
     for path in leftovers(root, referenced):
+        rel = path.relative_to(root)
         if path.name.endswith(".tmp"):
-            report.add("temp", f"{path.relative_to(root)}: temporary file left by an interrupted "
-                               "write", problem=False, path=path)
+            report.add("temp", f"{rel}: temporary file left by an interrupted write", problem=False, path=path)
+        elif rel.parts[0] == renditions.FOLDER:
+            report.add("orphan", f"{rel}: rendition of no stored image", problem=False, path=path)
         else:
-            report.add("orphan", f"{path.relative_to(root)}: image file no capture or query refers "
-                                 "to", problem=False, path=path)
+            report.add("orphan", f"{rel}: image file no capture or query refers to", problem=False, path=path)
+    shas = {Path(r).stem for r in referenced}
+    for path in _files(root / renditions.FOLDER):
+        if renditions.source_sha(path) in shas and not renditions.sound(path):
+            report.add("rendition", f"{path.relative_to(root)}: damaged rendition (repair makes it again)",
+                       problem=False, path=path)
 
 
 def leftovers(root: Path, referenced: set[str]) -> list[Path]:
-    """Temporary files (files.write_atomic's `.NAME.*.tmp`) in the directory and under images/,
-    and image files no row refers to."""
+    """Temporary files (files.write_atomic's `.NAME.*.tmp`) in the directory and under images/
+    and renditions/, image files no row refers to, and renditions of no such image."""
+    shas = {Path(r).stem for r in referenced}
     found = [p for p in root.glob(".*.tmp") if p.is_file()]
-    images = root / "images"
-    if images.is_dir():
-        for path in sorted(images.rglob("*")):
-            rel = path.relative_to(root).as_posix()
-            if path.is_file() and (path.name.endswith(".tmp") or rel not in referenced):
-                found.append(path)
+    for path in _files(root / "images"):
+        if path.name.endswith(".tmp") or path.relative_to(root).as_posix() not in referenced:
+            found.append(path)
+    for path in _files(root / renditions.FOLDER):
+        if path.name.endswith(".tmp") or renditions.source_sha(path) not in shas:
+            found.append(path)
     return found
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
 def _sha256(path: Path) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecimenIdError
+from . import renditions
 from .files import managed
 from .settings import now
 
@@ -91,7 +92,8 @@ class Removal:
 
     def _delete_unreferenced_images(self, paths: set[str]) -> list[str]:
         """Delete these managed files unless another capture or a logged query still uses
-        them (content-addressed files are shared; nothing else in images/ is touched)."""
+        them (content-addressed files are shared; nothing else in images/ is touched), with
+        their renditions."""
         deleted = []
         for path in sorted(paths):
             used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
@@ -99,6 +101,7 @@ class Removal:
             file = managed(self.root, path)
             if used.fetchone() is None and file.exists():
                 file.unlink()
+                renditions.delete(self.root, file)
                 deleted.append(path)
         return deleted
 

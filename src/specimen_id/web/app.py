@@ -11,7 +11,7 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -20,6 +20,8 @@ from .. import images
 from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen
 from ..store import Database
 from ..store.audit import CLIENT
+from ..store.renditions import rendition
+from ..text import escaped, name_problem
 from .safety import BodyLimit, SameOrigin, TokenRequired
 
 MAX_UPLOAD_BYTES = 50_000_000
@@ -33,6 +35,17 @@ def parse_metadata(text: str) -> dict:
     if bad:
         raise HTTPException(400, f"metadata lines must read key = value, not {bad[0]!r}")
     return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def upload_name(upload: UploadFile) -> str:
+    """The uploaded file's own name (no folders), refused with a 400 when no file system could
+    hold it; an unnamed upload is called `upload`."""
+    name = Path(upload.filename or "").name
+    if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > 255:
+        shown = escaped(name[:60], keep="") + ("..." if len(name) > 60 else "")
+        raise HTTPException(400, f"the file name '{shown}' is not usable (over 255 bytes, or "
+                                 "holds a NUL); rename the file and upload it again")
+    return name if name not in ("", ".", "..") else "upload"
 
 
 def is_loopback(host: str) -> bool:
@@ -131,34 +144,34 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                     "audit": db.audit_trail(found["name"], 10)}
         return data if api(request) else page(request, "specimen.html", specimen=data)
 
-    @app.get("/images/{kind}/{uuid_}")
-    def image(kind: str, uuid_: str, size: int = 0):
-        """A capture's or query's managed image as PNG (size > 0: a thumbnail that fits)."""
-        import cv2
-
-        from ..models.preprocess import to_rgb8
-
+    def managed_image(kind: str, uuid_: str) -> Path:
         if kind not in ("capture", "query"):
             raise HTTPException(404)
         with database() as db:
             try:
-                path = db.image_of(kind, uuid_)
+                return db.image_of(kind, uuid_)
             except KeyError:
                 raise HTTPException(404) from None
-        rgb = to_rgb8(images.load(path).pixels)
-        if size > 0:
-            scale = min(1.0, size / max(rgb.shape[:2]))
-            rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
-                             interpolation=cv2.INTER_AREA)
-        png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
-        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/images/{kind}/{uuid_}")
+    def image(kind: str, uuid_: str, size: int = Query(0, ge=0)):
+        """A capture's or query's image as a JPEG rendition: the page view, or with size > 0
+        the smallest thumbnail at least that large (renditions.SIZES)."""
+        path = rendition(root, managed_image(kind, uuid_), size)
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/images/{kind}/{uuid_}/original")
+    def original(kind: str, uuid_: str):
+        """The stored file itself, byte for byte, to download (never decoded here)."""
+        path = managed_image(kind, uuid_)
+        return FileResponse(path, filename=f"{uuid_}{path.suffix}")
 
     async def run_query(upload: UploadFile, threshold: float | None) -> dict:
         from ..models import embedder_for
         from ..search import answer
 
         data = await upload.read()
-        capture = images.decode(data, upload.filename or "upload")
+        capture = images.decode(data, upload_name(upload))
         with database() as db:
             return answer(db, capture, embedder_for(db), threshold=threshold)
 
@@ -205,32 +218,26 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
     @app.get("/matches/{query_uuid}/{capture_uuid}")
     def matches(query_uuid: str, capture_uuid: str):
-        """The query and a candidate side by side, matched keypoints joined by lines."""
+        """The query and a candidate side by side, matched keypoints joined by lines: the
+        verification run again on the page renditions (as the decision saw them, up to JPEG
+        rounding), so this page never decodes a whole capture."""
         import cv2
 
         from .. import local_features, verification
-        from ..models.preprocess import to_rgb8
 
-        with database() as db:
-            try:
-                paths = db.image_of("query", query_uuid), db.image_of("capture", capture_uuid)
-            except KeyError:
-                raise HTTPException(404) from None
-        pixels = [images.load(p).pixels for p in paths]
-        check = verification.verify(*(local_features.extract(p) for p in pixels))
-        tiles = []
-        for p in pixels:  # both at the verification's working size, so the points land right
-            rgb = to_rgb8(p)
-            scale = local_features.WORK_SIZE / max(rgb.shape[:2])
-            tiles.append(cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))))
+        tiles = [cv2.imread(str(rendition(root, managed_image(kind, uuid_), 0)))
+                 for kind, uuid_ in (("query", query_uuid), ("capture", capture_uuid))]
+        check = verification.verify(*(local_features.extract(cv2.cvtColor(t, cv2.COLOR_BGR2RGB)) for t in tiles))
+        for i, t in enumerate(tiles):  # both at the verification's working size, so the points land right
+            scale = local_features.WORK_SIZE / max(t.shape[:2])
+            tiles[i] = cv2.resize(t, (round(t.shape[1] * scale), round(t.shape[0] * scale)))
         height = max(t.shape[0] for t in tiles)
         canvas = np.zeros((height, tiles[0].shape[1] + tiles[1].shape[1], 3), np.uint8)
         canvas[:tiles[0].shape[0], :tiles[0].shape[1]] = tiles[0]
         canvas[:tiles[1].shape[0], tiles[0].shape[1]:] = tiles[1]
         for (qx, qy), (cx, cy) in check.pairs:
             cv2.line(canvas, (int(qx), int(qy)), (int(cx) + tiles[0].shape[1], int(cy)), (0, 255, 0), 1)
-        png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))[1].tobytes()
-        return Response(png, media_type="image/png")
+        return Response(cv2.imencode(".png", canvas)[1].tobytes(), media_type="image/png")
 
     # -- enrol and curate: each form posts, then redirects to the page that shows the result;
     # each has an /api twin answering JSON.
@@ -255,22 +262,25 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         name = specimen.strip()
         if not name or not files:
             raise HTTPException(400, "a specimen name and at least one file are needed")
+        if name_problem(name):
+            raise HTTPException(400, name_problem(name))
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for i, upload in enumerate(files):  # the original name, in a folder of its own
-                filename = Path(upload.filename or "").name
-                path = Path(tmp) / str(i) / (filename if filename not in ("", ".", "..") else "upload")
+                path = Path(tmp) / str(i) / upload_name(upload)
                 path.parent.mkdir()
                 path.write_bytes(await upload.read())
                 paths.append(path)
             with database() as db:
                 report = enroll(db, name, paths, parse_metadata(metadata), allow_low_quality=allow_low_quality)
         data = {"specimen": name, "enrolled": len(report.enrolled), "skipped": len(report.skipped),
-                "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused]}
+                "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused],
+                "warnings": [f"{Path(path).name}: {warning}" for path, warning in report.warnings]}
         if api(request):
             return JSONResponse(data, status_code=400 if report.refused and not report.enrolled else 200)
-        if report.refused:
-            return page(request, "enrol.html", 400, report=data)
+        if report.refused or report.warnings:  # said on the page, which links to the specimen
+            return page(request, "enrol.html", 400 if report.refused else 200, report=data,
+                        url=f"/specimens/{quote(name)}")
         return RedirectResponse(f"/specimens/{quote(name)}", status_code=303)
 
     @app.post("/specimens/{name}/edit")
