@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import DatabaseDamaged, SpecimenIdError
+from ..errors import DatabaseDamaged, DatabaseUnusable, SpecimenIdError
 from .files import IMAGE_NAME, managed
+from .schema import MIGRATIONS, schema_version
 from .settings import now
 
 # every image a database records: what an archive must carry
@@ -89,16 +90,20 @@ def import_archive(archive, root) -> dict:
     """Restore an archive into `root`, a new or empty directory: every member is checked against
     the manifest in a temporary directory beside it, which becomes `root` only when all is
     well (then with a fresh index). Returns the manifest."""
-    from .database import Database
+    from .database import Database, database_dir
 
-    archive, root = Path(archive), Path(root)
+    archive, root = Path(archive), database_dir(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SpecimenIdError(f"{root} is not empty: import only into a new or empty database directory")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.import-"))
     try:
         manifest = _unpack(archive, tmp)
-        db = Database(tmp)  # migrates an archive of an older schema; refuses a newer one
+        version = _schema_version(tmp / SQLITE)
+        if version > len(MIGRATIONS):
+            raise DatabaseUnusable(f"{archive}: its database schema version {version} is newer than this "
+                                   f"specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id; nothing imported")
+        db = Database(tmp)  # migrates an archive of an older schema
         try:
             counts = _facts(tmp / SQLITE, "", 0)[0]["counts"]
             missing = [rel for rel in _recorded_images(db) if not (tmp / rel).is_file()]
@@ -109,7 +114,7 @@ def import_archive(archive, root) -> dict:
                 raise DatabaseDamaged(f"{archive}: the database holds {counts}, the manifest says "
                                       f"{manifest['counts']}")
             with db.writing():
-                with db.transaction():
+                with db.unit_of_work():
                     db._audit("import", archive=archive.name, source=manifest.get("source"),
                               exported_at=manifest.get("created_at"), counts=counts)
                 db.save_index()  # rebuilt from the stored embeddings
@@ -122,6 +127,16 @@ def import_archive(archive, root) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _schema_version(path: Path) -> int:
+    con = sqlite3.connect(path)
+    try:
+        return schema_version(con)
+    except sqlite3.DatabaseError as e:
+        raise DatabaseDamaged(f"{path.name} in the archive cannot be read ({e}); nothing imported") from None
+    finally:
+        con.close()
 
 
 def _recorded_images(db) -> list[str]:

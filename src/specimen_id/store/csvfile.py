@@ -137,7 +137,7 @@ def _apply(db, cells: dict) -> str | None:
                     del metadata[key]
     if (name, notes, metadata) == (current["name"], current["notes"], current["metadata"]):
         return None
-    with db.writing(), db.transaction():
+    with db.unit_of_work():
         if name != current["name"]:
             db.rename_specimen(current["name"], name)
         db.edit_specimen(name, metadata, notes)

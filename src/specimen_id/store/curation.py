@@ -1,7 +1,7 @@
 """Curating what is enrolled: rename, merge, move, edit, and people's reviews of decisions.
-A mixin of Database (needs `self.db`, `specimen()`, `_audit()`); each change is audited in its
-own transaction. None of these change an embedding, so the
-FAISS index stays valid: it maps capture ids, and owners are looked up in SQLite."""
+A mixin of Database (needs `self.db`, `specimen()`, `_audit()`); each change is one audited
+unit of work, its checks (names, existence) made inside it. None of these change an embedding,
+so the FAISS index stays valid: it maps capture ids, and owners are looked up in SQLite."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def check_metadata(metadata) -> None:
 
 class Curation:
     def rename_specimen(self, name: str, new_name: str) -> None:
-        specimen = self.specimen(name)
-        self._free(new_name)
-        with self.writing(), self.transaction():
+        with self.unit_of_work():  # checked under the lock: nobody takes the name meanwhile
+            specimen = self.specimen(name)
+            self._free(new_name)
             self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
             self._rename_in_logged_candidates(specimen["name"], new_name)
             self._audit("rename", specimen, before={"name": specimen["name"]}, after={"name": new_name})
@@ -49,11 +49,11 @@ class Curation:
     def merge_specimens(self, source: str, target: str) -> int:
         """Move every capture and query of `source` to `target`, then drop `source`; returns
         the captures moved. Metadata of both is kept (target's wins on a clash)."""
-        a, b = self.specimen(source), self.specimen(target)
-        if a["id"] == b["id"]:
-            raise SpecimenIdError(f"cannot merge {source!r} into itself")
-        notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
-        with self.writing(), self.transaction():
+        with self.unit_of_work():  # both looked up under the lock: neither removed nor merged meanwhile
+            a, b = self.specimen(source), self.specimen(target)
+            if a["id"] == b["id"]:
+                raise SpecimenIdError(f"cannot merge {source!r} into itself")
+            notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
             captures = [r[0] for r in self.db.execute("SELECT uuid FROM captures WHERE specimen_id = ?",
                                                       [a["id"]])]
             moved = self.db.execute("UPDATE captures SET specimen_id = ? WHERE specimen_id = ?",
@@ -72,8 +72,8 @@ class Curation:
         return moved
 
     def move_capture(self, capture_uuid: str, target: str) -> None:
-        specimen = self.specimen(target)
-        with self.writing(), self.transaction():
+        with self.unit_of_work():
+            specimen = self.specimen(target)
             row = self.db.execute("SELECT s.uuid, s.name, s.removed_at FROM captures c JOIN specimens s "
                                   "ON s.id = c.specimen_id WHERE c.uuid = ?", [capture_uuid]).fetchone()
             if row is None:
@@ -87,12 +87,12 @@ class Curation:
     def edit_specimen(self, name: str, metadata: dict, notes: str) -> None:
         """Replace a specimen's metadata and notes."""
         check_metadata(metadata)
-        specimen = self.specimen(name)
-        before = {"metadata": specimen["metadata"], "notes": specimen["notes"]}
-        after = {"metadata": metadata, "notes": notes}
-        if before == after:
-            return
-        with self.transaction():
+        with self.unit_of_work():
+            specimen = self.specimen(name)
+            before = {"metadata": specimen["metadata"], "notes": specimen["notes"]}
+            after = {"metadata": metadata, "notes": notes}
+            if before == after:
+                return
             self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
                             [json.dumps(metadata), notes, specimen["id"]])
             self._audit("edit", specimen, before=before, after=after)
@@ -103,11 +103,11 @@ class Curation:
             raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
         if not reviewer.strip():
             raise SpecimenIdError("a review needs the reviewer's name")
-        row = self.db.execute("SELECT q.id, s.uuid, s.name FROM queries q LEFT JOIN specimens s "
-                              "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
-        if row is None:
-            raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
-        with self.transaction():
+        with self.unit_of_work():
+            row = self.db.execute("SELECT q.id, s.uuid, s.name FROM queries q LEFT JOIN specimens s "
+                                  "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
+            if row is None:
+                raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
             self._audit("review", {"uuid": row[1], "name": row[2]} if row[1] else None, query=query_uuid,

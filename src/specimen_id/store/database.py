@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import uuid
 from contextlib import contextmanager
@@ -25,14 +26,15 @@ import numpy as np
 from ..errors import (
     DatabaseDamaged,
     DatabaseLocked,
+    DatabaseUnusable,
     ImageRefused,
     SpecimenRemoved,
     UnknownSpecimen,
 )
+from . import renditions
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
 from .embeddings import Embeddings
-from . import renditions
 from .files import managed, store_image, tree_size
 from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
@@ -43,8 +45,19 @@ from .vectors import VectorIndex
 from .watched import Watched
 
 DB_ENV = "SPECIMEN_ID_DB"
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # postgresql://..., not C:/ or a name
 DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
+
+
+def database_dir(location) -> Path:
+    """The directory a --db value names. A URL is refused before anything is created: this
+    build has no backend for it (and a folder named `postgresql:` helps nobody)."""
+    scheme = URL_SCHEME.match(str(location))
+    if scheme:
+        raise DatabaseUnusable(f"{location}: this specimen-id has no backend for {scheme.group(1)}:// "
+                               "databases; give a database directory")
+    return Path(location)
 
 
 def default_path() -> Path:
@@ -59,7 +72,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
     def __init__(self, root: str | os.PathLike | None = None):
         import sqlite_utils
 
-        self.root = Path(root) if root is not None else default_path()
+        self.root = database_dir(root if root is not None else default_path())
         if self.root.exists() and not self.root.is_dir():
             raise DatabaseDamaged(f"{self.root} is a file, not a database directory")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -71,7 +84,12 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=lock_timeout())
             conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             conn.execute("PRAGMA foreign_keys=ON")
-            if schema_version(conn) < len(MIGRATIONS):
+            version = schema_version(conn)
+            if version > len(MIGRATIONS):  # written by a newer specimen-id: neither read nor write it
+                conn.close()
+                raise DatabaseUnusable(f"{self.root}: database schema version {version} is newer than "
+                                       f"this specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id")
+            if version < len(MIGRATIONS):
                 with self.writing():  # one process migrates; the others then find it done
                     migrate(conn)
         except sqlite3.DatabaseError as e:
@@ -108,12 +126,31 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             self._lock.release()
 
     @contextmanager
-    def transaction(self):
+    def unit_of_work(self, append_only: bool = False):
+        """Every change to what is stored happens inside one: the write lock first (a writer in
+        another process waits its turn), then one SQLite transaction. What a change depends on
+        (the name is free, the specimen exists and is not removed) is read inside it, so no
+        other writer can change it between the check and the write. Re-entrant.
+
+        append_only: a logged query, which must never wait for an enrolment, takes only
+        SQLite's (brief) write lock; it adds a row and changes nothing another writer checks."""
+        if append_only:
+            with self._transaction(append_only=True):
+                yield self
+            return
+        with self.writing(), self._transaction():
+            yield self
+
+    @contextmanager
+    def _transaction(self, append_only: bool = False):
         """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
         waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
         when it reads first (insert() reads the table's columns) and another process commits
         before its first write (a query being logged), SQLite fails it at once with "database
         is locked" instead of waiting. Nested, it is a savepoint."""
+        if not append_only and not (self._lock is not None and self._lock.is_locked):
+            raise RuntimeError("a store write outside unit_of_work(): every write takes the write lock "
+                               "first, so that its checks and its change are one step")
         conn = self.db.conn
         if conn.in_transaction:
             with self.db.atomic():
@@ -166,7 +203,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         """The named specimen, created if new; metadata given is merged into what it has."""
         if metadata is not None:
             check_metadata(metadata)
-        with self.transaction():
+        with self.unit_of_work():
             try:
                 found = self.specimen(name)
             except SpecimenRemoved:
@@ -229,7 +266,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         self.require_features(feature_version)
         index = self.index()
         rows, specimens = [], {}
-        with self.transaction():
+        with self.unit_of_work():
             for (name, capture), vector, blob in zip(captures, vectors, features):
                 if name not in specimens:
                     specimens[name] = self.ensure_specimen(name, metadata)

@@ -37,7 +37,7 @@ class Embeddings:
                            feature_version: str, model_name: str, weights: Path | None) -> None:
         """Switch the database to new embeddings, local features and the model that made
         them, in one transaction."""
-        with self.transaction():
+        with self.unit_of_work():
             self._audit("reindex", before={"model_id": self.model_id},
                         after={"model_id": model_id, "model": model_name, "captures": len(ids)})
             self._put_model(model_name, weights)
@@ -56,7 +56,7 @@ class Embeddings:
     def replace_features(self, ids, features: list[bytes], feature_version: str) -> None:
         """Put recomputed local features of every capture in place, in one transaction; the
         vectors and the index stay as they are."""
-        with self.transaction():
+        with self.unit_of_work():
             self._audit("reindex", before={"features_version": self.setting("features_version")},
                         after={"features_version": feature_version, "captures": len(ids)})
             self.db.execute("DELETE FROM local_features")
@@ -72,7 +72,7 @@ class Embeddings:
         under `writing()`)."""
         marks = ",".join("?" * len(ids))
         ids = [int(i) for i in ids]
-        with self.transaction():
+        with self.unit_of_work():
             self.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids)
             self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks})", ids)
             self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])

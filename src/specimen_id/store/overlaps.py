@@ -9,13 +9,13 @@ from .settings import now
 
 
 class Overlaps:
-    """Needs `self.db` (a sqlite_utils Database with an `overlaps` table) and `transaction()`."""
+    """Needs `self.db` (a sqlite_utils Database with an `overlaps` table) and `unit_of_work()`."""
 
     def record_overlaps(self, found: list[dict]) -> None:
         """Store overlaps, each {capture_id, other_id, share_of_capture, share_of_other}."""
         if not found:
             return
-        with self.transaction():
+        with self.unit_of_work():
             self.db.conn.executemany(
                 "INSERT OR REPLACE INTO overlaps(capture_id, other_id, share_of_capture, share_of_other, found_at) "
                 "VALUES (?, ?, ?, ?, ?)",

@@ -15,11 +15,9 @@ class QueryLog:
     def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
                   software_version: str, score_kind: str = "cosine") -> str:
         image_path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
-        specimen_id = None
-        if result.get("specimen"):
-            specimen_id = self.specimen(result["specimen"])["id"]
         query_uuid = str(uuid.uuid4())
-        with self.transaction():
+        with self.unit_of_work(append_only=True):
+            specimen_id = self.specimen(result["specimen"])["id"] if result.get("specimen") else None
             self.db["queries"].insert({
                 "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
                 "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,

@@ -31,7 +31,7 @@ class Removal:
         along with `update_index(index, capture ids)` (False: it cannot, so it is rebuilt)."""
         ids = [c["id"] for c in self.captures(specimen["id"])]
         index = self.index()
-        with self.transaction():
+        with self.unit_of_work():
             self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [removed_at, specimen["id"]])
             self._audit(action, specimen, before={"removed_at": specimen["removed_at"]},
                         after={"removed_at": removed_at}, captures=len(ids))
@@ -56,7 +56,7 @@ class Removal:
         with self.writing():
             specimen = self.removed_specimen(name)
             captures = self.captures(specimen["id"])
-            with self.transaction():
+            with self.unit_of_work():
                 self._audit("purge", specimen, before={
                     "name": specimen["name"], "metadata": specimen["metadata"], "notes": specimen["notes"],
                     "created_at": specimen["created_at"], "removed_at": specimen["removed_at"],

@@ -50,7 +50,7 @@ class Settings:
 
     def set_setting(self, key: str, value) -> None:
         """Change a setting a user chose (audited; internal facts use `_put_setting`)."""
-        with self.transaction():
+        with self.unit_of_work():
             before = self.setting(key)
             self._put_setting(key, value)
             self._audit("setting", key=key, before=before, after=value)
@@ -126,7 +126,7 @@ class Settings:
         """Record which model (and explicit weights file, None for the model's own) this
         database embeds with."""
         self.require_model(model_id)
-        with self.transaction():
+        with self.unit_of_work():
             self._put_model(name, weights)
 
     def _put_model(self, name: str, weights) -> None:

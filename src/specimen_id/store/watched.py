@@ -17,7 +17,7 @@ class Watched:
 
     def mark_watched(self, file_sha256: str, action: str, name: str, outcome: str, detail: str = "") -> None:
         """Record content as handled by an action (the first record wins: once per action)."""
-        with self.writing(), self.transaction():
+        with self.unit_of_work():
             self.db.execute("INSERT OR IGNORE INTO watched(file_sha256, action, name, outcome, detail, "
                             "handled_at) VALUES (?, ?, ?, ?, ?, ?)",
                             [file_sha256, action, name, outcome, detail, now()])

@@ -1,0 +1,92 @@
+"""Databases this build cannot use are refused with one line and exit 3 before anything is read
+or written: a schema written by a newer specimen-id (in a directory, or inside an archive), and
+a `--db` URL for a backend this build does not have."""
+
+import hashlib
+import json
+import sqlite3
+
+from click.testing import CliRunner
+from conftest import QUERIES, SPECIMENS
+from fastapi.testclient import TestClient
+from test_backup import _rewrite
+
+from specimen_id.cli import cli
+from specimen_id.store.schema import MIGRATIONS
+from specimen_id.web import create_app
+
+NEWER = len(MIGRATIONS) + 88
+
+
+def _set_version(path, version):
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {version}")
+    con.commit()
+    con.close()
+
+
+def _state(path):
+    con = sqlite3.connect(path)
+    try:
+        return (con.execute("SELECT COUNT(*) FROM queries").fetchone()[0],
+                con.execute("SELECT name, removed_at FROM specimens ORDER BY id").fetchall())
+    finally:
+        con.close()
+
+
+def test_a_newer_schema_is_neither_read_nor_written(enrolled):
+    sqlite = enrolled.db / "specimens.sqlite"
+    _set_version(sqlite, NEWER)
+    before = _state(sqlite)
+    expected = f"database schema version {NEWER} is newer than this specimen-id understands ({len(MIGRATIONS)})"
+    for args in (("query", QUERIES / "recapture-he-tissue-a.jpg"), ("remove", "he-tissue-a"),
+                 ("rename", "he-tissue-a", "x"), ("list",), ("verify",),
+                 ("enroll", "-s", "new", SPECIMENS / "he-tissue-a" / "capture-1.png")):
+        result = enrolled(*args)
+        assert result.exit_code == 3, (args, result.output)
+        assert result.stderr.strip().splitlines() == [f"error: {enrolled.db}: {expected}; upgrade specimen-id"], args
+    assert _state(sqlite) == before
+    client = TestClient(create_app(enrolled.db), base_url="http://127.0.0.1")
+    reply = client.get("/api/specimens")
+    assert reply.status_code == 503 and expected in reply.json()["error"]
+
+
+def test_an_archive_of_a_newer_schema_is_not_imported(enrolled, tmp_path):
+    archive = tmp_path / "a.tar"
+    assert enrolled("export", archive).exit_code == 0
+    digest = {}
+
+    def newer(name, data):
+        if name == "specimens.sqlite":
+            path = tmp_path / "newer.sqlite"
+            path.write_bytes(data)
+            _set_version(path, NEWER)
+            data = path.read_bytes()
+            digest[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        elif name == "manifest.json":
+            manifest = json.loads(data)
+            manifest["members"].update(digest)
+            manifest["schema_version"] = NEWER
+            data = json.dumps(manifest).encode()
+        return data
+
+    _rewrite(archive, tmp_path / "newer.tar", newer)
+    result = enrolled("import", tmp_path / "newer.tar", db=tmp_path / "target")
+    assert result.exit_code == 3
+    assert f"its database schema version {NEWER} is newer than this specimen-id understands" in result.stderr
+    assert not (tmp_path / "target").exists() and not list(tmp_path.glob(".target.import-*"))
+
+
+def test_a_database_url_without_a_backend_is_refused(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.tar").write_bytes(b"")
+    for url in ("postgresql://user@host:5432/specimens", "postgresql://postgres@/specimens?host=/run/pg",
+                "mysql://db/x"):
+        scheme = url.split(":")[0]
+        line = f"error: {url}: this specimen-id has no backend for {scheme}:// databases; give a database directory"
+        for args, env in ((("--db", url, "list"), {}), (("query", QUERIES / "recapture-he-tissue-a.jpg"),
+                                                        {"SPECIMEN_ID_DB": url}),
+                          (("--db", url, "import", "a.tar"), {})):
+            result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
+            assert result.exit_code == 3 and result.stderr.strip().splitlines() == [line], result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tar"]  # no folder named postgresql:
