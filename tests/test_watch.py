@@ -5,6 +5,7 @@ fed by a writer that saves files slowly and reuses names."""
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -186,3 +187,33 @@ def test_enrol_stores_the_bytes_that_were_hashed(run, tmp_path):
         Watcher(db, inbox, overwritten_first, lambda line: None, settle=0, patience=0).poll()
         (capture,) = db.captures(db.specimen("slide")["id"])
         assert capture["file_sha256"] == images.load(FIELDS[0]).file_sha256
+
+
+def test_watch_waits_while_another_writer_holds_the_database(tmp_path):
+    """A reindex holding the write lock for minutes: the watcher keeps the file, says so once a
+    minute, enrols it once the lock is free, and stops cleanly on Ctrl-C."""
+    db, inbox = tmp_path / "db", tmp_path / "inbox"
+    inbox.mkdir()
+    Database(db).close()
+    holder = Database(db)
+    os.environ["SPECIMEN_ID_LOCK_TIMEOUT"] = "1"  # each attempt gives up after a second
+    try:
+        watch = _Watch(db, inbox, "--enroll", "slide")
+    finally:
+        del os.environ["SPECIMEN_ID_LOCK_TIMEOUT"]
+    try:
+        watch.wait_for("watching ")
+        with holder.writing():
+            shutil.copy(FIELDS[0], inbox / "IMG_0001.png")
+            waiting = watch.wait_for("waiting: ")
+            assert waiting.startswith(f"waiting: {inbox / 'IMG_0001.png'}: ") and "Ctrl-C" in waiting
+            time.sleep(5)  # several more attempts fail meanwhile, and say nothing more
+        assert watch.wait_for("enrolled: ") == f"enrolled: {inbox / 'IMG_0001.png'} as a capture of slide"
+        assert sum(line.startswith("waiting: ") for line in watch.lines) == 1
+        watch.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert watch.proc.wait(timeout=60) == 0
+    finally:
+        holder.close()
+        if watch.proc.poll() is None:
+            watch.stop()
+    assert _captures(db) == 1

@@ -79,3 +79,38 @@ class DatabaseDamaged(DatabaseUnusable):
 
 class WeightsUnavailable(DatabaseUnusable):
     """Model weights cannot be had (offline download, missing or wrong file)."""
+
+
+class StorageFailed(DatabaseUnusable):
+    """The disk refused a write (full, read-only, failing): what was committed before it stays."""
+
+    full = False  # the web app answers 507 Insufficient Storage for a full disk, 503 otherwise
+
+
+def storage_failure(error: BaseException, where) -> StorageFailed | None:
+    """A disk-full, read-only or I/O failure from SQLite or the OS as one line naming `where`,
+    or None for any other error (which keeps its own handling)."""
+    import errno
+    import sqlite3
+
+    code = getattr(error, "sqlite_errorcode", None) if isinstance(error, sqlite3.Error) else None
+    if isinstance(error, sqlite3.Error) and code is None:  # Python < 3.11: only the message
+        text = str(error)
+        code = (sqlite3.SQLITE_FULL if "full" in text else sqlite3.SQLITE_READONLY if "readonly" in text
+                else sqlite3.SQLITE_IOERR if "I/O" in text else None)
+    number = error.errno if isinstance(error, OSError) else None
+    if code is not None:
+        code &= 0xFF  # extended codes (SQLITE_IOERR_WRITE...) share the primary code's low byte
+    if code == sqlite3.SQLITE_FULL or number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what, full = "the disk is full", True
+    elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN) or number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what, full = "cannot be written (read-only, or no permission)", False
+    elif code == sqlite3.SQLITE_IOERR or number == errno.EIO:
+        what, full = "a read or write failed (is the disk full or failing?)", False
+    else:
+        return None
+    detail = getattr(error, "strerror", None) or str(error)
+    failed = StorageFailed(f"{where}: {what} ({detail}); what was committed before it is kept: "
+                           "fix that and run the command again")
+    failed.full = full
+    return failed

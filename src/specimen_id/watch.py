@@ -10,7 +10,11 @@ A file is ready when its size and mtime have not changed for `settle` polls; it 
 once, hashed (sha256 of the bytes: camera apps reuse names, content is what counts) and
 decoded. Content already handled (recorded in the database's `watched` table) is skipped. A
 file that does not decode yet is given `patience` more polls, unchanged, before it is refused
-(a writer may pause mid-file), so a non-image is reported after that wait too."""
+(a writer may pause mid-file), so a non-image is reported after that wait too.
+
+While another process holds the database's write lock (a reindex can take minutes), a file
+waits: it is tried again with a growing pause, one `waiting:` line a minute says so, and no
+file seen is dropped."""
 
 from __future__ import annotations
 
@@ -20,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
-from .errors import ImageRefused
+from .errors import DatabaseLocked, ImageRefused
+
+WAIT_LINE_S = 60  # one line a minute while the database is locked
+MAX_PAUSE_S = 60
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Watcher:
         self.db, self.folder, self.act, self.emit = db, Path(folder), act, emit
         self.settle, self.patience = settle, patience
         self.seen: dict[Path, _Seen] = {}
+        self._pause, self._resume_at, self._said_waiting = 0.0, 0.0, -WAIT_LINE_S
 
     def files(self):
         """Regular files under the folder, hidden ones (camera apps' temp files) left out."""
@@ -60,9 +68,13 @@ class Watcher:
                 self.seen[path] = seen = _Seen(signature)
             else:
                 seen.stable += 1
-            if seen.done or seen.stable < self.settle:
+            if seen.done or seen.stable < self.settle or time.monotonic() < self._resume_at:
                 continue
-            decided += self._decide(path, seen)
+            try:
+                decided += self._decide(path, seen)
+                self._pause = 0.0
+            except DatabaseLocked as e:  # not done: this file and the rest are tried again
+                self._wait(path, e)
         for gone in set(self.seen) - present:
             del self.seen[gone]
         return decided
@@ -93,6 +105,14 @@ class Watcher:
         # an enrolment refusal (quality, a duplicate of another specimen) depends on settings
         # and flags that may change before a restart, so it is not recorded as final
         return self._record(seen, digest, path, outcome, line, final=outcome != "refused")
+
+    def _wait(self, path: Path, error: DatabaseLocked) -> None:
+        now = time.monotonic()
+        self._pause = min(MAX_PAUSE_S, max(1.0, self._pause * 2))
+        self._resume_at = now + self._pause
+        if now - self._said_waiting >= WAIT_LINE_S:
+            self._said_waiting = now
+            self.emit(f"waiting: {path}: {error}; trying again (Ctrl-C to stop)")
 
     def _record(self, seen, digest, path, outcome, line, final: bool = True) -> int:
         if final:

@@ -4,12 +4,13 @@ and print; domain errors become one line on stderr and an exit code:
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import click
 
 from .. import __version__
-from ..errors import SpecimenIdError
+from ..errors import SpecimenIdError, storage_failure
 from ..models.backbones import MODEL_NAMES
 from ..store.database import DB_ENV, DEFAULT_DIR
 from ..text import escaped
@@ -28,15 +29,20 @@ class _Group(click.Group):
         except SpecimenIdError as e:
             echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except OSError as e:  # disk full, permissions: the database cannot be written as asked
-            where = f" ({e.filename})" if e.filename else ""
-            echo(f"error: {e.strerror or e}{where}; the database keeps what was committed "
-                 "before it: run the command again once this is fixed", err=True)
+        except (OSError, sqlite3.Error) as e:  # disk full, read-only, permissions, I/O
+            failed = storage_failure(e, getattr(e, "filename", None) or ctx.obj or DEFAULT_DIR)
+            echo(f"error: {failed or _unexpected(e)}", err=True)
             ctx.exit(3)
 
 
+def _unexpected(e: BaseException) -> str:
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return (f"{getattr(e, 'strerror', None) or e}{where}; the database keeps what was committed before "
+            "it: run the command again once this is fixed")
+
+
 @click.group(cls=_Group)
-@click.option("--db", "db_path", type=click.Path(path_type=Path), envvar=DB_ENV,
+@click.option("--db", "db_path", type=str, envvar=DB_ENV,
               default=DEFAULT_DIR, show_default=True, show_envvar=True,
               help="Database directory (created on first use).")
 @click.version_option(__version__, prog_name="specimen-id")

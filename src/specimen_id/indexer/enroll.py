@@ -4,11 +4,12 @@ the end. A refused file never stops the batch."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import images, local_features, quality
-from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen
+from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen, storage_failure
 from ..models import embedder_for
 from ..progress import progress_bar
 from ..text import name_problem
@@ -53,6 +54,19 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     if not jobs and report.refused:  # every name refused: no model to load
         return report
     embedder = embedder or embedder_for(db, model, weights)
+    try:
+        _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, progress, report)
+    except (OSError, sqlite3.Error) as e:
+        failed = storage_failure(e, getattr(e, "filename", None) or db.root)
+        if failed is None:
+            raise
+        failed.args = (f"{failed} ({len(report.enrolled)} capture(s) of this run were committed before it "
+                       "stopped; the same command finishes the rest)",)
+        raise failed from None
+    return report
+
+
+def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, progress, report) -> None:
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
         items = [(name, path) for name, paths in jobs if _open_specimen(db, name, paths, metadata, report, bar)
@@ -105,7 +119,6 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
         if batch:
             store()
         db.save_index()
-    return report
 
 
 def _usable_name(name: str, paths, report) -> bool:

@@ -5,6 +5,7 @@ shared across threads); the model is loaded once per process and stays loaded.""
 from __future__ import annotations
 
 import ipaddress
+import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import images
-from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen
+from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..store import Database
 from ..store.audit import CLIENT
 from ..store.renditions import rendition
@@ -93,10 +94,20 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
     @app.exception_handler(SpecimenIdError)
     async def domain_error(request: Request, error: SpecimenIdError):
-        status = 404 if isinstance(error, UnknownSpecimen) else 503 if isinstance(error, DatabaseUnusable) else 400
+        status = (404 if isinstance(error, UnknownSpecimen) else 507 if getattr(error, "full", False)
+                  else 503 if isinstance(error, DatabaseUnusable) else 400)
         if api(request):
             return JSONResponse({"error": str(error)}, status_code=status)
         return page(request, "error.html", status, message=str(error))
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def storage_error(request: Request, error: Exception):
+        """A full or read-only disk: 507 or 503 with the reason, never a bare 500."""
+        failed = storage_failure(error, root)
+        if failed is None:
+            raise error
+        return await domain_error(request, failed)
 
     @app.exception_handler(RequestValidationError)
     async def bad_form(request: Request, error: RequestValidationError):
