@@ -100,6 +100,32 @@ def _rewrite(archive, out, change):
             dst.addfile(member, io.BytesIO(data))
 
 
+def _with_database(archive, out, change):
+    """A copy of the archive with `change(path)` applied to its database file, the manifest's
+    digest made to match (in a second pass: the manifest comes first)."""
+    digests = {}
+
+    def database(name, data):
+        if name == "specimens.sqlite":
+            path = out.with_suffix(".sqlite")
+            path.write_bytes(data)
+            change(path)
+            data = path.read_bytes()
+            digests[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        return data
+
+    def manifest(name, data):
+        if name == "manifest.json":
+            facts = json.loads(data)
+            facts["members"].update(digests)
+            data = json.dumps(facts).encode()
+        return data
+
+    _rewrite(archive, out.with_suffix(".pass1"), database)
+    _rewrite(out.with_suffix(".pass1"), out, manifest)
+    return out
+
+
 def test_damaged_archives_and_occupied_targets_change_nothing(run, tmp_path):
     assert run("enroll", "-s", "a", SPECIMENS / "he-tissue-a" / "capture-1.png").exit_code == 0
     archive = tmp_path / "a.tar"
@@ -108,10 +134,11 @@ def test_damaged_archives_and_occupied_targets_change_nothing(run, tmp_path):
     assert again.exit_code == 1 and "exists already" in again.stderr
     assert run("export", tmp_path / "a.zip").exit_code == 1
 
-    def flip(name, data):
-        return data[:-1] + bytes([data[-1] ^ 1]) if name.startswith("images/") else data
+    def flip(prefix):
+        return lambda name, data: data[:-1] + bytes([data[-1] ^ 1]) if name.startswith(prefix) else data
 
-    bad = {"altered image": (flip, "does not match its sha256/size"),
+    bad = {"altered image": (flip("images/"), "does not hold the content its name says"),
+           "altered database": (flip("specimens.sqlite"), "does not match its sha256/size"),
            "missing image": (lambda n, d: None if n.startswith("images/") else d, "is missing"),
            "no manifest": (lambda n, d: None if n == "manifest.json" else d, "no specimen-id manifest"),
            "stray member": (lambda n, d: d, None)}
@@ -228,23 +255,11 @@ def test_an_archive_whose_rows_point_outside_its_images_is_refused(run, tmp_path
     assert run("export", archive).exit_code == 0
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    digests = {}
+    def hostile(path):
+        with sqlite3.connect(path) as con:
+            con.execute("UPDATE captures SET image_path = ?", [os.path.relpath(victim, tmp_path / "target")])
 
-    def hostile(name, data):
-        if name == "specimens.sqlite":
-            path = tmp_path / "rows.sqlite"
-            path.write_bytes(data)
-            with sqlite3.connect(path) as con:
-                con.execute("UPDATE captures SET image_path = ?", [os.path.relpath(victim, tmp_path / "target")])
-            data = path.read_bytes()
-            digests[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        elif name == "manifest.json":
-            manifest = json.loads(data)
-            manifest["members"].update(digests)
-            data = json.dumps(manifest).encode()
-        return data
-
-    _rewrite(archive, tmp_path / "hostile.tar", hostile)
+    _with_database(archive, tmp_path / "hostile.tar", hostile)
     result = run("import", tmp_path / "hostile.tar", db=tmp_path / "target")
     assert result.exit_code == 3 and "is not a managed image name" in result.stderr
     assert not (tmp_path / "target").exists() and victim.read_text() == "precious"

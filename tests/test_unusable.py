@@ -2,14 +2,12 @@
 or written: a schema written by a newer specimen-id (in a directory, or inside an archive), and
 a `--db` URL for a backend this build does not have."""
 
-import hashlib
-import json
 import sqlite3
 
 from click.testing import CliRunner
 from conftest import QUERIES, SPECIMENS
 from fastapi.testclient import TestClient
-from test_backup import _rewrite
+from test_backup import _with_database
 
 from specimen_id.cli import cli
 from specimen_id.store.schema import MIGRATIONS
@@ -54,23 +52,7 @@ def test_a_newer_schema_is_neither_read_nor_written(enrolled):
 def test_an_archive_of_a_newer_schema_is_not_imported(enrolled, tmp_path):
     archive = tmp_path / "a.tar"
     assert enrolled("export", archive).exit_code == 0
-    digest = {}
-
-    def newer(name, data):
-        if name == "specimens.sqlite":
-            path = tmp_path / "newer.sqlite"
-            path.write_bytes(data)
-            _set_version(path, NEWER)
-            data = path.read_bytes()
-            digest[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        elif name == "manifest.json":
-            manifest = json.loads(data)
-            manifest["members"].update(digest)
-            manifest["schema_version"] = NEWER
-            data = json.dumps(manifest).encode()
-        return data
-
-    _rewrite(archive, tmp_path / "newer.tar", newer)
+    _with_database(archive, tmp_path / "newer.tar", lambda path: _set_version(path, NEWER))
     result = enrolled("import", tmp_path / "newer.tar", db=tmp_path / "target")
     assert result.exit_code == 3
     assert f"its database schema version {NEWER} is newer than this specimen-id understands" in result.stderr

@@ -6,6 +6,7 @@ rename) is reported with the captures it affects; nothing is deleted to make ver
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from .. import images, local_features
 from ..errors import ImageRefused
 from ..models import embedder_for
 from ..store import renditions
+from ..store.files import abandoned
 from ..store.integrity import Report, verify
 
 # A query process writes its image copy before it logs the query, without the write lock: a
@@ -100,6 +102,11 @@ def _remove_leftovers(db, found: Report, out: RepairReport) -> None:
             except (StopIteration, ImageRefused) as e:
                 out.unfixable.append(f"{f.path.relative_to(db.root)}: cannot be made again ({e or 'no image'})")
         if f.kind not in ("orphan", "temp") or f.path is None:
+            continue
+        if f.path.is_dir():  # an export's or import's working folder
+            if abandoned(f.path):
+                shutil.rmtree(f.path, ignore_errors=True)
+                out.fixed.append(f"removed {f.message.partition(':')[0]}")
             continue
         try:
             if time.time() - f.path.stat().st_mtime < LEFTOVER_MIN_AGE_S:

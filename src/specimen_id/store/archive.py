@@ -1,16 +1,23 @@
 """Backups: one self-describing tar archive of a database, and its restore into a new directory.
 
-    manifest.json         format and software versions, schema version, model_id, score kind
-                          and threshold, counts, and the sha256 and size of every other member
+    manifest.json         first: format and software versions, schema version, model_id, score
+                          kind and threshold, counts, and the sha256 and size of every other
+                          member, so an import checks each member's size before extracting it
     specimens.sqlite      a consistent snapshot, taken with SQLite's online backup API: one read
                           transaction, so a process writing meanwhile neither waits nor shows
                           half of a change
     images/ab/<sha256>.*  every managed image the snapshot refers to
 
-The FAISS index is not archived: it is derived, and rebuilt on import."""
+The FAISS index is not archived: it is derived, and rebuilt on import. Nor are renditions.
+
+An archive is not trusted: members are streamed to disk within a budget (a small archive
+cannot expand into gigabytes), each against its declared size and sha256, images against the
+content their names say, and the database may hold only the tables and indexes this
+specimen-id's migrations make (a trigger or view from elsewhere would run on our writes)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -23,8 +30,8 @@ import time
 from pathlib import Path
 
 from ..errors import DatabaseDamaged, DatabaseUnusable, SpecimenIdError
-from .files import IMAGE_NAME, managed
-from .schema import MIGRATIONS, schema_version
+from .files import IMAGE_NAME, IN_USE, in_use, managed
+from .schema import MIGRATIONS, migrate, schema_version
 from .settings import now
 
 # every image a database records: what an archive must carry
@@ -35,7 +42,10 @@ FORMAT = "specimen-id archive"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SQLITE = "specimens.sqlite"
-# the only member names an archive may hold: nothing can land outside the new directory
+# how far an archive may expand on import: its own size times this, or the floor if larger
+EXPANSION = 20
+EXPANSION_FLOOR = 200_000_000
+MAX_MANIFEST = 64_000_000
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 
 
@@ -52,45 +62,64 @@ def export_archive(db, archive) -> dict:
     if archive.exists():
         raise SpecimenIdError(f"{archive} exists already; choose a new name (a backup is never overwritten)")
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=archive.parent, prefix=f".{archive.name}.") as tmp:
+    # the snapshot and the archive are made inside the database directory, where verify sees
+    # (and repair removes) what an export killed midway leaves
+    with tempfile.TemporaryDirectory(dir=db.root, prefix=".export-", suffix=".tmp") as tmp, in_use(tmp):
         snapshot = Path(tmp) / SQLITE
         _snapshot(db.db.conn, snapshot)
         facts, images = _facts(snapshot, SCORE_KIND, DEFAULT_THRESHOLD)
-        members = {SQLITE: _digest(snapshot.read_bytes())}
+        members = {SQLITE: _file_digest(snapshot)}
+        for rel in images:  # hashed before writing: the manifest goes first
+            try:
+                members[rel] = _file_digest(managed(db.root, rel))
+            except FileNotFoundError:
+                raise DatabaseDamaged(f"{db.root / rel} is missing (purged meanwhile, or lost): "
+                                      "nothing was written; run export again") from None
+            if members[rel]["sha256"] != IMAGE_NAME.match(rel).group(2):  # see _recorded_images
+                raise DatabaseDamaged(f"{db.root / rel} does not hold the content its name says "
+                                      "(damaged): nothing was written")
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "software_version": __version__, "created_at": now(),
+                    "source": str(db.root.resolve()), **facts, "members": members}
         part = Path(tmp) / "archive.part"
         with tarfile.open(part, mode) as tar:
-            _add(tar, SQLITE, snapshot.read_bytes())
-            for rel in images:
-                try:
-                    data = managed(db.root, rel).read_bytes()
-                except FileNotFoundError:
-                    raise DatabaseDamaged(f"{db.root / rel} is missing (purged meanwhile, or lost): "
-                                          "nothing was written; run export again") from None
-                members[rel] = _digest(data)
-                if members[rel]["sha256"] != IMAGE_NAME.match(rel).group(2):  # see _recorded_images
-                    raise DatabaseDamaged(f"{db.root / rel} does not hold the content its name says "
-                                          "(damaged): nothing was written")
-                _add(tar, rel, data)
-            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                        "software_version": __version__, "created_at": now(),
-                        "source": str(db.root.resolve()), **facts, "members": members}
             _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
+            tar.add(snapshot, SQLITE)
+            for rel in images:  # content-addressed and never modified: what was hashed
+                tar.add(db.root / rel, rel)
         with open(part, "rb") as f:
             os.fsync(f.fileno())
-        try:
-            os.link(part, archive)  # fails if the name was taken meanwhile: never overwrite
-        except FileExistsError:
-            raise SpecimenIdError(f"{archive} exists already; choose a new name") from None
-        except OSError:  # no hard links (FAT/exFAT backup drives): the check above must do
-            os.replace(part, archive)
+        _publish(part, archive)
     return manifest
+
+
+def _publish(part: Path, archive: Path) -> None:
+    """Give the finished archive its name, never replacing a file that took it meanwhile."""
+    try:
+        os.link(part, archive)  # fails if the name was taken meanwhile: never overwrite
+        return
+    except FileExistsError:
+        raise SpecimenIdError(f"{archive} exists already; choose a new name") from None
+    except OSError as e:
+        if e.errno != errno.EXDEV:  # no hard links (FAT/exFAT backup drives): the check must do
+            os.replace(part, archive)
+            return
+    # another file system (a backup drive): copied beside the archive, then renamed whole
+    beside = archive.with_name(f".{archive.name}.part")
+    try:
+        shutil.copyfile(part, beside)
+        with open(beside, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(beside, archive)
+    finally:
+        beside.unlink(missing_ok=True)
 
 
 def import_archive(archive, root) -> dict:
     """Restore an archive into `root`, a new or empty directory: every member is checked against
     the manifest in a temporary directory beside it, which becomes `root` only when all is
     well (then with a fresh index). Returns the manifest."""
-    from .database import Database, database_dir
+    from .database import database_dir
 
     archive, root = Path(archive), database_dir(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -98,34 +127,45 @@ def import_archive(archive, root) -> dict:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.import-"))
     try:
-        manifest = _unpack(archive, tmp)
-        version = _schema_version(tmp / SQLITE)
-        if version > len(MIGRATIONS):
-            raise DatabaseUnusable(f"{archive}: its database schema version {version} is newer than this "
-                                   f"specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id; nothing imported")
-        db = Database(tmp)  # migrates an archive of an older schema
-        try:
-            counts = _facts(tmp / SQLITE, "", 0)[0]["counts"]
-            missing = [rel for rel in _recorded_images(db) if not (tmp / rel).is_file()]
-            if missing:
-                raise DatabaseDamaged(f"{archive}: the database refers to {len(missing)} image(s) the "
-                                      f"archive does not hold (first: {missing[0]}); nothing imported")
-            if counts != manifest.get("counts"):
-                raise DatabaseDamaged(f"{archive}: the database holds {counts}, the manifest says "
-                                      f"{manifest['counts']}")
-            with db.writing():
-                with db.unit_of_work():
-                    db._audit("import", archive=archive.name, source=manifest.get("source"),
-                              exported_at=manifest.get("created_at"), counts=counts)
-                db.save_index()  # rebuilt from the stored embeddings
-        finally:
-            db.close()
+        with in_use(tmp):
+            manifest = _restore(archive, tmp)
+        (tmp / IN_USE).unlink(missing_ok=True)
         if root.exists():
             root.rmdir()
         os.rename(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return manifest
+
+
+def _restore(archive: Path, tmp: Path) -> dict:
+    """Unpack and check an archive into `tmp`, which then holds a whole database."""
+    from .database import Database
+
+    manifest = _unpack(archive, tmp)
+    version = _schema_version(tmp / SQLITE)
+    if version > len(MIGRATIONS):
+        raise DatabaseUnusable(f"{archive}: its database schema version {version} is newer than this "
+                               f"specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id; nothing imported")
+    _check_schema_objects(archive, tmp / SQLITE, version)
+    db = Database(tmp)  # migrates an archive of an older schema
+    try:
+        counts = _facts(tmp / SQLITE, "", 0)[0]["counts"]
+        missing = [rel for rel in _recorded_images(db) if not (tmp / rel).is_file()]
+        if missing:
+            raise DatabaseDamaged(f"{archive}: the database refers to {len(missing)} image(s) the "
+                                  f"archive does not hold (first: {missing[0]}); nothing imported")
+        if counts != manifest.get("counts"):
+            raise DatabaseDamaged(f"{archive}: the database holds {counts}, the manifest says "
+                                  f"{manifest['counts']}")
+        with db.unit_of_work():
+            db._audit("import", archive=archive.name, source=manifest.get("source"),
+                      exported_at=manifest.get("created_at"), counts=counts)
+        with db.writing():
+            db.save_index()  # rebuilt from the stored embeddings
+    finally:
+        db.close()
     return manifest
 
 
@@ -149,30 +189,41 @@ def _recorded_images(db) -> list[str]:
 
 
 def _unpack(archive: Path, into: Path) -> dict:
-    """Extract and check every member; raises DatabaseDamaged naming the archive."""
-    found, manifest = {}, None
+    """Extract and check every member, streamed; raises DatabaseDamaged naming the archive."""
+    if not archive.is_file():  # /dev/zero, a pipe, a folder: nothing a tar reader should follow
+        raise DatabaseDamaged(f"{archive}: not a regular file; give an archive `specimen-id export` wrote")
+    budget = min(max(EXPANSION_FLOOR, EXPANSION * archive.stat().st_size), shutil.disk_usage(into).free)
+    found, manifest, total = {}, None, 0
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
-                if member.name == MANIFEST and member.isfile():
-                    manifest = json.loads(tar.extractfile(member).read())
+                if member.name == MANIFEST and member.isfile() and manifest is None:
+                    if member.size > MAX_MANIFEST:
+                        raise DatabaseDamaged(f"{archive}: its manifest is {member.size} bytes; nothing imported")
+                    manifest = _manifest(archive, tar.extractfile(member).read())
                     continue
                 if not member.isfile() or not (member.name == SQLITE or IMAGE_NAME.match(member.name)):
                     raise DatabaseDamaged(f"{archive}: unexpected member {member.name!r}; nothing imported")
-                data = tar.extractfile(member).read()
-                found[member.name] = _digest(data)
-                (into / member.name).parent.mkdir(parents=True, exist_ok=True)
-                (into / member.name).write_bytes(data)
+                declared = manifest["members"].get(member.name) if manifest else None
+                if manifest is not None and (declared is None or declared.get("size") != member.size):
+                    raise DatabaseDamaged(f"{archive}: {member.name} is not in the manifest, or not at the "
+                                          "size it declares (damaged or altered); nothing imported")
+                total += member.size
+                if total > budget:
+                    raise DatabaseDamaged(f"{archive}: it would expand to more than {budget / 1e6:.0f} MB "
+                                          f"({EXPANSION}x its size, or the free disk space); nothing imported")
+                found[member.name] = _extract(tar, member, into / member.name)
+                image = IMAGE_NAME.match(member.name)
+                if image and found[member.name]["sha256"] != image.group(2):
+                    raise DatabaseDamaged(f"{archive}: {member.name} does not hold the content its name says; "
+                                          "nothing imported")
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         if isinstance(e, OSError) and e.filename:
             raise  # a file of ours (the archive's absence, our disk), not the archive's content
         raise DatabaseDamaged(f"{archive}: not a readable specimen-id archive ({e}); nothing imported") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if manifest is None:
         raise DatabaseDamaged(f"{archive}: no specimen-id manifest; nothing imported")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise DatabaseDamaged(f"{archive}: archive format {manifest['format_version']} is newer than "
-                              "this specimen-id reads; upgrade specimen-id")
-    expected = manifest.get("members", {})
+    expected = manifest["members"]
     for name in sorted(set(expected) | set(found)):
         if name not in found:
             raise DatabaseDamaged(f"{archive}: {name} is missing; nothing imported")
@@ -180,6 +231,69 @@ def _unpack(archive: Path, into: Path) -> dict:
             raise DatabaseDamaged(f"{archive}: {name} does not match its sha256/size in the manifest "
                                   "(damaged or altered); nothing imported")
     return manifest
+
+
+def _manifest(archive: Path, data: bytes) -> dict:
+    """The manifest, refused unless it is one of ours in a format this version reads."""
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError):
+        raise DatabaseDamaged(f"{archive}: its manifest is not readable JSON; nothing imported") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatabaseDamaged(f"{archive}: no specimen-id manifest; nothing imported")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DatabaseDamaged(f"{archive}: archive format {version!r} is not a version number; nothing imported")
+    if version > FORMAT_VERSION:
+        raise DatabaseDamaged(f"{archive}: archive format {version} is newer than this specimen-id reads "
+                              f"({FORMAT_VERSION}); upgrade specimen-id")
+    members = manifest.get("members")
+    if not isinstance(members, dict) or not all(
+            isinstance(m, dict) and isinstance(m.get("sha256"), str) and isinstance(m.get("size"), int)
+            for m in members.values()) or not isinstance(manifest.get("counts"), dict):
+        raise DatabaseDamaged(f"{archive}: its manifest does not list members and counts; nothing imported")
+    return manifest
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> dict:
+    """Stream one member to a file; returns its digest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    source = tar.extractfile(member)
+    with open(path, "wb") as out:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+    return {"sha256": digest.hexdigest(), "size": size}
+
+
+def _check_schema_objects(archive: Path, path: Path, version: int) -> None:
+    """The archive's database holds exactly what our migrations make at its version: no
+    trigger, view or table from elsewhere, nothing missing."""
+    def objects(con) -> dict:
+        return {(kind, name): " ".join((sql or "").split()) for kind, name, sql in con.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+
+    reference = sqlite3.connect(":memory:")
+    con = sqlite3.connect(path)
+    try:
+        migrate(reference, upto=version)
+        expected, found = objects(reference), objects(con)
+    except sqlite3.DatabaseError as e:
+        raise DatabaseDamaged(f"{archive}: its database cannot be read ({e}); nothing imported") from None
+    finally:
+        reference.close()
+        con.close()
+    for kind, name in sorted(set(found) - set(expected)):
+        raise DatabaseDamaged(f"{archive}: its database holds a {kind} {name!r} that specimen-id does not "
+                              "make; nothing imported")
+    for kind, name in sorted(set(expected) - set(found), key=lambda k: (k[0] != "table", k)):  # tables first
+        raise DatabaseDamaged(f"{archive}: its database lacks the {kind} {name!r}; nothing imported")
+    for key in sorted(expected):
+        if expected[key] != found[key]:
+            raise DatabaseDamaged(f"{archive}: its database defines the {key[0]} {key[1]!r} differently from "
+                                  "specimen-id; nothing imported")
 
 
 def _snapshot(conn: sqlite3.Connection, path: Path) -> None:
@@ -218,8 +332,13 @@ def _facts(path: Path, score_kind: str, default_threshold: float) -> tuple[dict,
     return facts, images
 
 
-def _digest(data: bytes) -> dict:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+def _file_digest(path: Path) -> dict:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "size": size}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DatabaseDamaged
 
 # the only paths a database may record for an image: what image_relpath makes
+IN_USE = ".in-use.lock"
 IMAGE_NAME = re.compile(r"^images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[A-Za-z0-9]{1,8}$")
 
 
@@ -26,6 +28,33 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def in_use(folder):
+    """Mark a working folder (an export's or an import's) as in use while the block runs:
+    `repair` removes such a folder only when nobody holds it (one left by a killed process)."""
+    from filelock import FileLock
+
+    with FileLock(str(Path(folder) / IN_USE)):
+        yield
+
+
+def abandoned(folder: Path) -> bool:
+    """A working folder no live process holds (its in-use lock is free, or it has none)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(folder / IN_USE), timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
+def working_folders(root: Path) -> list[Path]:
+    """Working folders of exports of this database (inside it) and imports into it (beside it)."""
+    found = list(root.glob(".export-*.tmp")) + list(root.parent.glob(f".{root.name}.import-*"))
+    return sorted(p for p in found if p.is_dir())
 
 
 def image_relpath(sha256: str, extension: str) -> str:

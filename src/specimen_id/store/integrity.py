@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DatabaseDamaged
 from ..text import name_problem
 from . import renditions
-from .files import image_relpath, managed
+from .files import abandoned, image_relpath, managed, working_folders
 from .schema import MIGRATIONS, schema_version
 from .vectors import VectorIndex
 
@@ -266,6 +266,11 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
 
 
 def _check_leftovers(root: Path, referenced: set[str], report: Report) -> None:
+    for path in working_folders(root):
+        where = path.name if path.parent == root else f"../{path.name}"
+        state = "left by an interrupted" if abandoned(path) else "of a running"
+        report.add("temp", f"{where}: working folder {state} export or import (a whole copy of the "
+                           "database)", problem=False, path=path)
     for path in leftovers(root, referenced):
         rel = path.relative_to(root)
         if path.name.endswith(".tmp"):
