@@ -253,7 +253,8 @@ def test_a_failed_write_leaves_the_batch_out_entirely(run, monkeypatch):
     files = [SPECIMENS / name / "capture-1.png" for name in ("he-tissue-a", "fluo-nuclei-b", "brightfield-a")]
     failed = run("enroll", "-s", "during", *files)
     assert failed.exit_code == 3
-    assert failed.stderr.startswith("error: No space left on device")
+    assert failed.stderr.startswith(f"error: {run.db}: the disk is full (No space left on device)")
+    assert "(0 capture(s) of this run were committed before it stopped" in failed.stderr
     monkeypatch.setattr(os, "replace", real_replace)
     after = Database(run.db)
     assert after.count("captures") == 1 and after.count("embeddings") == 1
