@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[bench]'
-name=${1:?usage: scripts/bench.sh accuracy|quality|speed [ARGS]}
+name=${1:?usage: scripts/bench.sh accuracy|quality|speed|memory [ARGS]}
 shift
 exec .venv/bin/python "bench/$name.py" "$@"
