@@ -213,7 +213,7 @@ def fill_database(db, model: FittedVectors, count: int, embedder, donors) -> Non
     real = [(None, path, "filler", local_features.extract(d).to_bytes())
             for d in tqdm(donors, desc="donor features", leave=False)]
     version = local_features.FEATURE_VERSION
-    with db.writing(), db.db.atomic():
+    with db.unit_of_work():
         for start in tqdm(range(0, count, 20_000), desc="filler", leave=False):
             n = min(20_000, count - start)
             vectors = model.chunk(start, n)

@@ -8,9 +8,13 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
+import os
 import shutil
 import sqlite3
 import tarfile
+import time
 
 import pytest
 from conftest import SPECIMENS
@@ -128,6 +132,7 @@ def test_working_folders_of_killed_exports_and_imports_are_reported_and_removed(
     for folder in (export_left, import_left, running):
         folder.mkdir()
         shutil.copy(db / "specimens.sqlite", folder / "specimens.sqlite")
+        os.utime(folder, (time.time() - 3600,) * 2)  # a young one may be about to take its lock
     with FileLock(str(running / ".in-use.lock")):  # an export still at work
         result = run("verify")
         assert result.exit_code == 0
@@ -136,5 +141,48 @@ def test_working_folders_of_killed_exports_and_imports_are_reported_and_removed(
         assert "notice: .export-running.tmp: working folder of a running export or import" in result.output
         assert run("repair").exit_code == 0
         assert not export_left.exists() and not import_left.exists() and running.exists()
+    os.utime(running, (time.time() - 3600,) * 2)  # its export long gone
     assert run("repair").exit_code == 0 and not running.exists()
     assert "notice" not in run("verify").output
+
+
+def test_a_huge_long_name_header_is_refused_without_reading_it(run, tmp_path):
+    """tarfile reads a GNU long-name member whole: 150 MB of name in a 150 KB archive."""
+    bomb = tmp_path / "longname.tar.gz"
+    size = 150_000_000
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = tarfile.GNUTYPE_LONGNAME, size
+    with gzip.open(bomb, "wb", compresslevel=1) as gz:
+        gz.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(size // 1_000_000):
+            gz.write(b"a" * 1_000_000)
+        gz.write(bytes(-size % 512 + 1024))
+    assert bomb.stat().st_size < 1_000_000
+    _refused(run, tmp_path, bomb, "not a readable specimen-id archive")
+    # and in a process of its own, its peak memory stays far below the 150 MB of name
+    peak = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "specimen_id.cli", "--db",
+                           str(tmp_path / "t2"), "import", str(bomb)], capture_output=True, text=True, check=True)
+    rc, kb = map(int, peak.stdout.split())
+    assert rc == 3 and kb < 150_000 + _baseline_kb()
+
+
+PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+        "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def _baseline_kb() -> int:
+    """Peak of a command that reads no archive at all (the interpreter and our imports)."""
+    out = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "specimen_id.cli", "--version"],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[1])
+
+
+def test_a_corrupted_compressed_archive_is_refused(run, tmp_path, archive):
+    compressed = tmp_path / "a.tar.gz"
+    compressed.write_bytes(gzip.compress(archive.read_bytes()))
+    data = bytearray(compressed.read_bytes())
+    for at in range(200, len(data) - 200, len(data) // 7):  # damage in several places
+        data[at] ^= 0xFF
+    damaged = tmp_path / "damaged.tar.gz"
+    damaged.write_bytes(bytes(data))
+    _refused(run, tmp_path, damaged, "nothing imported")

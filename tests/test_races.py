@@ -7,6 +7,7 @@ storage backend can run the same races. Each race: this test holds the write loc
 starts a curation, which must wait for the lock; while it waits, the test makes the change
 that races it and lets go. Whatever the thread's timing, it must then see that change."""
 
+import sqlite3
 import threading
 import time
 
@@ -120,7 +121,13 @@ def test_edit_and_review_of_a_specimen_merged_away_meanwhile_fail(store):
 
 def test_a_write_outside_a_unit_of_work_fails_loudly(store):
     db = store()
-    with pytest.raises(RuntimeError, match="outside unit_of_work"):
-        with db._transaction():
-            db.db.execute("UPDATE specimens SET notes = 'x'")
+    for write in ("UPDATE specimens SET notes = 'x'", "DELETE FROM overlaps",
+                  "INSERT INTO settings(key, value) VALUES ('x', '1')", "CREATE TABLE extra (x)"):
+        with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
+            db.db.execute(write)
+    with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
+        db.db["specimens"].insert({"uuid": "u", "name": "sneaked in", "created_at": "now"})
+    with db.unit_of_work():  # the same write inside one is fine
+        db.db.execute("UPDATE specimens SET notes = 'x' WHERE name = 'extra'")
+    assert db.specimen("extra")["notes"] == "x"
     db.close()

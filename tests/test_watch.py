@@ -217,3 +217,22 @@ def test_watch_waits_while_another_writer_holds_the_database(tmp_path):
         if watch.proc.poll() is None:
             watch.stop()
     assert _captures(db) == 1
+
+
+def test_a_one_off_pass_while_the_database_is_locked(enrolled, tmp_path):
+    """--once does not wait: a query is answered and logged once (it needs no lock), an
+    enrolment stops with one line and exit 3, and the file is handled by the next pass."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(QUERIES / "recapture-he-tissue-a.jpg", inbox / "shot.jpg")
+    holder = Database(enrolled.db)
+    with holder.writing():
+        queried = enrolled("watch", inbox, "--once", env={"SPECIMEN_ID_LOCK_TIMEOUT": "1"})
+        assert queried.exit_code == 0 and queried.stdout.startswith(f"match: {inbox / 'shot.jpg'}: he-tissue-a")
+        enrolling = enrolled("watch", inbox, "--once", "--enroll", "he-tissue-a", env={"SPECIMEN_ID_LOCK_TIMEOUT": "1"})
+        assert enrolling.exit_code == 3 and "is being written by another process" in enrolling.stderr
+    holder.close()
+    with Database(enrolled.db) as db:
+        assert db.count("queries") == 1
+    again = enrolled("watch", inbox, "--once", "--enroll", "he-tissue-a")
+    assert again.exit_code == 0 and again.stdout.startswith(f"enrolled: {inbox / 'shot.jpg'}")

@@ -11,9 +11,11 @@ class ImageRefused(SpecimenIdError):
     """A file that cannot be enrolled or queried; the batch goes on without it."""
 
     def __init__(self, path, reason):
+        from .text import one_line
+
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{one_line(self.path)}: {reason}")
 
 
 class NotAnImage(ImageRefused):

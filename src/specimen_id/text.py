@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 MAX_NAME = 200
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 # C0/C1 controls and DEL, line/paragraph separators, and the bidirectional overrides and
 # isolates that reorder what a reader sees (Trojan Source)
@@ -26,13 +27,21 @@ def name_problem(name: str) -> str | None:
         return f"specimen names cannot contain slashes: '{escaped(name, keep='')}'"
     if name.strip() in (".", ".."):
         return f"a specimen cannot be named {name.strip()!r} (it is not reachable as a web page)"
+    if UUID.match(name.strip()):
+        return f"a specimen name cannot look like a uuid ({name.strip()}): a uuid names a specimen already"
     if _CONTROL.search(name):
         return (f"specimen names cannot contain control characters (line breaks, tabs, escape "
                 f"sequences): '{escaped(name, keep='')}'")
     return None
 
 
-def escaped(text: str, keep: str = "\n\t") -> str:
+def one_line(value) -> str:
+    """A value (a file or specimen name, a metadata value) shown inside a line: every control
+    character made visible, line breaks and tabs included, so it cannot forge a line."""
+    return escaped(str(value), keep="")
+
+
+def escaped(text: str, keep: str = "\n") -> str:
     """Text with every control character (but those in `keep`) written as a visible escape
     such as \\x1b or \\u202e."""
     def visible(match: re.Match) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import images
 from .errors import DatabaseLocked, ImageRefused
+from .text import one_line
 
 WAIT_LINE_S = 60  # one line a minute while the database is locked
 MAX_PAUSE_S = 60
@@ -47,6 +48,7 @@ class Watcher:
         self.settle, self.patience = settle, patience
         self.seen: dict[Path, _Seen] = {}
         self._pause, self._resume_at, self._said_waiting = 0.0, 0.0, -WAIT_LINE_S
+        self.once = False
 
     def files(self):
         """Regular files under the folder, hidden ones (camera apps' temp files) left out."""
@@ -83,13 +85,13 @@ class Watcher:
         try:
             data = path.read_bytes()
         except OSError as e:
-            self.emit(f"refused: {path}: cannot be read ({e.strerror or e})")
+            self.emit(f"refused: {one_line(path)}: cannot be read ({e.strerror or e})")
             seen.done = True
             return 1
         digest = hashlib.sha256(data).hexdigest()
         before = self.db.watched(digest, self.act.key)
         if before:
-            self.emit(f"skipped: {path}: same content as {before['name']}, already "
+            self.emit(f"skipped: {one_line(path)}: same content as {one_line(before['name'])}, already "
                       f"{before['outcome']} at {before['handled_at']}")
             seen.done = True
             return 1
@@ -107,12 +109,14 @@ class Watcher:
         return self._record(seen, digest, path, outcome, line, final=outcome != "refused")
 
     def _wait(self, path: Path, error: DatabaseLocked) -> None:
+        if self.once:  # nobody waits for a one-off pass: say so and stop (exit 3)
+            raise error
         now = time.monotonic()
         self._pause = min(MAX_PAUSE_S, max(1.0, self._pause * 2))
         self._resume_at = now + self._pause
         if now - self._said_waiting >= WAIT_LINE_S:
             self._said_waiting = now
-            self.emit(f"waiting: {path}: {error}; trying again (Ctrl-C to stop)")
+            self.emit(f"waiting: {one_line(path)}: {error}; trying again (Ctrl-C to stop)")
 
     def _record(self, seen, digest, path, outcome, line, final: bool = True) -> int:
         if final:
@@ -123,7 +127,7 @@ class Watcher:
 
     def run(self, interval: float, once: bool = False) -> None:
         if once:
-            self.settle, self.patience = 0, 0  # what is there now is taken as complete
+            self.settle, self.patience, self.once = 0, 0, True  # what is there now is taken as complete
             self.poll()
             return
         while True:
@@ -142,8 +146,8 @@ def enrol_action(db, embedder, specimen: str, allow_low_quality: bool = False):
         if report.refused:
             return "refused", f"refused: {report.refused[0]}"
         if report.skipped:
-            return "skipped", f"skipped: {path}: already enrolled in {specimen} (same {report.skipped[0][1]})"
-        return "enrolled", f"enrolled: {path} as a capture of {specimen}" + "".join(
+            return "skipped", f"skipped: {one_line(path)}: already enrolled in {specimen} (same {report.skipped[0][1]})"
+        return "enrolled", f"enrolled: {one_line(path)} as a capture of {specimen}" + "".join(
             f"; warning: {warning}" for _, warning in report.warnings)  # as query_action's line
     act.key = f"enrol:{specimen}"  # what "handled" means: the same content may go elsewhere too
     return act
@@ -155,7 +159,7 @@ def query_action(db, embedder):
 
     def act(capture, path):
         result = answer(db, capture, embedder)
-        line = f"{result['decision']}: {path}"
+        line = f"{result['decision']}: {one_line(path)}"
         if result["specimen"]:
             line += f": {result['specimen']}"
         line += f" (score {result['score']:.3f}, query {result['query_id']})"

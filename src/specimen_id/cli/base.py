@@ -17,8 +17,9 @@ from ..text import escaped
 
 
 def echo(message: str = "", err: bool = False) -> None:
-    """click.echo, with control characters from names, metadata and file names made visible:
-    nothing printed can steer the terminal or forge a line."""
+    """click.echo, with every control character but the line breaks of the message made
+    visible: nothing printed can steer the terminal. Values inside a line (file and specimen
+    names, metadata) go through text.one_line, so they cannot forge a line either."""
     click.echo(escaped(str(message)), err=err)
 
 

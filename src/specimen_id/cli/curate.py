@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..text import escaped
+from ..text import one_line
 from .base import cli, echo, open_db
 
 
@@ -15,7 +15,7 @@ from .base import cli, echo, open_db
 def list_(ctx):
     """Enrolled specimen names, one per line."""
     for specimen in open_db(ctx).specimens():  # one line each, whatever an old name holds
-        echo(escaped(specimen["name"], keep=""))
+        echo(one_line(specimen["name"]))
 
 
 @cli.command()
@@ -31,12 +31,12 @@ def show(ctx, name, as_json):
     if as_json:
         echo(json.dumps({**specimen, "captures": captures, "overlaps": overlaps}))
         return
-    echo(f"{specimen['name']}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
+    echo(f"{one_line(specimen['name'])}  (uuid {specimen['uuid']}, enrolled {specimen['created_at']})")
     for key, value in specimen["metadata"].items():
-        echo(f"  {key} = {value}")
+        echo(f"  {one_line(key)} = {one_line(value)}")
     echo(f"  {len(captures)} capture(s):")
     for c in captures:
-        echo(f"    {c['uuid']}  {c['original_name']}  {c['width']}x{c['height']} "
+        echo(f"    {c['uuid']}  {one_line(c['original_name'])}  {c['width']}x{c['height']} "
              f"{c['format']} {c['dtype']}  sha256 {c['file_sha256'][:12]}  {c['created_at']}")
     if overlaps:
         echo(f"  overlaps {len(overlaps)} field(s) of other specimens:")

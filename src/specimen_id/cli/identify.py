@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..text import one_line
 from .base import cli, echo, model_options, open_db, parse_meta
 
 
@@ -53,11 +54,11 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, allow_low_quality, que
         echo(f"refused: {error}", err=True)
     for path, same in report.skipped:
         if same == "pixels":  # a same-file re-run is the expected no-op; this is news
-            echo(f"skipped: {path}: same pixels as a capture already enrolled there", err=True)
+            echo(f"skipped: {one_line(path)}: same pixels as a capture already enrolled there", err=True)
     for path, warning in report.warnings:
-        echo(f"warning: {path}: {warning}", err=True)
+        echo(f"warning: {one_line(path)}: {warning}", err=True)
     for path, o in report.overlaps:  # probably the same slide: worth knowing, not a refusal
-        echo(f"overlaps: {path}: {o['share_of_other']:.0%} of {o['specimen']} (capture {o['other_capture']})")
+        echo(f"overlaps: {one_line(path)}: {o['share_of_other']:.0%} of {one_line(o['specimen'])} (capture {o['other_capture']})")
     echo(f"enrolled {len(report.enrolled)}, skipped {len(report.skipped)} "
                f"(already enrolled), refused {len(report.refused)}")
     ctx.exit(1 if report.refused else 0)
@@ -84,14 +85,14 @@ def query(ctx, files, top_k, threshold, as_json, model, weights):
         else:
             echo(_format_result(result))
         for warning in result.get("warnings", []):
-            echo(f"warning: {result['query']}: {warning}", err=True)
+            echo(f"warning: {one_line(result['query'])}: {warning}", err=True)
     ctx.exit(1 if refused else 0)
 
 
 def _format_result(result: dict) -> str:
-    head = f"{result['query']}: {result['decision']}"
+    head = f"{one_line(result['query'])}: {result['decision']}"
     if result["specimen"]:
-        head += f" {result['specimen']}"
+        head += f" {one_line(result['specimen'])}"
     head += f" (score {result['score']:.3f}, threshold {result['threshold']:.3f})"
     if result["decision"] == "ambiguous":
         first, second = result["contenders"]

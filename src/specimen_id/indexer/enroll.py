@@ -79,6 +79,7 @@ def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, pro
             vectors, features = evidence(embedder, batch)
             ids = db.add_captures([(p.item[0], p.capture) for p in batch], metadata, vectors,
                                   embedder.model_id, features, local_features.FEATURE_VERSION)
+            report.enrolled.extend(p.capture.name for p in batch)  # committed: counted even if what follows fails
             found = find_overlaps(db, [(cid, p.item[0], v, f) for cid, p, v, f in zip(ids, batch, vectors, features)])
             pairs = {}  # two new captures of one batch find each other: recorded once
             for f in found:
@@ -86,7 +87,6 @@ def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, pro
             db.record_overlaps(list(pairs.values()))
             paths = {cid: p.capture.name for cid, p in zip(ids, batch)}
             report.overlaps.extend((paths[f["capture_id"]], f) for f in found)
-            report.enrolled.extend(p.capture.name for p in batch)
             bar.update(len(batch))
             batch.clear()
 
@@ -125,7 +125,7 @@ def _usable_name(name: str, paths, report) -> bool:
     """A name that cannot be a specimen's refuses its files by name; other folders go on."""
     problem = name_problem(name)
     if problem:
-        report.refused += [ImageRefused(path, problem) for path in paths]
+        report.refused += [ImageRefused(getattr(p, "name", p), problem) for p in paths]
     return problem is None
 
 

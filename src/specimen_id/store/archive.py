@@ -17,16 +17,17 @@ specimen-id's migrations make (a trigger or view from elsewhere would run on our
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
+import lzma
 import os
 import shutil
 import sqlite3
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from ..errors import DatabaseDamaged, DatabaseUnusable, SpecimenIdError
@@ -46,6 +47,7 @@ SQLITE = "specimens.sqlite"
 EXPANSION = 20
 EXPANSION_FLOOR = 200_000_000
 MAX_MANIFEST = 64_000_000
+MAX_HEADER = 65_536  # a long name or pax header is read whole by tarfile: ours are far smaller
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 
 
@@ -62,8 +64,8 @@ def export_archive(db, archive) -> dict:
     if archive.exists():
         raise SpecimenIdError(f"{archive} exists already; choose a new name (a backup is never overwritten)")
     archive.parent.mkdir(parents=True, exist_ok=True)
-    # the snapshot and the archive are made inside the database directory, where verify sees
-    # (and repair removes) what an export killed midway leaves
+    # the snapshot is made inside the database directory, where verify sees (and repair
+    # removes) what an export killed midway leaves; the archive is written beside its name
     with tempfile.TemporaryDirectory(dir=db.root, prefix=".export-", suffix=".tmp") as tmp, in_use(tmp):
         snapshot = Path(tmp) / SQLITE
         _snapshot(db.db.conn, snapshot)
@@ -81,38 +83,26 @@ def export_archive(db, archive) -> dict:
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "software_version": __version__, "created_at": now(),
                     "source": str(db.root.resolve()), **facts, "members": members}
-        part = Path(tmp) / "archive.part"
-        with tarfile.open(part, mode) as tar:
-            _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
-            tar.add(snapshot, SQLITE)
-            for rel in images:  # content-addressed and never modified: what was hashed
-                tar.add(db.root / rel, rel)
-        with open(part, "rb") as f:
-            os.fsync(f.fileno())
-        _publish(part, archive)
+        fd, name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".part")
+        os.close(fd)
+        part = Path(name)
+        try:
+            with tarfile.open(part, mode) as tar:
+                _add(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
+                tar.add(snapshot, SQLITE)
+                for rel in images:  # content-addressed and never modified: what was hashed
+                    tar.add(db.root / rel, rel)
+            with open(part, "rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(part, archive)  # fails if the name was taken meanwhile: never overwrite
+            except FileExistsError:
+                raise SpecimenIdError(f"{archive} exists already; choose a new name") from None
+            except OSError:  # no hard links (FAT/exFAT backup drives): the check above must do
+                os.replace(part, archive)
+        finally:
+            part.unlink(missing_ok=True)
     return manifest
-
-
-def _publish(part: Path, archive: Path) -> None:
-    """Give the finished archive its name, never replacing a file that took it meanwhile."""
-    try:
-        os.link(part, archive)  # fails if the name was taken meanwhile: never overwrite
-        return
-    except FileExistsError:
-        raise SpecimenIdError(f"{archive} exists already; choose a new name") from None
-    except OSError as e:
-        if e.errno != errno.EXDEV:  # no hard links (FAT/exFAT backup drives): the check must do
-            os.replace(part, archive)
-            return
-    # another file system (a backup drive): copied beside the archive, then renamed whole
-    beside = archive.with_name(f".{archive.name}.part")
-    try:
-        shutil.copyfile(part, beside)
-        with open(beside, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(beside, archive)
-    finally:
-        beside.unlink(missing_ok=True)
 
 
 def import_archive(archive, root) -> dict:
@@ -188,6 +178,23 @@ def _recorded_images(db) -> list[str]:
     return [rel for (rel,) in rows]
 
 
+class _BoundedHeaders(tarfile.TarInfo):
+    """tarfile reads a GNU long-name or pax header member whole into memory before it yields
+    the next member: refuse one larger than any archive of ours holds."""
+
+    def _proc_gnulong(self, tarfile_):
+        self._bounded()
+        return super()._proc_gnulong(tarfile_)
+
+    def _proc_pax(self, tarfile_):
+        self._bounded()
+        return super()._proc_pax(tarfile_)
+
+    def _bounded(self):
+        if self.size > MAX_HEADER:
+            raise tarfile.HeaderError(f"a {self.size}-byte header member")
+
+
 def _unpack(archive: Path, into: Path) -> dict:
     """Extract and check every member, streamed; raises DatabaseDamaged naming the archive."""
     if not archive.is_file():  # /dev/zero, a pipe, a folder: nothing a tar reader should follow
@@ -195,7 +202,7 @@ def _unpack(archive: Path, into: Path) -> dict:
     budget = min(max(EXPANSION_FLOOR, EXPANSION * archive.stat().st_size), shutil.disk_usage(into).free)
     found, manifest, total = {}, None, 0
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(archive, "r:*", tarinfo=_BoundedHeaders) as tar:
             for member in tar:
                 if member.name == MANIFEST and member.isfile() and manifest is None:
                     if member.size > MAX_MANIFEST:
@@ -203,7 +210,7 @@ def _unpack(archive: Path, into: Path) -> dict:
                     manifest = _manifest(archive, tar.extractfile(member).read())
                     continue
                 if not member.isfile() or not (member.name == SQLITE or IMAGE_NAME.match(member.name)):
-                    raise DatabaseDamaged(f"{archive}: unexpected member {member.name!r}; nothing imported")
+                    raise DatabaseDamaged(f"{archive}: unexpected member {member.name[:200]!r}; nothing imported")
                 declared = manifest["members"].get(member.name) if manifest else None
                 if manifest is not None and (declared is None or declared.get("size") != member.size):
                     raise DatabaseDamaged(f"{archive}: {member.name} is not in the manifest, or not at the "
@@ -217,10 +224,11 @@ def _unpack(archive: Path, into: Path) -> dict:
                 if image and found[member.name]["sha256"] != image.group(2):
                     raise DatabaseDamaged(f"{archive}: {member.name} does not hold the content its name says; "
                                           "nothing imported")
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
         if isinstance(e, OSError) and e.filename:
             raise  # a file of ours (the archive's absence, our disk), not the archive's content
-        raise DatabaseDamaged(f"{archive}: not a readable specimen-id archive ({e}); nothing imported") from None
+        reason = " ".join(str(e).split())  # tarfile's may span lines
+        raise DatabaseDamaged(f"{archive}: not a readable specimen-id archive ({reason}); nothing imported") from None
     if manifest is None:
         raise DatabaseDamaged(f"{archive}: no specimen-id manifest; nothing imported")
     expected = manifest["members"]

@@ -114,6 +114,11 @@ def import_csv(db, path) -> CsvReport:
 
 def _apply(db, cells: dict) -> str | None:
     """One row in one transaction; returns the specimen's name when something changed."""
+    with db.unit_of_work():  # read and changed under the lock: no concurrent edit is lost
+        return _apply_locked(db, cells)
+
+
+def _apply_locked(db, cells: dict) -> str | None:
     uuid_ = cells.get("uuid", "").strip()
     if uuid_:
         found = db.db.execute("SELECT name FROM specimens WHERE uuid = ?", [uuid_]).fetchone()
@@ -137,8 +142,7 @@ def _apply(db, cells: dict) -> str | None:
                     del metadata[key]
     if (name, notes, metadata) == (current["name"], current["notes"], current["metadata"]):
         return None
-    with db.unit_of_work():
-        if name != current["name"]:
-            db.rename_specimen(current["name"], name)
-        db.edit_specimen(name, metadata, notes)
+    if name != current["name"]:
+        db.rename_specimen(current["name"], name)
+    db.edit_specimen(name, metadata, notes)
     return name

@@ -103,7 +103,9 @@ class Curation:
             raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
         if not reviewer.strip():
             raise SpecimenIdError("a review needs the reviewer's name")
-        with self.unit_of_work():
+        # append-only: a person's verdict adds a row and changes nothing another writer checks,
+        # so it does not queue behind an enrolment (the query is looked up inside its transaction)
+        with self.unit_of_work(append_only=True):
             row = self.db.execute("SELECT q.id, s.uuid, s.name FROM queries q LEFT JOIN specimens s "
                                   "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
             if row is None:

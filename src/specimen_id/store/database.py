@@ -50,6 +50,12 @@ DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
 
 
+_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_CREATE_TABLE,
+           sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW,
+           sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TRIGGER,
+           sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE}
+
+
 def database_dir(location) -> Path:
     """The directory a --db value names. A URL is refused before anything is created: this
     build has no backend for it (and a folder named `postgresql:` helps nobody)."""
@@ -82,13 +88,13 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             # SQLite's own wait for another connection's write (an outside tool, a query being
             # logged): as long as the write lock's, one setting for "wait for other writers"
             conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=lock_timeout())
-            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            conn.execute("PRAGMA foreign_keys=ON")
             version = schema_version(conn)
             if version > len(MIGRATIONS):  # written by a newer specimen-id: neither read nor write it
                 conn.close()
                 raise DatabaseUnusable(f"{self.root}: database schema version {version} is newer than "
                                        f"this specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id")
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            conn.execute("PRAGMA foreign_keys=ON")
             if version < len(MIGRATIONS):
                 with self.writing():  # one process migrates; the others then find it done
                     migrate(conn)
@@ -96,6 +102,8 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             raise DatabaseDamaged(f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); "
                                   "restore it from a backup") from None
         self.db = sqlite_utils.Database(conn)
+        self._writes_allowed = 0
+        conn.set_authorizer(self._authorize)  # after migrating: from here on, writes are units of work
 
     def close(self) -> None:
         self.db.conn.close()
@@ -148,27 +156,35 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         when it reads first (insert() reads the table's columns) and another process commits
         before its first write (a query being logged), SQLite fails it at once with "database
         is locked" instead of waiting. Nested, it is a savepoint."""
-        if not append_only and not (self._lock is not None and self._lock.is_locked):
-            raise RuntimeError("a store write outside unit_of_work(): every write takes the write lock "
-                               "first, so that its checks and its change are one step")
         conn = self.db.conn
-        if conn.in_transaction:
-            with self.db.atomic():
-                yield self
-            return
+        self._writes_allowed += 1
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
-            raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
-                                 "it is done") from None
-        try:
-            with self.db.atomic():  # a savepoint inside it
-                yield self
-            conn.execute("COMMIT")
-        except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                with self.db.atomic():
+                    yield self
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
+                raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
+                                     "it is done") from None
+            try:
+                with self.db.atomic():  # a savepoint inside it
+                    yield self
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._writes_allowed -= 1
+
+    def _authorize(self, action, table, *_):
+        """SQLite asks before it prepares each statement: a change to a table outside a unit of
+        work is refused ("not authorized"), whichever code path issued it."""
+        if action in _WRITES and not self._writes_allowed and not (table or "").startswith("sqlite_"):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
 
     def _write_lock(self):
         from filelock import FileLock

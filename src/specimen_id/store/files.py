@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..errors import DatabaseDamaged
 
 # the only paths a database may record for an image: what image_relpath makes
 IN_USE = ".in-use.lock"
+WORKING_MIN_AGE_S = 60
 IMAGE_NAME = re.compile(r"^images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[A-Za-z0-9]{1,8}$")
 
 
@@ -41,11 +43,21 @@ def in_use(folder):
 
 
 def abandoned(folder: Path) -> bool:
-    """A working folder no live process holds (its in-use lock is free, or it has none)."""
+    """A working folder no live process holds: its in-use lock is free (or was never taken)
+    and it is over a minute old (a process may be between making it and locking it). Reads
+    only: a missing lock file is not created."""
     from filelock import FileLock, Timeout
 
+    lock = folder / IN_USE
     try:
-        with FileLock(str(folder / IN_USE), timeout=0):
+        if time.time() - folder.stat().st_mtime < WORKING_MIN_AGE_S:
+            return False
+    except FileNotFoundError:
+        return False  # finished meanwhile
+    if not lock.exists():
+        return True
+    try:
+        with FileLock(str(lock), timeout=0):
             return True
     except Timeout:
         return False

@@ -35,9 +35,9 @@ def rendition(root: Path, image: Path, size: int) -> Path:
     """The rendition file of a managed image that fits `size`, made (every size, from one
     decode) when it is missing; an unreadable image raises images' ImageRefused."""
     path = rendition_path(root, image, fitting(size))
-    if not path.exists():
+    if not sound(path):  # missing, or cut short
         with _BUILDING:
-            if not path.exists():  # another request may have made it meanwhile
+            if not sound(path):  # another request may have made it meanwhile
                 build(root, image)
     return path
 

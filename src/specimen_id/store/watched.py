@@ -16,8 +16,9 @@ class Watched:
         return rows[0] if rows else None
 
     def mark_watched(self, file_sha256: str, action: str, name: str, outcome: str, detail: str = "") -> None:
-        """Record content as handled by an action (the first record wins: once per action)."""
-        with self.unit_of_work():
+        """Record content as handled by an action (the first record wins: once per action).
+        Append-only, like a logged query: it never waits for an enrolment to finish."""
+        with self.unit_of_work(append_only=True):
             self.db.execute("INSERT OR IGNORE INTO watched(file_sha256, action, name, outcome, detail, "
                             "handled_at) VALUES (?, ?, ?, ?, ?, ?)",
                             [file_sha256, action, name, outcome, detail, now()])

@@ -20,6 +20,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .. import images
 from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..store import Database
+from ..store.database import database_dir
 from ..store.audit import CLIENT
 from ..store.renditions import rendition
 from ..text import escaped, name_problem
@@ -80,7 +81,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     if not is_loopback(host) and not token:
         raise ValueError(f"serving on {host} needs a token (--token or SPECIMEN_ID_TOKEN)")
     app = FastAPI(title="specimen-id", docs_url=None, redoc_url=None)
-    root = Path(db_path)
+    root = database_dir(db_path)
 
     def database() -> Database:
         return Database(root)
@@ -160,9 +161,12 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             raise HTTPException(404)
         with database() as db:
             try:
-                return db.image_of(kind, uuid_)
+                path = db.image_of(kind, uuid_)
             except KeyError:
                 raise HTTPException(404) from None
+        if not path.is_file():
+            raise HTTPException(404, f"the image file of {kind} {uuid_} is missing; run `specimen-id verify`")
+        return path
 
     @app.get("/images/{kind}/{uuid_}")
     def image(kind: str, uuid_: str, size: int = Query(0, ge=0)):
@@ -230,8 +234,9 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.get("/matches/{query_uuid}/{capture_uuid}")
     def matches(query_uuid: str, capture_uuid: str):
         """The query and a candidate side by side, matched keypoints joined by lines: the
-        verification run again on the page renditions (as the decision saw them, up to JPEG
-        rounding), so this page never decodes a whole capture."""
+        verification run again on the page renditions, so this page never decodes a whole
+        capture (for 8-bit captures that is what the decision saw, up to JPEG rounding; for
+        16-bit or float ones, their 8-bit display)."""
         import cv2
 
         from .. import local_features, verification
