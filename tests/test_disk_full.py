@@ -99,3 +99,29 @@ def test_sqlite_full_and_read_only_are_told_as_such(tmp_path):
     failed = storage_failure(read_only.value, tmp_path)
     assert not failed.full and "cannot be written (read-only" in str(failed)
     assert storage_failure(sqlite3.OperationalError("no such table: x"), tmp_path) is None
+
+
+@pytest.mark.parametrize("args", [("rename", "warm-up", "renamed"), ("config", "threshold", "0.5"),
+                                  ("export", "{tmp}/backup.tar"), ("import-csv", "{tmp}/names.csv"),
+                                  ("remove", "warm-up")])
+def test_every_write_command_on_a_full_disk_says_so_in_one_line(tmp_path, args):
+    db = str(tmp_path / "db")
+    warm = subprocess.run([*CLI, "--db", db, "enroll", "-s", "warm-up", str(SPECIMENS / "he-tissue-a" / "capture-1.png")],
+                          capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr
+    (tmp_path / "names.csv").write_text("name,notes\nwarm-up,a note\n")
+    before = subprocess.run([*CLI, "--db", db, "show", "warm-up", "--json"], capture_output=True, text=True).stdout
+
+    def tiny_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # no file may grow past 1000 bytes
+
+    full = subprocess.run([*CLI, "--db", db, *(a.format(tmp=tmp_path) for a in args)], capture_output=True,
+                          text=True, preexec_fn=tiny_disk)
+    assert full.returncode == 3, (full.stdout, full.stderr)
+    assert full.stderr.count("\n") == 1 and full.stderr.startswith("error: ") and "Traceback" not in full.stderr
+    assert "is the disk full" in full.stderr or "the disk is full" in full.stderr
+    check = subprocess.run([*CLI, "--db", db, "verify"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    after = subprocess.run([*CLI, "--db", db, "show", "warm-up", "--json"], capture_output=True, text=True).stdout
+    assert after == before  # nothing half-written

@@ -30,6 +30,7 @@ from ..errors import (
     ImageRefused,
     SpecimenRemoved,
     UnknownSpecimen,
+    storage_failure,
 )
 from . import renditions
 from .audit import Audit
@@ -99,8 +100,9 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
                 with self.writing():  # one process migrates; the others then find it done
                     migrate(conn)
         except sqlite3.DatabaseError as e:
-            raise DatabaseDamaged(f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); "
-                                  "restore it from a backup") from None
+            # a full, read-only or failing disk is not damage: no backup to restore for that
+            raise storage_failure(e, self.root) or DatabaseDamaged(
+                f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); restore it from a backup") from None
         self.db = sqlite_utils.Database(conn)
         self._writes_allowed = 0
         conn.set_authorizer(self._authorize)  # after migrating: from here on, writes are units of work
