@@ -145,14 +145,14 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         append_only: a logged query, which must never wait for an enrolment, takes only
         SQLite's (brief) write lock; it adds a row and changes nothing another writer checks."""
         if append_only:
-            with self._transaction(append_only=True):
+            with self._transaction():
                 yield self
             return
         with self.writing(), self._transaction():
             yield self
 
     @contextmanager
-    def _transaction(self, append_only: bool = False):
+    def _transaction(self):
         """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
         waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
         when it reads first (insert() reads the table's columns) and another process commits
