@@ -275,29 +275,32 @@ def _check_leftovers(root: Path, referenced: set[str], report: Report) -> None:
         rel = path.relative_to(root)
         if path.name.endswith(".tmp"):
             report.add("temp", f"{rel}: temporary file left by an interrupted write", problem=False, path=path)
-        elif rel.parts[0] == renditions.FOLDER:
-            report.add("orphan", f"{rel}: rendition of no stored image", problem=False, path=path)
         else:
             report.add("orphan", f"{rel}: image file no capture or query refers to", problem=False, path=path)
-    shas = {Path(r).stem for r in referenced}
-    for path in _files(root / renditions.FOLDER):
-        if renditions.source_sha(path) in shas and not renditions.sound(path):
-            report.add("rendition", f"{path.relative_to(root)}: damaged rendition (repair makes it again)",
-                       problem=False, path=path)
+    _check_renditions(root, {Path(r).stem for r in referenced}, report)
 
 
 def leftovers(root: Path, referenced: set[str]) -> list[Path]:
-    """Temporary files (files.write_atomic's `.NAME.*.tmp`) in the directory and under images/
-    and renditions/, image files no row refers to, and renditions of no such image."""
-    shas = {Path(r).stem for r in referenced}
+    """Temporary files (files.write_atomic's `.NAME.*.tmp`) in the directory and under images/,
+    and image files no row refers to."""
     found = [p for p in root.glob(".*.tmp") if p.is_file()]
     for path in _files(root / "images"):
         if path.name.endswith(".tmp") or path.relative_to(root).as_posix() not in referenced:
             found.append(path)
-    for path in _files(root / renditions.FOLDER):
-        if path.name.endswith(".tmp") or renditions.source_sha(path) not in shas:
-            found.append(path)
     return found
+
+
+def _check_renditions(root: Path, shas: set[str], report: Report) -> None:
+    """renditions/ in one pass: temporary files, renditions of no stored image (by its
+    sha256), and damaged renditions of stored ones."""
+    for path in _files(root / renditions.FOLDER):
+        rel = path.relative_to(root)
+        if path.name.endswith(".tmp"):
+            report.add("temp", f"{rel}: temporary file left by an interrupted write", problem=False, path=path)
+        elif renditions.source_sha(path) not in shas:
+            report.add("orphan", f"{rel}: rendition of no stored image", problem=False, path=path)
+        elif not renditions.sound(path):
+            report.add("rendition", f"{rel}: damaged rendition (repair makes it again)", problem=False, path=path)
 
 
 def _files(folder: Path) -> list[Path]:
