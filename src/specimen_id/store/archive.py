@@ -134,11 +134,7 @@ def _restore(archive: Path, tmp: Path) -> dict:
     from .database import Database
 
     manifest = _unpack(archive, tmp)
-    version = _schema_version(tmp / SQLITE)
-    if version > len(MIGRATIONS):
-        raise DatabaseUnusable(f"{archive}: its database schema version {version} is newer than this "
-                               f"specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id; nothing imported")
-    _check_schema_objects(archive, tmp / SQLITE, version)
+    _check_database(archive, tmp / SQLITE)
     db = Database(tmp)  # migrates an archive of an older schema
     try:
         counts = _facts(tmp / SQLITE, "", 0)[0]["counts"]
@@ -157,16 +153,6 @@ def _restore(archive: Path, tmp: Path) -> dict:
     finally:
         db.close()
     return manifest
-
-
-def _schema_version(path: Path) -> int:
-    con = sqlite3.connect(path)
-    try:
-        return schema_version(con)
-    except sqlite3.DatabaseError as e:
-        raise DatabaseDamaged(f"{path.name} in the archive cannot be read ({e}); nothing imported") from None
-    finally:
-        con.close()
 
 
 def _recorded_images(db) -> list[str]:
@@ -266,19 +252,14 @@ def _manifest(archive: Path, data: bytes) -> dict:
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> dict:
     """Stream one member to a file; returns its digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    source = tar.extractfile(member)
     with open(path, "wb") as out:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-            out.write(block)
-    return {"sha256": digest.hexdigest(), "size": size}
+        return _digest(tar.extractfile(member), out)
 
 
-def _check_schema_objects(archive: Path, path: Path, version: int) -> None:
-    """The archive's database holds exactly what our migrations make at its version: no
-    trigger, view or table from elsewhere, nothing missing."""
+def _check_database(archive: Path, path: Path) -> None:
+    """The archive's database is at a schema version this specimen-id reads, and holds exactly
+    what our migrations make at that version: no trigger, view or table from elsewhere, nothing
+    missing."""
     def objects(con) -> dict:
         return {(kind, name): " ".join((sql or "").split()) for kind, name, sql in con.execute(
             "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
@@ -286,6 +267,10 @@ def _check_schema_objects(archive: Path, path: Path, version: int) -> None:
     reference = sqlite3.connect(":memory:")
     con = sqlite3.connect(path)
     try:
+        version = schema_version(con)
+        if version > len(MIGRATIONS):
+            raise DatabaseUnusable(f"{archive}: its database schema version {version} is newer than this "
+                                   f"specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id; nothing imported")
         migrate(reference, upto=version)
         expected, found = objects(reference), objects(con)
     except sqlite3.DatabaseError as e:
@@ -341,11 +326,18 @@ def _facts(path: Path, score_kind: str, default_threshold: float) -> tuple[dict,
 
 
 def _file_digest(path: Path) -> dict:
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
+        return _digest(f)
+
+
+def _digest(source, copy_to=None) -> dict:
+    """sha256 and size of a stream, read in blocks (and written to `copy_to` as it goes)."""
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: source.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
+        if copy_to is not None:
+            copy_to.write(block)
     return {"sha256": digest.hexdigest(), "size": size}
 
 
