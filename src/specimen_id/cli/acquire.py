@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..text import escaped, name_problem
+from ..text import name_problem, one_line
 from .base import cli, echo, model_options, open_db
 
 
@@ -119,8 +119,8 @@ def watch(ctx, folder, specimen, as_query, once, interval, allow_low_quality, mo
 
     if specimen and as_query:
         raise click.UsageError("give --enroll NAME or --query, not both")
-    if specimen and name_problem(specimen):
-        raise click.BadParameter(escaped(name_problem(specimen), keep=""), param_hint="--enroll")
+    if specimen and (problem := name_problem(specimen)):
+        raise click.BadParameter(one_line(problem), param_hint="--enroll")
     db = open_db(ctx)
     embedder = embedder_for(db, model, weights)
     act = enrol_action(db, embedder, specimen, allow_low_quality) if specimen else query_action(db, embedder)

@@ -23,7 +23,7 @@ from ..store import Database
 from ..store.database import database_dir
 from ..store.audit import CLIENT
 from ..store.renditions import rendition
-from ..text import escaped, name_problem
+from ..text import name_problem, one_line
 from .safety import BodyLimit, SameOrigin, TokenRequired
 
 MAX_UPLOAD_BYTES = 50_000_000
@@ -44,7 +44,7 @@ def upload_name(upload: UploadFile) -> str:
     hold it; an unnamed upload is called `upload`."""
     name = Path(upload.filename or "").name
     if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > 255:
-        shown = escaped(name[:60], keep="") + ("..." if len(name) > 60 else "")
+        shown = one_line(name[:60]) + ("..." if len(name) > 60 else "")
         raise HTTPException(400, f"the file name '{shown}' is not usable (over 255 bytes, or "
                                  "holds a NUL); rename the file and upload it again")
     return name if name not in ("", ".", "..") else "upload"
@@ -278,8 +278,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         name = specimen.strip()
         if not name or not files:
             raise HTTPException(400, "a specimen name and at least one file are needed")
-        if name_problem(name):
-            raise HTTPException(400, name_problem(name))
+        if problem := name_problem(name):
+            raise HTTPException(400, problem)
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for i, upload in enumerate(files):  # the original name, in a folder of its own
