@@ -28,6 +28,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from results import table, write_section  # noqa: E402
 from speed_index import part_index  # noqa: E402
+from speed_web import BURST, pages_during_burst, round_trips, serving  # noqa: E402
 from synthetic import FittedVectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +254,9 @@ def part_query(args, model: FittedVectors) -> None:
             # captures are refused): this measures the query, not the gate
             specimen_id.enroll_folders(db, [(f"field-{i:04d}", [p]) for i, p in enumerate(enrolled)],
                                        progress=True, allow_low_quality=True)
+            with serving(tmp / "db") as base:  # the web app on the benchmark gallery
+                pages = pages_during_burst(base, queries)
+                submitted = round_trips(base, queries, "/query")
             start = time.perf_counter()
             fill_database(db, model, args.entries - len(enrolled), embedder, donors)
             build = time.perf_counter() - start
@@ -283,6 +287,8 @@ def part_query(args, model: FittedVectors) -> None:
                 found[name] = sum((a["decision"], a["specimen"]) == ("match", f"field-{int(p.stem.split('-')[1]):04d}")
                                   for a, p in zip(answers, paths))
             entries, kind = len(db.index()), db.index().kind
+            with serving(tmp / "db") as base:  # the web app at this size
+                web_ms = round_trips(base, queries, "/api/query")
         cold = []
         cli = [sys.executable, "-m", "specimen_id.cli", "--db", str(tmp / "db"), "query", str(queries[0])]
         for _ in range(3):
@@ -298,6 +304,16 @@ def part_query(args, model: FittedVectors) -> None:
              f"p90 {np.percentile(unknown_ms, 90):.0f} ms, {len(unknown_ms)} queries, {unknown_right} answered no_match"),
             *[(f"re-captures {name}", f"{right} of {len(queries)} matched to their field",
                "found through the query's turned and zoomed views (models/views.py)") for name, right in found.items()],
+            ("web query, warm (upload over HTTP, same answer and log)",
+             f"{statistics.median(web_ms):.0f} ms median",
+             f"{statistics.median(web_ms) / statistics.median(latencies):.2f}x the warm query above; "
+             f"p90 {np.percentile(web_ms, 90):.0f} ms, {len(web_ms)} queries"),
+            (f"web `GET /` while {BURST} queries run ({len(enrolled)} specimens)",
+             f"{pages['busy']:.0f} ms median", f"max {pages['busy_max']:.0f} ms over {pages['pages']} pages; "
+             f"{pages['alone']:.0f} ms with nothing running"),
+            (f"web query page, submit to result ({len(enrolled)} specimens)",
+             f"{statistics.median(submitted):.0f} ms median",
+             f"p90 {np.percentile(submitted, 90):.0f} ms, {len(submitted)} queries"),
             ("index", f"{entries:,} entries ({kind})", f"filled and indexed in {build:.0f} s"),
             ("CLI query, cold start (new process, one query)", f"{statistics.median(cold):.2f} s median",
              "imports, model from the converted-model cache, index load, one query")]

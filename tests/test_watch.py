@@ -169,15 +169,14 @@ def test_enrol_stores_the_bytes_that_were_hashed(run, tmp_path):
     """The file is read once: what is enrolled is what was hashed and recorded, even if the
     camera app has already saved the next shot under the same name."""
     from specimen_id import images
-    from specimen_id.models import load_embedder
+    from specimen_id.service import Service
     from specimen_id.watch import Watcher, enrol_action
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     shutil.copy(FIELDS[0], inbox / "shot.png")
     with Database(run.db) as db:
-        embedder = load_embedder()
-        act = enrol_action(db, embedder, "slide")
+        act = enrol_action(Service(db), "slide")
 
         def overwritten_first(capture, path):
             shutil.copy(FIELDS[1], path)  # the next shot lands between read and enrol

@@ -97,14 +97,37 @@ def test_no_route_reads_outside_the_database(client, path):
 def test_off_loopback_needs_a_token(enrolled):
     with pytest.raises(ValueError, match="needs a token"):
         create_app(enrolled.db, host="0.0.0.0")
-    client = TestClient(create_app(enrolled.db, host="0.0.0.0", token="s3cret"), base_url="http://10.1.2.3")
+    app = create_app(enrolled.db, host="0.0.0.0", token="s3cret", allowed_hosts=["10.1.2.3"])
+    client = TestClient(app, base_url="http://10.1.2.3")
     assert client.get("/").status_code == 401
     assert client.get("/", params={"token": "wrong"}).status_code == 401
-    first = client.get("/", params={"token": "s3cret"})
-    assert first.status_code == 200 and "specimen_id_token" in first.headers["set-cookie"]
-    assert client.get("/api/specimens").status_code == 200  # the cookie carries on
-    assert TestClient(client.app, base_url="http://10.1.2.3").get(
+    # the token in the address logs in, and the page comes again without it
+    first = client.get("/history", params={"limit": "5", "token": "s3cret"}, follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/history?limit=5"
+    cookie = first.headers["set-cookie"]
+    assert "specimen_id_token=s3cret" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # plain http: a Secure cookie would never come back
+    assert client.get(first.headers["location"]).status_code == 200  # the cookie carries on
+    assert client.get("/api/specimens").status_code == 200
+    assert TestClient(app, base_url="http://10.1.2.3").get(
         "/api/specimens", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    over_https = TestClient(app, base_url="https://10.1.2.3").get("/", params={"token": "s3cret"},
+                                                                  follow_redirects=False)
+    assert over_https.status_code == 303 and "Secure" in over_https.headers["set-cookie"]
+
+
+def test_off_loopback_only_the_allowed_host_names_are_served(enrolled):
+    """A page reached under a name the server was not told about (DNS rebinding) is refused."""
+    import socket
+
+    bearer = {"Authorization": "Bearer s3cret"}
+    named = create_app(enrolled.db, host="0.0.0.0", token="s3cret", allowed_hosts=["lab-pc.example.org"])
+    assert TestClient(named, base_url="http://lab-pc.example.org").get("/", headers=bearer).status_code == 200
+    assert TestClient(named, base_url="http://10.1.2.3").get("/", headers=bearer).status_code == 400
+    default = create_app(enrolled.db, host="0.0.0.0", token="s3cret")  # this machine's names
+    assert TestClient(default, base_url=f"http://{socket.gethostname()}:8000").get(
+        "/", headers=bearer).status_code == 200
+    assert TestClient(default, base_url="http://rebound.example.com").get("/", headers=bearer).status_code == 400
 
 
 def test_browse_refuses_an_open_address_without_a_token(run):
@@ -216,6 +239,7 @@ def test_renames_and_merges_reach_past_results_and_keep_notes(client):
 
 
 def test_a_non_ascii_token_is_refused_not_crashed(enrolled):
-    client = TestClient(create_app(enrolled.db, host="0.0.0.0", token="s3cret"), base_url="http://10.1.2.3")
+    client = TestClient(create_app(enrolled.db, host="0.0.0.0", token="s3cret", allowed_hosts=["10.1.2.3"]),
+                        base_url="http://10.1.2.3")
     assert client.get("/", params={"token": "é"}).status_code == 401
     assert client.get("/", headers={"Authorization": "Bearer \xe9".encode("latin-1")}).status_code == 401

@@ -135,14 +135,12 @@ class Watcher:
             time.sleep(interval)
 
 
-def enrol_action(db, embedder, specimen: str, allow_low_quality: bool = False):
+def enrol_action(service, specimen: str, allow_low_quality: bool = False):
     """Enrol each new image as a capture of one specimen (the enrol command's code path)."""
-    from .indexer import enroll_folders
 
     def act(capture, path):
         # the capture already read and hashed: the file may hold the next shot by now
-        report = enroll_folders(db, [(specimen, [capture])], embedder=embedder,
-                                allow_low_quality=allow_low_quality)
+        report = service.enrol([(specimen, [capture])], allow_low_quality=allow_low_quality)
         if report.refused:
             return "refused", f"refused: {report.refused[0]}"
         if report.skipped:
@@ -153,12 +151,11 @@ def enrol_action(db, embedder, specimen: str, allow_low_quality: bool = False):
     return act
 
 
-def query_action(db, embedder):
+def query_action(service):
     """Answer (and log) each new image like `query` does; low quality warns, never refuses."""
-    from .search.query import answer
 
     def act(capture, path):
-        result = answer(db, capture, embedder)
+        result = service.identify(capture)
         line = f"{result['decision']}: {one_line(path)}"
         if result["specimen"]:
             line += f": {result['specimen']}"

@@ -114,17 +114,17 @@ def watch(ctx, folder, specimen, as_query, once, interval, allow_low_quality, mo
     """Handle each new image saved into FOLDER once it is completely written: enrol it or
     query it. Content already handled (even under another name, even before a restart) is
     skipped; partial files, duplicates and non-images get one line each."""
-    from ..models import embedder_for
+    from ..service import Service
     from ..watch import Watcher, enrol_action, query_action
 
     if specimen and as_query:
         raise click.UsageError("give --enroll NAME or --query, not both")
     if specimen and (problem := name_problem(specimen)):
         raise click.BadParameter(one_line(problem), param_hint="--enroll")
-    db = open_db(ctx)
-    embedder = embedder_for(db, model, weights)
-    act = enrol_action(db, embedder, specimen, allow_low_quality) if specimen else query_action(db, embedder)
-    watcher = Watcher(db, folder, act, echo)
+    service = Service(open_db(ctx), model, weights)
+    service.embedder()  # a wrong model is refused before the first file
+    act = enrol_action(service, specimen, allow_low_quality) if specimen else query_action(service)
+    watcher = Watcher(service.database(), folder, act, echo)
     if not once:
         # a service manager stops us with SIGTERM: end between files, like Ctrl-C
         signal.signal(signal.SIGTERM, _stop)

@@ -110,18 +110,24 @@ def calibrate(ctx, fmr, min_genuine, out):
               help="Address to serve on; anything but loopback needs --token.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--token", envvar="SPECIMEN_ID_TOKEN", help="Token every request must carry off loopback.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Host name or address browsers use to reach this server (repeatable); off "
+                   "loopback the default is this machine's names and addresses.")
+@click.option("--max-connections", type=click.IntRange(1), default=100, show_default=True,
+              help="Open connections served at once; more are answered 503.")
 @click.pass_context
-def browse(ctx, host, port, token):
+def browse(ctx, host, port, token, allowed_hosts, max_connections):
     """Serve a web page to browse specimens, query by upload, and review past queries."""
     import uvicorn
 
-    from ..models import embedder_for
     from ..web import create_app
 
     try:
-        app = create_app(ctx.find_root().obj, host, token)
+        app = create_app(ctx.find_root().obj, host, token, allowed_hosts=list(allowed_hosts))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    embedder_for(open_db(ctx))  # load the model now, so the first query is as fast as the rest
+    app.state.service.embedder()  # load the model now, so the first query is as fast as the rest
     echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # idle keep-alive connections are closed after 5 s; request bodies time out in the app
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=max_connections,
+                timeout_keep_alive=5)

@@ -73,10 +73,10 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, allow_low_quality, que
 @click.pass_context
 def query(ctx, files, top_k, threshold, as_json, model, weights):
     """Which enrolled specimen is each FILE?"""
-    from ..search import query as run_query
+    from ..service import Service
 
     refused = False
-    for result in run_query(open_db(ctx), files, top_k, threshold, model=model, weights=weights):
+    for result in Service(open_db(ctx), model, weights).identify_files(files, top_k, threshold):
         refused |= result["decision"] == "refused"
         if as_json:
             echo(json.dumps(result))

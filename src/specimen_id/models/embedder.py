@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -76,17 +77,19 @@ def load_embedder(name: str = DEFAULT_MODEL, weights=None, runtime: str | None =
         weights = Path(weights).resolve()
         stat = weights.stat()
         key = (*key[:3], str(weights), stat.st_size, stat.st_mtime_ns)
-    if key not in _loaded:
-        spec = model_spec(name, weights)
-        if spec is None:  # a torchvision download: only torch knows where it goes
-            spec = load_backbone(name, weights)
-        built = spec if isinstance(spec, Backbone) else None
-        _loaded[key] = Embedder(spec, weights, runtime,
-                                build=lambda: built or load_backbone(name, weights))
-    return _loaded[key]
+    with _loading:  # threads of the web app asking at once load it once
+        if key not in _loaded:
+            spec = model_spec(name, weights)
+            if spec is None:  # a torchvision download: only torch knows where it goes
+                spec = load_backbone(name, weights)
+            built = spec if isinstance(spec, Backbone) else None
+            _loaded[key] = Embedder(spec, weights, runtime,
+                                    build=lambda: built or load_backbone(name, weights))
+        return _loaded[key]
 
 
 _loaded: dict = {}
+_loading = threading.Lock()
 
 
 def embedder_for(db, model: str | None = None, weights=None, check: bool = True) -> Embedder:

@@ -18,6 +18,7 @@ conversion (and the int8 calibration).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,14 @@ def _openvino(spec, build):
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32" if asked == "int8" else asked,
         "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
+    # an infer request runs one batch at a time ("Infer Request is busy" from a second
+    # thread): each thread gets its own, on the one compiled model
+    requests = threading.local()
 
     def run(batch: np.ndarray) -> np.ndarray:
+        request = getattr(requests, "request", None)
+        if request is None:
+            request = requests.request = compiled.create_infer_request()
         return request.infer({0: np.ascontiguousarray(batch)})[0].copy()
 
     # what the CPU really runs: a CPU without bfloat16 units runs f32 whatever was asked

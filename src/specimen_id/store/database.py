@@ -35,14 +35,13 @@ from ..errors import (
 from . import renditions
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
-from .embeddings import Embeddings
+from .embeddings import Embeddings, SharedIndex
 from .files import managed, store_image, tree_size
 from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import DEFAULTS, Settings, now
-from .vectors import VectorIndex
 from .watched import Watched
 
 DB_ENV = "SPECIMEN_ID_DB"
@@ -76,14 +75,16 @@ def lock_timeout() -> float:
 
 
 class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog, Overlaps):
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, shared_index: SharedIndex | None = None):
+        """Open (creating or migrating) the database at root; databases opened with one
+        `shared_index` (the service's, one per thread) search one loaded index."""
         import sqlite_utils
 
         self.root = database_dir(root if root is not None else default_path())
         if self.root.exists() and not self.root.is_dir():
             raise DatabaseDamaged(f"{self.root} is a file, not a database directory")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._index: VectorIndex | None = None
+        self._shared = shared_index or SharedIndex()
         self._lock = None
         try:
             # SQLite's own wait for another connection's write (an outside tool, a query being
@@ -201,8 +202,11 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         return self.db[table].count
 
     def specimens(self) -> list[dict]:
+        """Every specimen not removed, with its number of captures and the uuid of its first
+        (its cover), in one query."""
         return [decoded(r) for r in self.db.query(
-            "SELECT s.*, COUNT(c.id) AS captures FROM specimens s LEFT JOIN captures c "
+            "SELECT s.*, COUNT(c.id) AS captures, (SELECT uuid FROM captures WHERE specimen_id = s.id "
+            "ORDER BY id LIMIT 1) AS cover FROM specimens s LEFT JOIN captures c "
             "ON c.specimen_id = s.id WHERE s.removed_at IS NULL GROUP BY s.id ORDER BY s.name")]
 
     def specimen(self, name: str, removed: bool = False) -> dict:
@@ -311,11 +315,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
                 rows.append(cid)
             self._put_setting("features_version", feature_version)
             generation = self._bump_generation(model_id, vectors.shape[1])
-        if index is not None and index.describes(generation - 1, model_id):
-            index.add(rows, vectors)
-            index.generation = generation
-        else:
-            self._index = None
+        self._advance_index(index, generation, model_id, lambda index: index.add(rows, vectors))
         return rows
 
     def local_features(self, ids, version: str) -> dict[int, bytes]:

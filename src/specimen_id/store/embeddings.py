@@ -3,6 +3,7 @@ vectors; the index is rebuilt from them whenever its generation disagrees (see v
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,39 @@ import numpy as np
 from .vectors import VectorIndex, chosen_kind, rerank
 
 
+class SharedIndex:
+    """The loaded FAISS index of one database, shared by the Database objects a process opens
+    on it (one per thread in the identification service): read once, and again only when the
+    generation changes. Its lock keeps searches off an index a writer is changing in place, and
+    lets one thread load or rebuild it while the others wait for that one."""
+
+    def __init__(self):
+        self.index: VectorIndex | None = None
+        self.lock = threading.RLock()
+
+
 class Embeddings:
+    _shared: SharedIndex
+
+    @property
+    def _index(self) -> VectorIndex | None:
+        return self._shared.index
+
+    @_index.setter
+    def _index(self, index: VectorIndex | None) -> None:
+        self._shared.index = index
+
+    def _advance_index(self, index: VectorIndex | None, generation: int, model_id: str, change) -> None:
+        """After a write that moved the generation by one: bring the loaded index along in
+        place with `change(index)` (False: it cannot), else drop it, to be read or rebuilt
+        when next needed."""
+        with self._shared.lock:
+            if index is not None and index is self._index and index.describes(generation - 1, model_id) \
+                    and change(index) is not False:
+                index.generation = generation
+            else:
+                self._index = None
+
     def _bump_generation(self, model_id, dim) -> int:
         """Inside a write transaction: the embedding set changed, so every index file made
         before is stale."""
@@ -96,16 +129,17 @@ class Embeddings:
         """The FAISS index matching the database now: the saved file if its generation and
         model agree with SQLite, else rebuilt from the stored embeddings (and saved when no
         other process holds the write lock). None while nothing is enrolled."""
-        generation, model_id = self.generation, self.model_id
-        if self._index is not None and self._index.describes(generation, model_id):
-            return self._index
-        if not model_id:
-            return None
-        index = VectorIndex.load(self.index_path)
-        if index is None or not index.describes(generation, model_id):
-            index = self._rebuild_index()
-        self._index = index
-        return index
+        with self._shared.lock:
+            generation, model_id = self.generation, self.model_id
+            if self._index is not None and self._index.describes(generation, model_id):
+                return self._index
+            if not model_id:
+                return None
+            index = VectorIndex.load(self.index_path)
+            if index is None or not index.describes(generation, model_id):
+                index = self._rebuild_index()
+            self._index = index
+            return index
 
     def _rebuild_index(self) -> VectorIndex:
         with self.db.atomic():  # one snapshot: the generation and the vectors it counts
@@ -139,10 +173,11 @@ class Embeddings:
 
     def search(self, vectors: np.ndarray, k: int):
         """Nearest captures for each vector: (scores, capture ids), both (n, k')."""
-        index = self.index()
-        if index is None or not len(index):
-            return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
-        scores, ids = index.search(vectors, index.candidates(k))
+        with self._shared.lock:
+            index = self.index()
+            if index is None or not len(index):
+                return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+            scores, ids = index.search(vectors, index.candidates(k))
         if index.exact_scores:
             return scores, ids
 

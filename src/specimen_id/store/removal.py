@@ -36,10 +36,7 @@ class Removal:
             self._audit(action, specimen, before={"removed_at": specimen["removed_at"]},
                         after={"removed_at": removed_at}, captures=len(ids))
             generation = self._bump_generation(self.model_id, None)
-        if index is not None and index.generation == generation - 1 and update_index(index, ids):
-            index.generation = generation
-        else:
-            self._index = None
+        self._advance_index(index, generation, self.model_id, lambda index: update_index(index, ids))
         self.save_index()
         return len(ids)
 

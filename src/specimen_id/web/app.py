@@ -1,6 +1,7 @@
 """The browse app: specimens, one specimen, query by upload, history, past results; each page
-has a JSON twin under /api. One Database is opened per request (SQLite connections are not
-shared across threads); the model is loaded once per process and stays loaded."""
+has a JSON twin under /api. It answers through the process's identification service
+(service.py): a store per thread sharing one loaded index, the model loaded once, and queries
+and enrolments run in the service's pool, so pages keep coming while they run."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import images
 from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen, storage_failure
-from ..store import Database
+from ..service import Service
 from ..store.database import database_dir
 from ..store.audit import CLIENT
 from ..store.renditions import rendition
 from ..text import name_problem, one_line
-from .safety import BodyLimit, SameOrigin, TokenRequired
+from .safety import BodyLimit, SameOrigin, TokenRequired, machine_hosts
 
 MAX_UPLOAD_BYTES = 50_000_000
+BODY_TIMEOUT_S = 30.0  # longest wait for the next part of a request body (safety.BodyLimit)
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
 
@@ -76,15 +78,17 @@ class RecordClient:
 
 
 def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
-               max_upload: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The app for one database directory. Off loopback a token is required (ValueError)."""
+               max_upload: int = MAX_UPLOAD_BYTES, allowed_hosts: list[str] | None = None,
+               body_timeout: float = BODY_TIMEOUT_S, workers: int | None = None) -> FastAPI:
+    """The app for one database directory. Off loopback a token is required (ValueError), and
+    the Host header must name one of allowed_hosts (default: this machine's names and
+    addresses)."""
     if not is_loopback(host) and not token:
         raise ValueError(f"serving on {host} needs a token (--token or SPECIMEN_ID_TOKEN)")
     app = FastAPI(title="specimen-id", docs_url=None, redoc_url=None)
     root = database_dir(db_path)
-
-    def database() -> Database:
-        return Database(root)
+    service = app.state.service = Service(root, workers=workers)
+    database = service.database
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
@@ -125,16 +129,12 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         return page(request, "error.html", error.status_code, message=error.detail)
 
     def specimens_data(q: str) -> list[dict]:
-        with database() as db:
-            found = []
-            for specimen in db.specimens():
-                text = (specimen["name"] + " " + " ".join(f"{k} {v}" for k, v in specimen["metadata"].items())).lower()
-                if q.lower() in text:
-                    captures = db.captures(specimen["id"])
-                    found.append({"name": specimen["name"], "uuid": specimen["uuid"],
-                                  "metadata": specimen["metadata"], "captures": len(captures),
-                                  "cover": captures[0]["uuid"] if captures else None})
-            return found
+        found = []
+        for specimen in database().specimens():  # one query, covers and counts included
+            text = (specimen["name"] + " " + " ".join(f"{k} {v}" for k, v in specimen["metadata"].items())).lower()
+            if q.lower() in text:
+                found.append({key: specimen[key] for key in ("name", "uuid", "metadata", "captures", "cover")})
+        return found
 
     @app.get("/", response_class=HTMLResponse)
     @app.get("/api/specimens")
@@ -147,23 +147,22 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     def specimen(request: Request, name: str):
         from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
 
-        with database() as db:
-            found = db.specimen(name)
-            record = db.threshold_record(SCORE_KIND) or {"value": DEFAULT_THRESHOLD}
-            data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
-                    "overlaps": db.overlaps_of(found["id"]),
-                    "threshold": record["value"], "calibration": record.get("calibration"),
-                    "audit": db.audit_trail(found["name"], 10)}
+        db = database()
+        found = db.specimen(name)
+        record = db.threshold_record(SCORE_KIND) or {"value": DEFAULT_THRESHOLD}
+        data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
+                "overlaps": db.overlaps_of(found["id"]),
+                "threshold": record["value"], "calibration": record.get("calibration"),
+                "audit": db.audit_trail(found["name"], 10)}
         return data if api(request) else page(request, "specimen.html", specimen=data)
 
     def managed_image(kind: str, uuid_: str) -> Path:
         if kind not in ("capture", "query"):
             raise HTTPException(404)
-        with database() as db:
-            try:
-                path = db.image_of(kind, uuid_)
-            except KeyError:
-                raise HTTPException(404) from None
+        try:
+            path = database().image_of(kind, uuid_)
+        except KeyError:
+            raise HTTPException(404) from None
         if not path.is_file():
             raise HTTPException(404, f"the image file of {kind} {uuid_} is missing; run `specimen-id verify`")
         return path
@@ -182,13 +181,9 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         return FileResponse(path, filename=f"{uuid_}{path.suffix}")
 
     async def run_query(upload: UploadFile, threshold: float | None) -> dict:
-        from ..models import embedder_for
-        from ..search import answer
-
-        data = await upload.read()
-        capture = images.decode(data, upload_name(upload))
-        with database() as db:
-            return answer(db, capture, embedder_for(db), threshold=threshold)
+        data, name = await upload.read(), upload_name(upload)
+        # decoding, embedding and verifying are CPU work: the pool's, not the event loop's
+        return await service.run(lambda: service.identify(images.decode(data, name), threshold=threshold))
 
     @app.get("/query", response_class=HTMLResponse)
     def query_form(request: Request):
@@ -209,8 +204,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.get("/history", response_class=HTMLResponse)
     @app.get("/api/history")
     def history(request: Request, limit: int = Query(500, ge=1, le=100_000)):
-        with database() as db:
-            queries = db.queries(limit)
+        queries = database().queries(limit)
         if api(request):
             return queries
         # ambiguous decisions nobody has reviewed yet come first: they need a person
@@ -220,11 +214,10 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.get("/queries/{uuid_}", response_class=HTMLResponse)
     @app.get("/api/queries/{uuid_}")
     def past_query(request: Request, uuid_: str):
-        with database() as db:
-            try:
-                row = db.logged_query(uuid_)
-            except KeyError:
-                raise HTTPException(404, "no such query") from None
+        try:
+            row = database().logged_query(uuid_)
+        except KeyError:
+            raise HTTPException(404, "no such query") from None
         result = {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
                   "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
                   "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
@@ -273,8 +266,6 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                     metadata: str = Form(""), allow_low_quality: bool = Form(False)):
         import tempfile
 
-        from ..indexer import enroll
-
         name = specimen.strip()
         if not name or not files:
             raise HTTPException(400, "a specimen name and at least one file are needed")
@@ -287,8 +278,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 path.parent.mkdir()
                 path.write_bytes(await upload.read())
                 paths.append(path)
-            with database() as db:
-                report = enroll(db, name, paths, parse_metadata(metadata), allow_low_quality=allow_low_quality)
+            report = await service.run(service.enrol, [(name, paths)], parse_metadata(metadata),
+                                       allow_low_quality=allow_low_quality)
         data = {"specimen": name, "enrolled": len(report.enrolled), "skipped": len(report.skipped),
                 "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused],
                 "warnings": [f"{Path(path).name}: {warning}" for path, warning in report.warnings]}
@@ -302,60 +293,56 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.post("/specimens/{name}/edit")
     @app.post("/api/specimens/{name}/edit")
     def edit(request: Request, name: str, metadata: str = Form(""), notes: str = Form("")):
-        with database() as db:
-            db.edit_specimen(name, parse_metadata(metadata), notes)
+        database().edit_specimen(name, parse_metadata(metadata), notes)
         return done(request, f"/specimens/{quote(name)}", {"specimen": name})
 
     @app.post("/specimens/{name}/rename")
     @app.post("/api/specimens/{name}/rename")
     def rename(request: Request, name: str, new_name: str = Form()):
-        with database() as db:
-            db.rename_specimen(name, new_name.strip())
+        database().rename_specimen(name, new_name.strip())
         return done(request, f"/specimens/{quote(new_name.strip())}", {"specimen": new_name.strip()})
 
     @app.post("/specimens/{name}/merge")
     @app.post("/api/specimens/{name}/merge")
     def merge(request: Request, name: str, into: str = Form()):
         into = into.strip()
-        with database() as db:
-            moved = db.merge_specimens(name, into)
+        moved = database().merge_specimens(name, into)
         return done(request, f"/specimens/{quote(into)}", {"specimen": into, "moved": moved})
 
     @app.post("/captures/{uuid_}/move")
     @app.post("/api/captures/{uuid_}/move")
     def move(request: Request, uuid_: str, to: str = Form()):
         to = to.strip()
-        with database() as db:
-            db.move_capture(uuid_, to)
+        database().move_capture(uuid_, to)
         return done(request, f"/specimens/{quote(to)}", {"capture": uuid_, "specimen": to})
 
     @app.post("/queries/{uuid_}/review")
     @app.post("/api/queries/{uuid_}/review")
     def review(request: Request, uuid_: str, verdict: str = Form(), reviewer: str = Form(), note: str = Form("")):
-        with database() as db:
-            db.review(uuid_, verdict, reviewer, note)
+        database().review(uuid_, verdict, reviewer, note)
         return done(request, f"/queries/{uuid_}", {"query_id": uuid_, "verdict": verdict})
 
     @app.post("/queries/{uuid_}/enrol")
     @app.post("/api/queries/{uuid_}/enrol")
-    def enrol_query(request: Request, uuid_: str, specimen: str = Form()):
-        from ..indexer import enroll
-
-        with database() as db:
-            try:
-                path = db.image_of("query", uuid_)
-            except KeyError:
-                raise HTTPException(404, "no such query") from None
-            report = enroll(db, specimen, [path])
+    async def enrol_query(request: Request, uuid_: str, specimen: str = Form()):
+        try:
+            path = await service.run(lambda: database().image_of("query", uuid_))
+        except KeyError:
+            raise HTTPException(404, "no such query") from None
+        report = await service.run(service.enrol, [(specimen, [path])])
         if report.refused:
             raise HTTPException(400, report.refused[0].reason)
         return done(request, f"/specimens/{quote(specimen)}", {"specimen": specimen,
                                                                "enrolled": len(report.enrolled)})
 
-    allowed = ["127.0.0.1", "localhost", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
+    allowed = ["127.0.0.1", "localhost", "[::1]", *(allowed_hosts or [])]
+    if host not in ("0.0.0.0", "::"):
+        allowed.append(host)
+    if not is_loopback(host) and not allowed_hosts:
+        allowed += machine_hosts()
     app.add_middleware(RecordClient)
     app.add_middleware(SameOrigin)
-    app.add_middleware(BodyLimit, max_bytes=max_upload)
+    app.add_middleware(BodyLimit, max_bytes=max_upload, timeout=body_timeout)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)
     if token:
         app.add_middleware(TokenRequired, token=token)

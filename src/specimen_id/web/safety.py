@@ -1,19 +1,25 @@
 """Request guards for the browse app, each a plain ASGI middleware.
 
-- Upload size is limited while the body streams in, not after it was read whole.
+- Upload size is limited while the body streams in, not after it was read whole, and a body
+  that stops arriving is cut off (408): a slow client cannot hold a worker. (uvicorn has no
+  limit on how long request *headers* may take: behind a reverse proxy, or with another ASGI
+  server, that limit is theirs; see the README.)
 - State-changing requests whose Origin (or Referer) names another site are refused: browsers
   send Origin on every cross-site POST, so this stops cross-site request forgery, while lab
   systems posting without a browser (no Origin) still work.
-- Off the loopback interface every request needs the user's token (header, or a cookie set by
-  visiting any page once with ?token=...).
-The Host header is checked by Starlette's TrustedHostMiddleware (DNS rebinding).
+- Off the loopback interface every request needs the user's token: `Authorization: Bearer`
+  (the API), or a cookie set by opening any page once with ?token=..., which redirects to the
+  same page without the token (so it stays out of the history and of links copied from it).
+The Host header is checked by Starlette's TrustedHostMiddleware (DNS rebinding): off loopback,
+against this machine's names and addresses unless the user lists them (`--allowed-host`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -34,8 +40,8 @@ def _header(scope, name: bytes) -> str | None:
 
 
 class BodyLimit:
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
         self.message = f"upload larger than {max_bytes / 1e6:g} MB"
 
     async def __call__(self, scope, receive, send):
@@ -48,7 +54,13 @@ class BodyLimit:
 
         async def limited():
             nonlocal seen, refused
-            message = await receive()
+            try:  # each part of the body must come within the timeout
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                refused = True
+                await _reply(send, 408, f"the request body stopped arriving for {self.timeout:g} s; "
+                                        "send it again")
+                raise UploadTooLarge() from None
             seen += len(message.get("body", b""))
             if seen > self.max_bytes and not refused:
                 refused = True  # answer now, then stop the app reading any further
@@ -67,7 +79,7 @@ class BodyLimit:
 
 
 class UploadTooLarge(Exception):
-    pass
+    """The body was refused (too large, or too slow) and answered: the app stops reading it."""
 
 
 class SameOrigin:
@@ -91,17 +103,52 @@ class TokenRequired:
             return await self.app(scope, receive, send)
         offered = (_header(scope, b"authorization") or "").removeprefix("Bearer ")
         cookie = SimpleCookie(_header(scope, b"cookie") or "").get("specimen_id_token")
-        from_url = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        from_url = next((value for key, value in query if key == "token"), "")
         for candidate in (offered, cookie.value if cookie else "", from_url):
             if candidate and hmac.compare_digest(candidate.encode(), self.token.encode()):
                 break
         else:
             return await _reply(send, 401, "token required (open the page once with ?token=...)")
+        if not from_url:
+            return await self.app(scope, receive, send)
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        set_cookie = (b"set-cookie", f"specimen_id_token={self.token}; HttpOnly; SameSite=Strict; "
+                                     f"Path=/{secure}".encode())
+        if scope["method"] in ("GET", "HEAD"):  # the same page, without the token in its address
+            rest = urlencode([(key, value) for key, value in query if key != "token"])
+            path = scope.get("raw_path") or quote(scope["path"]).encode()
+            return await _redirect(send, path + (f"?{rest}".encode() if rest else b""), [set_cookie])
 
         async def with_cookie(message):
-            if message["type"] == "http.response.start" and from_url:
-                message["headers"] = [*message.get("headers", []), (
-                    b"set-cookie", f"specimen_id_token={self.token}; HttpOnly; SameSite=Strict; Path=/".encode())]
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), set_cookie]
             await send(message)
 
         await self.app(scope, receive, with_cookie)
+
+
+async def _redirect(send, location: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", location), (b"content-length", b"0"), *headers]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def machine_hosts() -> list[str]:
+    """The names and addresses this machine answers to (what a browser on the lab's network
+    puts in the Host header), loopback included."""
+    import socket
+
+    names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+    for name in list(names - {"::1"}):
+        try:
+            names |= {info[4][0] for info in socket.getaddrinfo(name, None)}
+        except OSError:
+            pass
+    try:  # the address of the default route (no packet is sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            names.add(probe.getsockname()[0])
+    except OSError:
+        pass
+    return sorted(names)

@@ -1,0 +1,145 @@
+"""One identification service per process (service.py): the web app keeps serving pages while
+queries and lock waits run, reads its index once, and shares one embedder across threads."""
+
+import asyncio
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import uvicorn
+from conftest import QUERIES, SPECIMENS
+from fastapi.testclient import TestClient
+from filelock import FileLock
+
+from specimen_id import images
+from specimen_id.store import Database
+from specimen_id.web import create_app
+
+RECAPTURES = sorted(QUERIES.glob("recapture-*.jpg"))
+
+
+def _upload(path):
+    return {"file": (path.name, path.read_bytes(), "image/jpeg")}
+
+
+def test_pages_are_served_while_a_burst_of_queries_runs(enrolled):
+    app = create_app(enrolled.db, workers=2)
+    app.state.service.embedder()  # loaded, as `browse` does before it serves
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=120) as client:
+            queries = [asyncio.create_task(client.post("/api/query", files=_upload(path)))
+                       for path in RECAPTURES * 2]
+            served = []  # queries answered when each page came back
+            while not all(q.done() for q in queries):
+                page = await client.get("/")
+                assert page.status_code == 200 and "fluo-nuclei-a" in page.text
+                served.append(sum(q.done() for q in queries))
+            return served, [(await q).json() for q in queries]
+
+    served, answers = asyncio.run(burst())
+    # the first page came back before any of the 12 queries had finished, and pages kept coming
+    assert served[0] == 0 and len(served) >= 3, served
+    expected = [path.stem.removeprefix("recapture-") for path in RECAPTURES * 2]
+    assert [a["specimen"] for a in answers] == expected
+
+
+def test_pages_are_served_while_an_enrolment_waits_for_the_write_lock(enrolled, monkeypatch):
+    monkeypatch.setenv("SPECIMEN_ID_LOCK_TIMEOUT", "60")
+    app = create_app(enrolled.db)
+    client = TestClient(app, base_url="http://127.0.0.1")
+    held = FileLock(str(enrolled.db / "write.lock"))  # another writer, busy
+    held.acquire()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            enrolment = pool.submit(client.post, "/api/enrol", data={"specimen": "late"},
+                                    files={"files": ("a.jpg", RECAPTURES[0].read_bytes(), "image/jpeg")},
+                                    headers={"Origin": "http://127.0.0.1"})
+            for _ in range(3):
+                assert client.get("/").status_code == 200
+                assert client.get("/history").status_code == 200
+            assert not enrolment.done()  # still waiting for the lock, and the pages came
+            held.release()
+            assert enrolment.result(120).json()["enrolled"] == 1
+    finally:
+        if held.is_locked:
+            held.release()
+    assert "late" in client.get("/").text
+
+
+def test_the_index_is_read_once_and_again_only_when_the_database_changes(enrolled):
+    app = create_app(enrolled.db)
+    client = TestClient(app, base_url="http://127.0.0.1")
+    service = app.state.service
+
+    def ask(path):
+        response = client.post("/api/query", files=_upload(path))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert ask(RECAPTURES[0])["decision"] == "match"
+    loaded = service.database().index()
+    for path in RECAPTURES[1:3]:
+        assert ask(path)["decision"] == "match"
+    assert service.database().index() is loaded  # the same object: not read again
+    # another process (here the CLI) enrols: the next query reads the new index, once
+    assert enrolled("enroll", "-s", "never-before", QUERIES / "never-enrolled-1.jpg").exit_code == 0
+    assert ask(QUERIES / "never-enrolled-1.jpg")["specimen"] == "never-before"
+    refreshed = service.database().index()
+    assert refreshed is not loaded and len(refreshed) == len(loaded) + 1
+    assert ask(RECAPTURES[0])["specimen"] == RECAPTURES[0].stem.removeprefix("recapture-")
+    assert service.database().index() is refreshed
+
+
+def test_one_embedder_serves_many_threads(enrolled):
+    app = create_app(enrolled.db)
+    embedder = app.state.service.embedder()
+    pixels = [images.load(path).pixels for path in sorted(SPECIMENS.glob("*/*"))[:6]]
+    alone = embedder.embed(pixels)
+    with ThreadPoolExecutor(6) as pool:  # an inference request per thread: never "busy"
+        together = list(pool.map(lambda i: embedder.embed([pixels[i % 6]])[0], range(24)))
+    assert np.allclose(np.stack(together), np.concatenate([alone] * 4), atol=1e-5)
+
+
+def test_the_specimens_list_is_one_query(enrolled):
+    with Database(enrolled.db) as db:
+        statements = []
+        db.db.conn.set_trace_callback(statements.append)
+        specimens = db.specimens()
+        db.db.conn.set_trace_callback(None)
+        assert len([s for s in statements if s.startswith("SELECT")]) == 1
+        for specimen in specimens:
+            captures = db.captures(specimen["id"])
+            assert specimen["captures"] == len(captures) and specimen["cover"] == captures[0]["uuid"]
+
+
+def test_a_body_that_stops_arriving_is_cut_off(enrolled):
+    """A slow client holds no worker: the body's next part must come within the time limit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(enrolled.db, body_timeout=1.0), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")
+            reply = b""  # (the socket's own 30 s would raise instead)
+            while b"stopped arriving" not in reply and (part := slow.recv(4096)):
+                reply += part
+            reply = reply.decode()
+        assert reply.startswith("HTTP/1.1 408") and "stopped arriving" in reply, reply
+        # and the server still answers others
+        assert httpx.get(f"http://127.0.0.1:{port}/api/specimens").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
