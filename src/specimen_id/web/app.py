@@ -6,6 +6,7 @@ and enrolments run in the service's pool, so pages keep coming while they run.""
 from __future__ import annotations
 
 import ipaddress
+from contextlib import asynccontextmanager
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -85,9 +86,16 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     addresses)."""
     if not is_loopback(host) and not token:
         raise ValueError(f"serving on {host} needs a token (--token or SPECIMEN_ID_TOKEN)")
-    app = FastAPI(title="specimen-id", docs_url=None, redoc_url=None)
     root = database_dir(db_path)
-    service = app.state.service = Service(root, workers=workers)
+    service = Service(root, workers=workers)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()  # the server stops: its workers finish what they hold, then end
+
+    app = FastAPI(title="specimen-id", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.service = service
     database = service.database
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
