@@ -13,8 +13,20 @@ def machine() -> str:
 
     import torch
 
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    return (f"{platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def cpu_model() -> str:
+    """The processor's name: int8 inference rounds differently on different CPUs (VNNI, AMX),
+    so accuracy figures can move by a query or two from one machine to another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def write_section(name: str, body: str) -> None:
