@@ -41,12 +41,22 @@ def server(enrolled):
     thread.join(10)
 
 
-@pytest.fixture
-def page():
+DESKTOP, PHONE = {"width": 1366, "height": 900}, {"width": 390, "height": 844}
+
+
+@pytest.fixture(params=[DESKTOP, PHONE], ids=["desktop", "phone"])
+def page(request):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser.new_page(viewport={"width": 1200, "height": 900})
+        yield browser.new_page(viewport=request.param)
         browser.close()
+
+
+def _fits(page) -> None:
+    """Readable at the page's width: nothing wider than the screen, text at a readable size."""
+    width = page.viewport_size["width"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)") >= 14
 
 
 def test_browse_specimens_and_open_one(server, page):
@@ -61,7 +71,7 @@ def test_browse_specimens_and_open_one(server, page):
 def test_query_by_upload_then_move_the_threshold(server, page, tmp_path):
     page.goto(server + "/query")
     page.set_input_files("input[name=file]", str(QUERIES / "recapture-fluo-nuclei-b.jpg"))
-    page.get_by_role("button", name="Identify").click()
+    page.get_by_role("button", name="Identify", exact=True).click()
     expect(page.locator("#decision-text")).to_have_text("match")
     expect(page.locator("#specimen")).to_have_text("fluo-nuclei-b")
     expect(page.locator(".candidate").first).to_contain_text("fluo-nuclei-b")
@@ -90,7 +100,7 @@ def test_a_bad_upload_is_refused_on_the_page(server, page, tmp_path):
     junk.write_text("this is a text file")
     page.goto(server + "/query")
     page.set_input_files("input[name=file]", str(junk))
-    page.get_by_role("button", name="Identify").click()
+    page.get_by_role("button", name="Identify", exact=True).click()
     expect(page.locator("#error")).to_contain_text("not an image")
     page.goto(server + "/history")
     expect(page.locator("#history")).to_contain_text("No queries yet.")
@@ -128,7 +138,7 @@ def test_enrol_through_the_page_then_edit_and_rename(server, page):
     expect(page.locator("#specimens")).not_to_contain_text("slide-7")
 
 
-def test_review_an_ambiguous_result(server, page, enrolled):
+def test_review_an_ambiguous_result_naming_the_specimen(server, page, enrolled):
     # the same field enrolled under a second name makes its re-capture ambiguous
     from specimen_id.store import Database
 
@@ -136,16 +146,50 @@ def test_review_an_ambiguous_result(server, page, enrolled):
                     QUERIES.parent / "specimens" / "fluo-nuclei-b" / "capture-1.png").exit_code == 0
     page.goto(server + "/query")
     page.set_input_files("input[name=file]", str(QUERIES / "recapture-fluo-nuclei-b.jpg"))
-    page.get_by_role("button", name="Identify").click()
+    page.get_by_role("button", name="Identify", exact=True).click()
     expect(page.locator("#decision-text")).to_have_text("ambiguous")
+    expect(page.locator("#contenders")).to_contain_text("fluo-nuclei-b")
+    expect(page.locator("#contenders")).to_contain_text("fluo-b-again")
+    expect(page.locator("#reference-name")).to_have_value("")  # no filing target chosen for the user
+    _fits(page)
     page.goto(server + "/history")
     expect(page.locator("#pending")).to_contain_text("recapture-fluo-nuclei-b.jpg")
     page.locator("#pending a").first.click()
-    page.fill("#review-form input[name=reviewer]", "ada")
-    page.get_by_role("button", name="Reject").click()
-    expect(page.locator("#review")).to_contain_text("rejected by ada")
+    page.fill("#reviewer", "ada")
+    page.fill("#note", "the slide's label says B")
+    page.locator("#reviewer").press("Enter")  # Enter in a box files nothing
+    expect(page.locator("#review-box .review")).to_have_count(0)
+    page.get_by_role("button", name="the query shows fluo-nuclei-b").click()
+    expect(page.locator("#review-box .review").first).to_contain_text("shows fluo-nuclei-b")
+    expect(page.locator("#review-box .review").first).to_contain_text("by ada")
+    expect(page.locator("#reviewer")).to_have_value("ada")  # remembered in this browser
     page.goto(server + "/history")
     expect(page.locator("#pending")).to_have_count(0)
-    expect(page.locator("#history")).to_contain_text("rejected by ada")
+    expect(page.locator("#history")).to_contain_text("shows fluo-nuclei-b by ada")
     with Database(enrolled.db) as db:
-        assert db.count("reviews") == 1
+        (review,) = db.reviews_of(db.queries(1)[0]["uuid"])
+        assert (review["verdict"], review["specimen"], review["note"]) == ("specimen", "fluo-nuclei-b",
+                                                                           "the slide's label says B")
+
+
+def test_a_no_match_offers_a_new_specimen_and_the_slider_asks_the_server(server, page):
+    page.goto(server + "/query")
+    page.set_input_files("input[name=file]", str(QUERIES / "never-enrolled-1.jpg"))
+    page.get_by_role("button", name="Identify", exact=True).click()
+    expect(page.locator("#decision-text")).to_have_text("no_match")
+    assert "/queries/" in page.url  # the result has an address of its own: reloading re-asks nothing
+    expect(page.locator("#reference-name")).to_have_value("")
+    expect(page.locator("#reference-name")).to_have_attribute("placeholder", "a new specimen, or pick one")
+    page.reload()
+    expect(page.locator("#past")).to_contain_text("never-enrolled-1.jpg")
+    page.goto(server + "/history")
+    expect(page.locator("#history tr")).to_have_count(2)  # a header and the one query
+    page.locator("#history a").first.click()
+    page.locator("#threshold").fill("0")
+    expect(page.locator("#decision-text")).not_to_have_text("no_match")
+    expect(page.locator(".candidate.below")).to_have_count(0)
+    page.locator("#threshold").fill("1")
+    expect(page.locator("#decision-text")).to_have_text("no_match")
+    expect(page.locator("#specimen")).to_have_count(0)  # no name beside no_match
+    expect(page.locator(".candidate.below")).to_have_count(page.locator(".candidate").count())
+    _fits(page)

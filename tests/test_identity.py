@@ -12,7 +12,8 @@ from PIL import Image, PngImagePlugin
 
 from specimen_id import images, local_features, verification
 from specimen_id.local_features import LocalFeatures
-from specimen_id.search.score import DEFAULT_THRESHOLD, SCORE_KIND, fused
+from specimen_id.search.score import DEFAULT_THRESHOLD, SCORE_KIND, fused, shows_field
+from specimen_id.store import Database
 
 NAMES = sorted(p.name for p in SPECIMENS.iterdir())
 SPARSE = DATA / "sparse"  # two captures each of six fields of two to six alike nuclei
@@ -233,3 +234,23 @@ def test_reviewed_decisions_feed_calibration(enrolled, tmp_path):
     summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert summary["sources"] == {"repeat captures": 4, "reviewed queries": 2, "simulated re-captures": 1}
     assert summary["genuine"] == 4 + 1 + 1 and summary["impostor"] == 5 * 5 + 1
+
+
+def test_reviews_that_name_the_specimen_feed_calibration(enrolled, tmp_path):
+    """`review --specimen` makes the named candidate a genuine score and the others shown
+    impostors; `--none` makes every candidate shown an impostor; a merge carries reviews along."""
+    named, nothing = _answers(enrolled, QUERIES / "recapture-he-tissue-a.jpg", QUERIES / "never-enrolled-1.jpg")
+    assert enrolled("review", named["query_id"], "--specimen", "he-tissue-a", "--by", "ada").exit_code == 0
+    assert enrolled("review", nothing["query_id"], "--none", "--by", "ada", "--note", "a new slide").exit_code == 0
+    assert enrolled("review", nothing["query_id"], "--none", "--specimen", "he-tissue-a", "--by", "ada").exit_code == 2
+    assert enrolled("review", named["query_id"], "--specimen", "no-such", "--by", "ada").exit_code == 1
+    assert enrolled("calibrate", "--min-genuine", "6", "--out", tmp_path / "cal").exit_code == 0
+    summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    shown = [c for c in named["candidates"] if shows_field(c)] + [c for c in nothing["candidates"] if shows_field(c)]
+    assert summary["sources"]["reviewed queries"] == 2
+    # the repeat captures and simulated re-captures as in the test above, plus these two
+    assert summary["genuine"] == 4 + 1 + 1 and summary["impostor"] == 5 * 5 + len(shown) - 1
+    assert enrolled("merge", "he-tissue-a", "he-tissue-b").exit_code == 0
+    with Database(enrolled.db) as db:
+        assert db.reviews_of(named["query_id"])[0]["specimen"] == "he-tissue-b"
+        assert [r["verdict"] for r in db.reviews_of(nothing["query_id"])] == ["none"]

@@ -158,6 +158,7 @@ def test_a_database_with_feature_recipes_inside_its_model_ids_is_migrated_withou
         conn.execute("DELETE FROM settings WHERE key = 'features_version'")
         conn.execute("UPDATE local_features SET version = 'sift-4'")
         conn.execute("DROP TABLE overlaps")  # (migration 8's)
+        conn.execute("ALTER TABLE queries DROP COLUMN warnings")  # (migration 10's)
     conn.execute("PRAGMA user_version = 6")
     conn.close()
     db = Database(enrolled.db)
@@ -289,3 +290,25 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
         errors = [p.communicate()[1].decode() for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
         assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_reviews_from_before_they_named_a_specimen_are_kept(tmp_path):
+    """Schema 10 rebuilds the reviews table so that a review can name a specimen; the older
+    verdicts stay, naming none, and the latest one still counts."""
+    root = tmp_path / "old-db"
+    root.mkdir()
+    conn = sqlite3.connect(root / "specimens.sqlite")
+    assert migrate(conn, upto=9) == 9
+    conn.execute("INSERT INTO queries(uuid, created_at, query_name, model_id, threshold, decision, "
+                 "candidates, software_version) VALUES ('q-1', '2026-01-01', 'x.jpg', 'm', 0.5, "
+                 "'match', '[]', '0.0.1')")
+    for verdict, at in (("rejected", "2026-01-02"), ("confirmed", "2026-01-03")):
+        conn.execute("INSERT INTO reviews(query_id, verdict, reviewer, note, created_at) "
+                     "VALUES (1, ?, 'ada', '', ?)", [verdict, at])
+    conn.commit()
+    conn.close()
+    db = Database(root)
+    assert [(r["verdict"], r["specimen"]) for r in db.reviews_of("q-1")] == [("confirmed", None), ("rejected", None)]
+    assert db.logged_query("q-1")["review"]["verdict"] == "confirmed"
+    assert db.logged_query("q-1")["warnings"] == []
+    db.close()

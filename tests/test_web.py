@@ -1,7 +1,9 @@
 """The browse app through an in-process HTTP client: pages, JSON twins, and its guards."""
 
+import html
+
 import pytest
-from conftest import QUERIES, SPECIMENS
+from conftest import DATA, QUERIES, SPECIMENS
 from fastapi.testclient import TestClient
 
 from specimen_id.web import create_app
@@ -243,3 +245,44 @@ def test_a_non_ascii_token_is_refused_not_crashed(enrolled):
                         base_url="http://10.1.2.3")
     assert client.get("/", params={"token": "é"}).status_code == 401
     assert client.get("/", headers={"Authorization": "Bearer \xe9".encode("latin-1")}).status_code == 401
+
+
+def test_a_review_names_the_specimen_and_keeps_its_history(client):
+    qid = _upload(client, QUERIES / "recapture-he-tissue-a.jpg", "/api/query").json()["query_id"]
+    url = f"/api/queries/{qid}/review"
+    assert client.post(url, data={"reviewer": "ada", "specimen": "he-tissue-a", "note": "label"},
+                       headers=SAME_SITE).json()["specimen"] == "he-tissue-a"
+    assert client.post(url, data={"reviewer": "bob", "none": "1"}, headers=SAME_SITE).json()["verdict"] == "none"
+    # one answer at a time, and only a specimen that exists
+    assert client.post(url, data={"reviewer": "bob", "none": "1", "specimen": "he-tissue-a"},
+                       headers=SAME_SITE).status_code == 400
+    assert client.post(url, data={"reviewer": "bob", "specimen": "no-such"}, headers=SAME_SITE).status_code == 404
+    assert client.get(f"/api/queries/{qid}").json()["review"] == {
+        **client.get(f"/api/queries/{qid}").json()["review"], "verdict": "none", "specimen": None, "reviewer": "bob"}
+    page = client.get(f"/queries/{qid}").text
+    assert "current:" in page and "shows none of those offered" in page and "shows he-tissue-a" in page
+
+
+def test_the_query_page_redirects_to_its_result_and_shows_its_warnings(client):
+    posted = _upload(client, DATA / "quality" / "blurred-field.png", follow_redirects=False)
+    assert posted.status_code == 303 and posted.headers["location"].startswith("/queries/")
+    qid = posted.headers["location"].rsplit("/", 1)[1]
+    shown = html.unescape(client.get(posted.headers["location"]).text)
+    logged = client.get(f"/api/queries/{qid}").json()
+    assert logged["warnings"] and all(w in shown for w in logged["warnings"])
+    assert "blurred-field.png" in shown and "a logged result" in shown
+    assert len(client.get("/api/history").json()) == 1  # opening it again asked nothing again
+    client.get(posted.headers["location"])
+    assert len(client.get("/api/history").json()) == 1
+
+
+def test_the_threshold_is_decided_again_by_the_server(client):
+    result = _upload(client, QUERIES / "recapture-he-tissue-b.jpg", "/api/query").json()
+    qid = result["query_id"]
+    at_logged = client.get(f"/api/queries/{qid}/decide", params={"threshold": result["threshold"]}).json()
+    assert (at_logged["decision"], at_logged["specimen"]) == (result["decision"], result["specimen"]) == (
+        "match", "he-tissue-b")
+    strict = client.get(f"/api/queries/{qid}/decide", params={"threshold": 1}).json()
+    assert (strict["decision"], strict["specimen"], strict["clearing"]) == ("no_match", None, [])
+    assert client.get(f"/api/queries/{qid}/decide", params={"threshold": 2}).status_code == 422
+    assert client.get("/favicon.svg").headers["content-type"].startswith("image/svg+xml")

@@ -87,11 +87,19 @@ def move(ctx, capture, specimen):
 
 @cli.command()
 @click.argument("query_id")
-@click.argument("verdict", type=click.Choice(["confirmed", "rejected"]))
+@click.argument("verdict", type=click.Choice(["confirmed", "rejected"]), required=False)
+@click.option("--specimen", metavar="NAME", help="The enrolled specimen the query shows.")
+@click.option("--none", "none_", is_flag=True, help="The query shows none of the specimens offered.")
 @click.option("--by", "reviewer", envvar="USER", required=True, help="Who reviews (default: $USER).")
 @click.option("--note", default="")
 @click.pass_context
-def review(ctx, query_id, verdict, reviewer, note):
-    """Confirm or reject a logged decision (kept for calibration)."""
-    open_db(ctx).review(query_id, verdict, reviewer, note)
-    echo(f"{verdict} query {query_id} by {reviewer}")
+def review(ctx, query_id, verdict, specimen, none_, reviewer, note):
+    """Say what a logged query shows: --specimen NAME, or --none of those offered (kept, with
+    every earlier review, and used by `calibrate`). `confirmed` or `rejected` judge only its
+    decision, naming no specimen."""
+    if sum(map(bool, (verdict, specimen, none_))) != 1:
+        raise click.UsageError("give one of --specimen NAME, --none, confirmed or rejected")
+    answer = "specimen" if specimen else "none" if none_ else verdict
+    open_db(ctx).review(query_id, answer, reviewer, note, specimen=specimen)
+    said = f"shows {specimen}" if specimen else "shows none of those offered" if none_ else verdict
+    echo(f"query {query_id} {said} (by {one_line(reviewer)})")

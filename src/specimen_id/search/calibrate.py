@@ -28,6 +28,23 @@ from .query import rank
 from .score import DEFAULT_THRESHOLD, SCORE_KIND, shows_field
 
 
+def reviewed_pairs(review: dict) -> tuple[list[float], list[float]]:
+    """A person's answer to a logged query (store: `reviewed`) as genuine and impostor scores.
+    The specimen they named is the query's field: its score is genuine (0 when it was not
+    among the candidates: the search missed it), and every other candidate that showed a
+    field is an impostor; "none of these" makes each of them an impostor. The older verdicts
+    speak only of a decided match: confirmed, its score is genuine; rejected, an impostor's."""
+    if review["verdict"] in ("confirmed", "rejected"):
+        if review["decision"] != "match":
+            return [], []
+        return ([review["score"]], []) if review["verdict"] == "confirmed" else ([], [review["score"]])
+    shown = [c for c in review["candidates"] if shows_field(c)]
+    impostor = [c["score"] for c in shown if c["specimen"] != review["named"]]
+    if review["verdict"] == "none":
+        return [], impostor
+    return [next((c["score"] for c in shown if c["specimen"] == review["named"]), 0.0)], impostor
+
+
 def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | None = None,
               seed: int = 0, progress: bool = False) -> dict:
     embedder = embedder_for(db)
@@ -41,9 +58,11 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
         raise DatabaseUnusable("calibration needs at least two enrolled specimens")
     genuine, impostor = [], []
     sources = {"repeat captures": 0, "reviewed queries": 0, "simulated re-captures": 0}
-    for verdict, score_ in db.reviewed_scores(SCORE_KIND):
-        (genuine if verdict == "confirmed" else impostor).append(score_)
-        sources["reviewed queries"] += 1
+    for review in db.reviewed(SCORE_KIND):
+        found, others = reviewed_pairs(review)
+        genuine += found
+        impostor += others
+        sources["reviewed queries"] += bool(found or others)
     rng = np.random.default_rng(seed)
     repeats = [(cid, path) for cid, path in files if counts[owners[cid]["specimen"]] > 1]
     simulate = max(0, min_genuine - len(repeats) - len(genuine))

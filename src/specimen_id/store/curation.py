@@ -10,9 +10,10 @@ import math
 
 from ..errors import SpecimenIdError, SpecimenRemoved
 from ..text import name_problem
+from .querylog import decoded
 from .settings import now
 
-VERDICTS = ("confirmed", "rejected")
+VERDICTS = ("specimen", "none", "confirmed", "rejected")
 
 
 def check_name(name: str) -> None:
@@ -59,6 +60,7 @@ class Curation:
             moved = self.db.execute("UPDATE captures SET specimen_id = ? WHERE specimen_id = ?",
                                     [b["id"], a["id"]]).rowcount
             self.db.execute("UPDATE queries SET specimen_id = ? WHERE specimen_id = ?", [b["id"], a["id"]])
+            self.db.execute("UPDATE reviews SET specimen_id = ? WHERE specimen_id = ?", [b["id"], a["id"]])
             self.db.execute("UPDATE specimens SET metadata = ?, notes = ? WHERE id = ?",
                             [json.dumps({**a["metadata"], **b["metadata"]}), notes, b["id"]])
             self.db.execute("DELETE FROM specimens WHERE id = ?", [a["id"]])
@@ -97,10 +99,15 @@ class Curation:
                             [json.dumps(metadata), notes, specimen["id"]])
             self._audit("edit", specimen, before=before, after=after)
 
-    def review(self, query_uuid: str, verdict: str, reviewer: str, note: str = "") -> None:
-        """Record a person's verdict on a logged decision (the latest one counts)."""
+    def review(self, query_uuid: str, verdict: str, reviewer: str, note: str = "",
+               specimen: str | None = None) -> None:
+        """Record a person's answer to a logged query (the latest one counts, every one stays):
+        'specimen' (it shows this enrolled specimen), 'none' (none of those offered), or the
+        older verdicts on its decision, 'confirmed' and 'rejected', which name no specimen."""
         if verdict not in VERDICTS:
             raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
+        if (verdict == "specimen") != bool(specimen):
+            raise SpecimenIdError("name the specimen the query shows, or review it as none of those")
         if not reviewer.strip():
             raise SpecimenIdError("a review needs the reviewer's name")
         # append-only: a person's verdict adds a row and changes nothing another writer checks,
@@ -110,17 +117,28 @@ class Curation:
                                   "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
             if row is None:
                 raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
+            named = self.specimen(specimen) if specimen else None
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
+                                       "specimen_id": named["id"] if named else None,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
-            self._audit("review", {"uuid": row[1], "name": row[2]} if row[1] else None, query=query_uuid,
-                        after={"verdict": verdict, "reviewer": reviewer.strip(), "note": note})
+            self._audit("review", named or ({"uuid": row[1], "name": row[2]} if row[1] else None),
+                        query=query_uuid, after={"verdict": verdict, "specimen": named and named["name"],
+                                                 "reviewer": reviewer.strip(), "note": note})
 
-    def reviewed_scores(self, score_kind: str) -> list[tuple[str, float]]:
-        """(latest verdict, score) of every reviewed `match` scored this way: a confirmed match
-        is a genuine score, a rejected one an impostor's."""
-        return [tuple(r) for r in self.db.execute(
-            "SELECT r.verdict, q.score FROM queries q JOIN reviews r ON r.query_id = q.id "
-            "WHERE q.score_kind = ? AND q.decision = 'match' AND r.id = "
+    def reviews_of(self, query_uuid: str) -> list[dict]:
+        """Every review of a logged query, newest first, with the specimen each names."""
+        return list(self.db.query(
+            "SELECT r.verdict, s.name AS specimen, r.reviewer, r.note, r.created_at AS at FROM reviews r "
+            "JOIN queries q ON q.id = r.query_id LEFT JOIN specimens s ON s.id = r.specimen_id "
+            "WHERE q.uuid = ? ORDER BY r.id DESC", [query_uuid]))
+
+    def reviewed(self, score_kind: str) -> list[dict]:
+        """The latest review of every query scored this way, with what the query was answered:
+        verdict, the specimen the review names, decision, decided specimen, score, candidates."""
+        return [decoded(r) for r in self.db.query(
+            "SELECT r.verdict, rs.name AS named, q.decision, qs.name AS specimen, q.score, q.candidates "
+            "FROM queries q JOIN reviews r ON r.query_id = q.id LEFT JOIN specimens rs ON rs.id = r.specimen_id "
+            "LEFT JOIN specimens qs ON qs.id = q.specimen_id WHERE q.score_kind = ? AND r.id = "
             "(SELECT MAX(id) FROM reviews WHERE query_id = q.id)", [score_kind])]
 
     def _rename_in_logged_candidates(self, old: str, new: str) -> None:

@@ -25,7 +25,8 @@ class QueryLog:
                 "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
                 "specimen_id": specimen_id, "score": result["score"],
                 "candidates": json.dumps(result["candidates"]),
-                "software_version": software_version, "quality": json.dumps(capture.quality)})
+                "software_version": software_version, "quality": json.dumps(capture.quality),
+                "warnings": json.dumps(result.get("warnings", []))})
         # A purge running meanwhile (queries do not take the write lock) may have deleted the
         # same content as unreferenced just before this row referenced it: write it again.
         store_image(self.root, capture.file_sha256, capture.extension, capture.data)
@@ -60,13 +61,14 @@ class QueryLog:
 
 
 # the latest review of a query as JSON (NULL when nobody reviewed it)
-_LATEST_REVIEW = ("(SELECT json_object('verdict', r.verdict, 'reviewer', r.reviewer, 'at', r.created_at) "
+_LATEST_REVIEW = ("(SELECT json_object('verdict', r.verdict, 'specimen', (SELECT name FROM specimens "
+                  "WHERE id = r.specimen_id), 'reviewer', r.reviewer, 'note', r.note, 'at', r.created_at) "
                   "FROM reviews r WHERE r.query_id = q.id ORDER BY r.id DESC LIMIT 1) AS review")
 
 
 def decoded(row: dict) -> dict:
     """JSON columns back to Python values."""
-    for key in ("metadata", "exif", "candidates", "review", "quality", "acquisition"):
+    for key in ("metadata", "exif", "candidates", "review", "quality", "acquisition", "warnings"):
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
     return row

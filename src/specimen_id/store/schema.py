@@ -161,6 +161,28 @@ MIGRATIONS = [
     """
     DELETE FROM settings WHERE key IN ('min_focus', 'max_bright_clipped');
     """,
+    # 10: a review names what the query shows: one specimen ('specimen', with its id) or none
+    # of those offered ('none'). The verdicts before it ('confirmed', 'rejected') name no
+    # specimen and are kept as they are. Every review stays (the latest one counts). A query
+    # keeps the warnings it was answered with, to show them when it is opened again.
+    """
+    CREATE TABLE reviews_10 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        query_id INTEGER NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+        verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected', 'specimen', 'none')),
+        specimen_id INTEGER REFERENCES specimens(id) ON DELETE SET NULL,
+        reviewer TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL
+    );
+    INSERT INTO reviews_10 (id, query_id, verdict, reviewer, note, created_at)
+        SELECT id, query_id, verdict, reviewer, note, created_at FROM reviews;
+    DROP TABLE reviews;
+    ALTER TABLE reviews_10 RENAME TO reviews;
+    CREATE INDEX reviews_query ON reviews(query_id);
+    CREATE INDEX reviews_specimen ON reviews(specimen_id);
+    ALTER TABLE queries ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 

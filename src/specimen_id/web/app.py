@@ -29,6 +29,9 @@ from ..text import name_problem, one_line
 from .safety import BodyLimit, SameOrigin, TokenRequired, machine_hosts
 
 MAX_UPLOAD_BYTES = 50_000_000
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" '
+           'fill="#243447"/><circle cx="6" cy="7" r="2" fill="#9cd"/><circle cx="10.5" cy="9.5" r="1.5" '
+           'fill="#9cd"/></svg>')
 BODY_TIMEOUT_S = 30.0  # longest wait for the next part of a request body (safety.BodyLimit)
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
@@ -203,7 +206,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             result = await run_query(file, None)
         except ImageRefused as e:
             return page(request, "query.html", 400, result=None, error=str(e))
-        return page(request, "query.html", result=result)
+        # post/redirect/get: reloading the result shows it again, it does not ask again
+        return RedirectResponse(f"/queries/{result['query_id']}", status_code=303)
 
     @app.post("/api/query")
     async def query_api(file: UploadFile, threshold: float | None = Query(None, ge=0, le=1)):
@@ -219,18 +223,50 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         pending = [q for q in queries if q["decision"] == "ambiguous" and not q["review"]]
         return page(request, "history.html", queries=queries, pending=pending)
 
+    def logged(uuid_: str) -> dict:
+        try:
+            return database().logged_query(uuid_)
+        except KeyError:
+            raise HTTPException(404, "no such query") from None
+
+    def redecided(row: dict, threshold: float) -> dict:
+        """The server's one rule (score.decide) over a logged query's candidates."""
+        from ..search.score import decide
+
+        margin = float(database().setting("margin"))
+        decided = decide(row["candidates"], threshold, margin)
+        return {**decided, "margin": margin, "threshold": threshold,
+                "clearing": [c["specimen"] for c in row["candidates"] if c["score"] >= threshold]}
+
     @app.get("/queries/{uuid_}", response_class=HTMLResponse)
     @app.get("/api/queries/{uuid_}")
     def past_query(request: Request, uuid_: str):
-        try:
-            row = database().logged_query(uuid_)
-        except KeyError:
-            raise HTTPException(404, "no such query") from None
+        row = logged(uuid_)
+        # the contenders and overlaps it was answered with, by the rule that answered it
+        again = redecided(row, row["threshold"])
         result = {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
                   "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
                   "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
-                  "review": row["review"], "exact": []}
-        return result if api(request) else page(request, "query.html", result=result)
+                  "review": row["review"], "warnings": row.get("warnings") or [], "exact": [],
+                  "margin": again["margin"], "overlaps": again["overlaps"],
+                  **({"contenders": again["contenders"], "lead": again["lead"]}
+                     if row["decision"] == "ambiguous" and "contenders" in again else {})}
+        if api(request):
+            return result
+        pending = [q["uuid"] for q in database().queries(500)
+                   if q["decision"] == "ambiguous" and not q["review"] and q["uuid"] != uuid_]
+        return page(request, "query.html", result=result, reviews=database().reviews_of(uuid_),
+                    next_pending=pending[0] if pending else None)
+
+    @app.get("/api/queries/{uuid_}/decide")
+    def decide_again(uuid_: str, threshold: float = Query(ge=0, le=1)):
+        """What the decision would be at another threshold (nothing is stored)."""
+        return redecided(logged(uuid_), threshold)
+
+    @app.get("/favicon.svg")
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/matches/{query_uuid}/{capture_uuid}")
     def matches(query_uuid: str, capture_uuid: str):
@@ -326,9 +362,16 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
     @app.post("/queries/{uuid_}/review")
     @app.post("/api/queries/{uuid_}/review")
-    def review(request: Request, uuid_: str, verdict: str = Form(), reviewer: str = Form(), note: str = Form("")):
-        database().review(uuid_, verdict, reviewer, note)
-        return done(request, f"/queries/{uuid_}", {"query_id": uuid_, "verdict": verdict})
+    def review(request: Request, uuid_: str, reviewer: str = Form(), note: str = Form(""),
+               specimen: str = Form(""), none: bool = Form(False), verdict: str = Form("")):
+        """What the query shows: `specimen` (this one), `none` (none of those offered), or an
+        older `verdict` on the decision (confirmed, rejected)."""
+        answer = "specimen" if specimen else "none" if none else verdict
+        if sum(map(bool, (specimen, none, verdict))) != 1:
+            raise HTTPException(400, "choose the specimen the query shows, or none of these")
+        database().review(uuid_, answer, reviewer, note, specimen=specimen or None)
+        return done(request, f"/queries/{uuid_}", {"query_id": uuid_, "verdict": answer,
+                                                   "specimen": specimen or None})
 
     @app.post("/queries/{uuid_}/enrol")
     @app.post("/api/queries/{uuid_}/enrol")
