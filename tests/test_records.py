@@ -202,3 +202,9 @@ def test_web_changes_record_the_server_user_and_the_client_address(small):
     page = client.get("/specimens/bf").text
     assert re.search(r'<table id="audit">.*<td>edit</td>.*<td>create</td>', page, re.S)
     assert "web testclient" in page
+    # an enrolment runs in the service's worker pool: it is the client's change all the same
+    enrolled = client.post("/api/enrol", data={"specimen": "from-the-web"}, headers={"Origin": "http://127.0.0.1"},
+                           files={"files": ("a.jpg", (QUERIES / "never-enrolled-1.jpg").read_bytes(), "image/jpeg")})
+    assert enrolled.json()["enrolled"] == 1
+    rows = _lines(small("audit", "--specimen", "from-the-web", "--json").stdout)
+    assert {r["action"] for r in rows} == {"create", "enrol"} and {r["client"] for r in rows} == {"web testclient"}

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -117,29 +118,63 @@ def test_the_specimens_list_is_one_query(enrolled):
             assert specimen["captures"] == len(captures) and specimen["cover"] == captures[0]["uuid"]
 
 
-def test_a_body_that_stops_arriving_is_cut_off(enrolled):
-    """A slow client holds no worker: the body's next part must come within the time limit."""
+@contextmanager
+def _serving(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(enrolled.db, body_timeout=1.0), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_long_download_is_not_cut_by_the_body_time_limit():
+    """The limit is on the request's body: a response that takes longer than it (a big
+    original image to a slow client) arrives whole."""
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from specimen_id.web.safety import BodyLimit
+
+    async def slow(request):
+        async def parts():
+            for _ in range(6):
+                await asyncio.sleep(0.4)
+                yield b"x" * 1000
+        return StreamingResponse(parts())
+
+    with _serving(BodyLimit(Starlette(routes=[Route("/slow", slow)]), max_bytes=1000, timeout=1.0,
+                            deadline=2.0)) as port:
+        reply = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=30)
+    assert reply.status_code == 200 and len(reply.content) == 6000
+
+
+def test_a_body_that_stops_arriving_is_cut_off(enrolled):
+    """A slow client holds no worker: the body's next part must come within the time limit."""
+    with _serving(create_app(enrolled.db, body_timeout=1.0)) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
                          b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")
             reply = b""  # (the socket's own 30 s would raise instead)
-            while b"stopped arriving" not in reply and (part := slow.recv(4096)):
+            while b"came too slowly" not in reply and (part := slow.recv(4096)):
                 reply += part
             reply = reply.decode()
-        assert reply.startswith("HTTP/1.1 408") and "stopped arriving" in reply, reply
+        assert reply.startswith("HTTP/1.1 408") and "came too slowly" in reply, reply
         # and the server still answers others
         assert httpx.get(f"http://127.0.0.1:{port}/api/specimens").status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(10)
+
+
+def test_a_bad_worker_count_is_one_line(enrolled, monkeypatch):
+    monkeypatch.setenv("SPECIMEN_ID_WORKERS", "0")
+    result = enrolled("browse")
+    assert result.exit_code != 0 and "SPECIMEN_ID_WORKERS='0'" in result.output
+    assert "Traceback" not in result.output

@@ -116,6 +116,9 @@ def test_off_loopback_needs_a_token(enrolled):
     over_https = TestClient(app, base_url="https://10.1.2.3").get("/", params={"token": "s3cret"},
                                                                   follow_redirects=False)
     assert over_https.status_code == 303 and "Secure" in over_https.headers["set-cookie"]
+    # the redirect stays on this site, whatever the address looks like
+    away = client.get("http://10.1.2.3//evil.example/phish", params={"token": "s3cret"}, follow_redirects=False)
+    assert away.status_code == 303 and away.headers["location"] == "/evil.example/phish"
 
 
 def test_off_loopback_only_the_allowed_host_names_are_served(enrolled):
@@ -130,6 +133,12 @@ def test_off_loopback_only_the_allowed_host_names_are_served(enrolled):
     assert TestClient(default, base_url=f"http://{socket.gethostname()}:8000").get(
         "/", headers=bearer).status_code == 200
     assert TestClient(default, base_url="http://rebound.example.com").get("/", headers=bearer).status_code == 400
+    # a foreign Host is refused before the token is even looked at: no cookie for it
+    refused = TestClient(default, base_url="http://rebound.example.com").get("/", params={"token": "s3cret"},
+                                                                            follow_redirects=False)
+    assert refused.status_code == 400 and "set-cookie" not in refused.headers
+    over_ipv6 = create_app(enrolled.db, host="::", token="s3cret", allowed_hosts=["fd00::2"])
+    assert TestClient(over_ipv6, base_url="http://[fd00::2]:8000").get("/", headers=bearer).status_code == 200
 
 
 def test_browse_refuses_an_open_address_without_a_token(run):

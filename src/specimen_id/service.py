@@ -11,11 +11,13 @@ answer through it. It holds what is costly to make and safe to share:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from .errors import SpecimenIdError
 from .store import Database
 from .store.embeddings import SharedIndex
 
@@ -33,7 +35,7 @@ class Service:
         if isinstance(location, Database):
             self._local.db = location
         # queries are CPU-bound: more workers than cores only queue inside the runtime
-        self.workers = workers or int(os.environ.get(WORKERS_ENV) or min(4, os.cpu_count() or 1))
+        self.workers = workers or _workers_from_env() or min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -42,6 +44,10 @@ class Service:
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = Database(self.location, self._shared)
+            # closed as its thread ends: a SQLite connection otherwise waits for the cyclic
+            # garbage collector (its statement cache refers back to it), and threads of a
+            # server's pool come and go
+            self._local.closer = _Closer(db)
         return db
 
     def embedder(self, check: bool = True):
@@ -59,7 +65,8 @@ class Service:
 
     def identify_files(self, paths, top_k: int | None = None, threshold: float | None = None,
                        log: bool = True):
-        """One answer per file, in order; a refused file is a `refused` result (search.query)."""
+        """One answer per file, in order; a refused file is a `refused` result (search.query).
+        A generator over this thread's store: iterate it in the thread that called it."""
         from .search.query import query
 
         return query(self.database(), paths, top_k, threshold, embedder=self.embedder(), log=log)
@@ -76,11 +83,14 @@ class Service:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="specimen-id")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        # the caller's context goes along (the audit trail's client address is a context variable)
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(context.run, fn, *args, **kwargs))
 
     def close(self) -> None:
         """Stop the pool (after the work it holds) and close this thread's store; the pool
-        threads' stores close with their threads."""
+        threads' stores close as their threads end (a store holds no reference cycle)."""
         with self._pool_lock:
             if self._pool is not None:
                 self._pool.shutdown()
@@ -89,3 +99,26 @@ class Service:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def _workers_from_env() -> int | None:
+    value = os.environ.get(WORKERS_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise SpecimenIdError(f"{WORKERS_ENV}={value!r}: give a whole number of worker threads, 1 or more")
+    return int(value)
+
+
+class _Closer:
+    """Closes a store when the thread that holds it ends (its thread-local values go then, in
+    that thread)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def __del__(self):
+        try:
+            self.db.close()
+        except Exception:  # (at interpreter exit, or already closed)
+            pass

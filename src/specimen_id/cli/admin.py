@@ -129,5 +129,6 @@ def browse(ctx, host, port, token, allowed_hosts, max_connections):
     app.state.service.embedder()  # load the model now, so the first query is as fast as the rest
     echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
     # idle keep-alive connections are closed after 5 s; request bodies time out in the app
-    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=max_connections,
+    # (uvicorn counts the connection it is deciding on among those open: hence the 1)
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=max_connections + 1,
                 timeout_keep_alive=5)

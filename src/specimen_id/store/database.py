@@ -18,6 +18,7 @@ import os
 import re
 import sqlite3
 import uuid
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,6 +55,13 @@ _WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, 
            sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW,
            sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TRIGGER,
            sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE}
+
+
+def _authorizer(database):
+    def authorize(action, table, *_):
+        db = database()
+        return db._authorize(action, table) if db is not None else sqlite3.SQLITE_OK
+    return authorize
 
 
 def database_dir(location) -> Path:
@@ -106,7 +114,9 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
                 f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); restore it from a backup") from None
         self.db = sqlite_utils.Database(conn)
         self._writes_allowed = 0
-        conn.set_authorizer(self._authorize)  # after migrating: from here on, writes are units of work
+        # after migrating: from here on, writes are units of work. Through a weak reference, so
+        # that the connection closes as soon as this object goes (a thread's store, its thread)
+        conn.set_authorizer(_authorizer(weakref.ref(self)))
 
     def close(self) -> None:
         self.db.conn.close()

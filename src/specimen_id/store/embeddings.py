@@ -38,6 +38,8 @@ class Embeddings:
         place with `change(index)` (False: it cannot), else drop it, to be read or rebuilt
         when next needed."""
         with self._shared.lock:
+            if self._index is not None and self._index.describes(generation, model_id):
+                return  # a reader has loaded the new index meanwhile (from SQLite): keep it
             if index is not None and index is self._index and index.describes(generation - 1, model_id) \
                     and change(index) is not False:
                 index.generation = generation

@@ -26,13 +26,15 @@ from ..store.database import database_dir
 from ..store.audit import CLIENT
 from ..store.renditions import rendition
 from ..text import name_problem, one_line
-from .safety import BodyLimit, SameOrigin, TokenRequired, machine_hosts
+from .safety import BodyLimit, SameOrigin, TokenRequired, host_pattern, machine_hosts
 
 MAX_UPLOAD_BYTES = 50_000_000
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" '
            'fill="#243447"/><circle cx="6" cy="7" r="2" fill="#9cd"/><circle cx="10.5" cy="9.5" r="1.5" '
            'fill="#9cd"/></svg>')
 BODY_TIMEOUT_S = 30.0  # longest wait for the next part of a request body (safety.BodyLimit)
+MATCH_LINES = 60  # most matched pairs drawn between a query and a candidate
+BODY_DEADLINE_S = 600.0  # longest a whole request body may take (50 MB at 85 kB/s)
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
 
@@ -269,7 +271,11 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/matches/{query_uuid}/{capture_uuid}")
-    def matches(query_uuid: str, capture_uuid: str):
+    async def matches(query_uuid: str, capture_uuid: str):
+        # a verification run again: CPU work, for the service's pool
+        return await service.run(draw_matches, query_uuid, capture_uuid)
+
+    def draw_matches(query_uuid: str, capture_uuid: str):
         """The query and a candidate side by side, matched keypoints joined by lines: the
         verification run again on the page renditions, so this page never decodes a whole
         capture (for 8-bit captures that is what the decision saw, up to JPEG rounding; for
@@ -288,7 +294,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         canvas = np.zeros((height, tiles[0].shape[1] + tiles[1].shape[1], 3), np.uint8)
         canvas[:tiles[0].shape[0], :tiles[0].shape[1]] = tiles[0]
         canvas[:tiles[1].shape[0], tiles[0].shape[1]:] = tiles[1]
-        for (qx, qy), (cx, cy) in check.pairs:
+        # thinned: a few dozen lines show the agreement; hundreds hide the pictures
+        for (qx, qy), (cx, cy) in check.pairs[::max(1, -(-len(check.pairs) // MATCH_LINES))]:
             cv2.line(canvas, (int(qx), int(qy)), (int(cx) + tiles[0].shape[1], int(cy)), (0, 255, 0), 1)
         return Response(cv2.imencode(".png", canvas)[1].tobytes(), media_type="image/png")
 
@@ -391,10 +398,11 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         allowed.append(host)
     if not is_loopback(host) and not allowed_hosts:
         allowed += machine_hosts()
+    # the last added runs first: the Host check, then the token, then the body's limits
     app.add_middleware(RecordClient)
     app.add_middleware(SameOrigin)
-    app.add_middleware(BodyLimit, max_bytes=max_upload, timeout=body_timeout)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed)
+    app.add_middleware(BodyLimit, max_bytes=max_upload, timeout=body_timeout, deadline=BODY_DEADLINE_S)
     if token:
         app.add_middleware(TokenRequired, token=token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[host_pattern(h) for h in allowed])
     return app

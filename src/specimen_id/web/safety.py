@@ -40,8 +40,13 @@ def _header(scope, name: bytes) -> str | None:
 
 
 class BodyLimit:
-    def __init__(self, app, max_bytes: int, timeout: float):
-        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+    """The request body: at most max_bytes, each part within `timeout` seconds of the last and
+    the whole within `deadline`; else 413 or 408, and the app reads no further. Once the body
+    is in (or the response has begun), messages pass untouched: a long download keeps
+    listening for the client going away."""
+
+    def __init__(self, app, max_bytes: int, timeout: float, deadline: float):
+        self.app, self.max_bytes, self.timeout, self.deadline = app, max_bytes, timeout, deadline
         self.message = f"upload larger than {max_bytes / 1e6:g} MB"
 
     async def __call__(self, scope, receive, send):
@@ -50,25 +55,36 @@ class BodyLimit:
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             return await _reply(send, 413, self.message)
-        seen, refused = 0, False
+        loop = asyncio.get_running_loop()
+        seen, refused, body_done, started = 0, False, False, False
+        deadline = loop.time() + self.deadline
+
+        async def refuse(status: int, text: str):
+            nonlocal refused
+            refused = True  # answer now, then stop the app reading any further
+            await _reply(send, status, text)
+            raise UploadTooLarge()
 
         async def limited():
-            nonlocal seen, refused
-            try:  # each part of the body must come within the timeout
-                message = await asyncio.wait_for(receive(), self.timeout)
+            nonlocal seen, body_done
+            if body_done or started:
+                return await receive()
+            wait = min(self.timeout, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
             except asyncio.TimeoutError:
-                refused = True
-                await _reply(send, 408, f"the request body stopped arriving for {self.timeout:g} s; "
-                                        "send it again")
-                raise UploadTooLarge() from None
+                await refuse(408, "the request body came too slowly (a part more than "
+                                  f"{self.timeout:g} s after the last, or all of it over {self.deadline:g} s); "
+                                  "send it again")
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes and not refused:
-                refused = True  # answer now, then stop the app reading any further
-                await _reply(send, 413, self.message)
-                raise UploadTooLarge()
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            if seen > self.max_bytes:
+                await refuse(413, self.message)
             return message
 
         async def unless_refused(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
             if not refused:  # the app may turn the interruption into a response of its own
                 await send(message)
 
@@ -118,6 +134,7 @@ class TokenRequired:
         if scope["method"] in ("GET", "HEAD"):  # the same page, without the token in its address
             rest = urlencode([(key, value) for key, value in query if key != "token"])
             path = scope.get("raw_path") or quote(scope["path"]).encode()
+            path = b"/" + path.lstrip(b"/\\")  # never `//host/...`: that would lead off this site
             return await _redirect(send, path + (f"?{rest}".encode() if rest else b""), [set_cookie])
 
         async def with_cookie(message):
@@ -145,10 +162,17 @@ def machine_hosts() -> list[str]:
             names |= {info[4][0] for info in socket.getaddrinfo(name, None)}
         except OSError:
             pass
-    try:  # the address of the default route (no packet is sent)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))
-            names.add(probe.getsockname()[0])
-    except OSError:
-        pass
-    return sorted(names)
+    for family, probe_at in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:  # the address of the default route (no packet is sent)
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((probe_at, 9))
+                names.add(probe.getsockname()[0])
+        except OSError:
+            pass
+    return sorted(host_pattern(name) for name in names)
+
+
+def host_pattern(host: str) -> str:
+    """A name or address as the Host header carries it: an IPv6 address in brackets."""
+    host = host.split("%")[0]  # a link-local address's zone is not sent
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
