@@ -8,7 +8,6 @@ counts. The target: under 3 GB for any accepted file, and a refusal by name over
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import tempfile

@@ -6,6 +6,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -79,11 +80,15 @@ def test_query_by_upload_then_move_the_threshold(server, page, tmp_path):
     pair = page.locator(".candidate").first.locator(".pair img")
     expect(pair).to_have_count(2)
     assert all(pair.nth(i).evaluate(LOADED_WIDTH) > 0 for i in range(2))
+    # a compact list: the whole result within about two screens, at either width
+    assert page.evaluate("document.documentElement.scrollHeight") < 2 * 900
+    _fits(page)
     shot = tmp_path / "query-page.png"
     page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("SPECIMEN_ID_SCREENSHOT_TO"):  # how the README's picture is made
-        shutil.copy(shot, os.environ["SPECIMEN_ID_SCREENSHOT_TO"])
+    if os.environ.get("SPECIMEN_ID_SCREENSHOTS"):  # how the README's pictures are made, when asked
+        phone = page.viewport_size["width"] < 600
+        shutil.copy(shot, Path(os.environ["SPECIMEN_ID_SCREENSHOTS"]) / f"query-page{'-phone' if phone else ''}.png")
     page.locator("#threshold").fill("1")
     expect(page.locator("#decision-text")).to_have_text("no_match")
     page.locator("#threshold").fill("0.5")
@@ -108,34 +113,93 @@ def test_a_bad_upload_is_refused_on_the_page(server, page, tmp_path):
 
 def test_enrol_through_the_page_then_edit_and_rename(server, page):
     page.goto(server + "/enrol")
-    page.fill("input[name=specimen]", "new-slide")
-    page.set_input_files("input[name=files]", [str(QUERIES / "never-enrolled-1.jpg"),
-                                               str(QUERIES / "never-enrolled-2.jpg")])
-    page.fill("textarea[name=metadata]", "stain = DAPI")
+    page.get_by_label("Specimen (new or existing)").fill("new-slide")
+    page.get_by_label("Captures", exact=True).set_input_files([str(QUERIES / "never-enrolled-1.jpg"),
+                                                   str(QUERIES / "never-enrolled-2.jpg")])
+    page.get_by_label("Metadata, one key = value per line").fill("stain = DAPI")
     page.get_by_role("button", name="Enrol").click()
     expect(page.locator("h1")).to_have_text("new-slide")
     expect(page.locator("main .card img")).to_have_count(2)
     expect(page.locator("#metadata")).to_contain_text("DAPI")
+    _fits(page)
     page.get_by_text("Edit metadata and notes").click()
-    page.fill("#edit textarea[name=notes]", "found in drawer 3")
+    page.get_by_label("Notes").fill("found in drawer 3")
+    page.get_by_label("Metadata, one key = value per line").fill("stain DAPI")  # no `=`
+    page.locator("#edit button").click()
+    expect(page.locator("#problem")).to_contain_text("key = value")  # said beside the form,
+    expect(page.get_by_label("Notes")).to_have_value("found in drawer 3")  # what was typed kept
+    page.get_by_label("Metadata, one key = value per line").fill("stain = DAPI")
     page.locator("#edit button").click()
     expect(page.locator("#notes")).to_have_text("found in drawer 3")
-    page.get_by_text("Rename or merge").click()
-    page.fill("#rename input[name=new_name]", "slide-7")
+    page.get_by_text("Rename, merge or remove").click()
+    page.get_by_label("New name").fill("slide-7")
     page.locator("#rename button").click()
     expect(page.locator("h1")).to_have_text("slide-7")
-    # move one capture away, merge the rest into another specimen
+    # move one capture away: asked once more, then done; the move shows on both pages
     page.locator(".move input").first.fill("he-tissue-b")
     page.locator(".move button").first.click()
+    expect(page.locator("#question")).to_contain_text("from slide-7 to he-tissue-b")
+    page.get_by_role("button", name="Yes, do it").click()
     expect(page.locator("h1")).to_have_text("he-tissue-b")
     expect(page.locator("main .card img")).to_have_count(2)
+    expect(page.locator("#audit")).to_contain_text("from slide-7 to he-tissue-b")
     page.goto(server + "/specimens/slide-7")
-    page.get_by_text("Rename or merge").click()
-    page.fill("#merge input[name=into]", "he-tissue-b")
+    expect(page.locator("#audit")).to_contain_text("from slide-7 to he-tissue-b")
+    # a mistyped merge target is refused beside the form, with the names to pick from
+    page.get_by_text("Rename, merge or remove").click()
+    page.get_by_label("Merge into").fill("he-tisue-b")
     page.locator("#merge button").click()
+    expect(page.locator("#problem")).to_contain_text("he-tisue-b")
+    expect(page.get_by_label("Merge into")).to_have_value("he-tisue-b")
+    assert "he-tissue-b" in page.locator("#specimen-names option").evaluate_all("os => os.map(o => o.value)")
+    page.get_by_label("Merge into").fill("he-tissue-b")
+    page.locator("#merge button").click()
+    expect(page.locator("#question")).to_contain_text("Merge slide-7 (1 capture(s)) into he-tissue-b (2 capture(s))")
+    page.get_by_role("button", name="Yes, do it").click()
     expect(page.locator("main .card img")).to_have_count(3)
     page.goto(server)
     expect(page.locator("#specimens")).not_to_contain_text("slide-7")
+
+
+def test_remove_and_restore_and_an_emptied_specimen(server, page):
+    page.goto(server + "/specimens/brightfield-a")
+    page.locator(".move input").first.fill("he-tissue-a")
+    page.locator(".move button").first.click()
+    page.get_by_role("button", name="Yes, do it").click()
+    page.goto(server)
+    expect(page.locator("#specimens")).not_to_contain_text("brightfield-a")
+    expect(page.locator("#empty")).to_contain_text("brightfield-a")  # listed apart, to be removed
+    page.goto(server + "/specimens/he-tissue-a")
+    page.get_by_text("Rename, merge or remove").click()
+    page.get_by_role("button", name="Remove…").click()
+    expect(page.locator("#question")).to_contain_text("Remove he-tissue-a and its 3 capture(s)?")
+    page.get_by_role("link", name="No, go back").click()
+    expect(page.locator("h1")).to_have_text("he-tissue-a")  # nothing removed
+    page.get_by_text("Rename, merge or remove").click()
+    page.get_by_role("button", name="Remove…").click()
+    page.get_by_role("button", name="Yes, do it").click()
+    expect(page.locator("#specimens")).not_to_contain_text("he-tissue-a")
+    expect(page.locator("#removed")).to_contain_text("he-tissue-a")
+    page.locator("#removed").get_by_role("button", name="Restore").click()
+    expect(page.locator("h1")).to_have_text("he-tissue-a")
+    expect(page.locator("main .card img")).to_have_count(3)
+    _fits(page)
+
+
+def test_a_partly_refused_enrolment_keeps_the_form(server, page, tmp_path):
+    junk = tmp_path / "label.jpg"
+    junk.write_text("a photo of the slide's label, as text")
+    page.goto(server + "/enrol")
+    page.get_by_label("Specimen (new or existing)").fill("slide-9")
+    page.get_by_label("Captures", exact=True).set_input_files([str(QUERIES / "never-enrolled-1.jpg"), str(junk)])
+    page.get_by_label("Metadata, one key = value per line").fill("stain = H&E")
+    page.get_by_role("button", name="Enrol").click()
+    expect(page.locator("#report")).to_contain_text("1 enrolled")
+    expect(page.locator("#report")).to_contain_text("label.jpg")
+    expect(page.locator("#report")).to_have_class("notice")  # a partial success, not an error
+    expect(page.get_by_label("Specimen (new or existing)")).to_have_value("slide-9")
+    expect(page.get_by_label("Metadata, one key = value per line")).to_have_value("stain = H&E")
+    _fits(page)
 
 
 def test_review_an_ambiguous_result_naming_the_specimen(server, page, enrolled):

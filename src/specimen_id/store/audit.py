@@ -52,8 +52,11 @@ class Audit:
         where, params = "", []
         if specimen is not None:
             uuids = [r[0] for r in self.db.execute("SELECT uuid FROM specimens WHERE name = ?", [specimen])]
-            where = f"WHERE specimen_name = ? OR specimen_uuid IN ({','.join('?' * len(uuids))})"
-            params = [specimen, *uuids]
+            marks = ",".join("?" * len(uuids))
+            # a move is recorded on the specimen it went to, and shown on the one it left too
+            where = (f"WHERE specimen_name = ? OR specimen_uuid IN ({marks}) OR (action = 'move' AND "
+                     f"json_extract(changes, '$.before.specimen') IN ({marks}))")
+            params = [specimen, *uuids, *uuids]
         rows = self.db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?",
                              [*params, -1 if limit is None else limit])
         return [{**r, "changes": json.loads(r["changes"])} for r in rows]

@@ -73,6 +73,13 @@ class Curation:
                         merged_from=a["uuid"], captures=captures)
         return moved
 
+    def capture_owner(self, capture_uuid: str) -> dict | None:
+        """{specimen, original_name} of a capture of a specimen not removed, or None."""
+        rows = list(self.db.query(
+            "SELECT s.name AS specimen, c.original_name FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+            "WHERE c.uuid = ? AND s.removed_at IS NULL", [capture_uuid]))
+        return rows[0] if rows else None
+
     def move_capture(self, capture_uuid: str, target: str) -> None:
         with self.unit_of_work():
             specimen = self.specimen(target)

@@ -6,8 +6,8 @@ and enrolments run in the service's pool, so pages keep coming while they run.""
 from __future__ import annotations
 
 import ipaddress
-from contextlib import asynccontextmanager
 import sqlite3
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,17 +15,18 @@ import numpy as np
 from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import images
 from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..service import Service
-from ..store.database import database_dir
 from ..store.audit import CLIENT
+from ..store.database import database_dir
 from ..store.renditions import rendition
 from ..text import name_problem, one_line
+from .curate import curation
+from .pages import done, for_the_page, is_api, page, parse_metadata
 from .safety import BodyLimit, SameOrigin, TokenRequired, host_pattern, machine_hosts
 
 MAX_UPLOAD_BYTES = 50_000_000
@@ -35,16 +36,6 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle 
 BODY_TIMEOUT_S = 30.0  # longest wait for the next part of a request body (safety.BodyLimit)
 MATCH_LINES = 60  # most matched pairs drawn between a query and a candidate
 BODY_DEADLINE_S = 600.0  # longest a whole request body may take (50 MB at 85 kB/s)
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
-
-
-def parse_metadata(text: str) -> dict:
-    """`key = value` lines (blank lines ignored) to a dict."""
-    pairs = [line.partition("=") for line in text.splitlines() if line.strip()]
-    bad = [key for key, sep, _ in pairs if not sep or not key.strip()]
-    if bad:
-        raise HTTPException(400, f"metadata lines must read key = value, not {bad[0]!r}")
-    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def upload_name(upload: UploadFile) -> str:
@@ -103,18 +94,11 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     app.state.service = service
     database = service.database
 
-    def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
-
-    def api(request: Request) -> bool:
-        """JSON twins live under /api; everything else is a page."""
-        return request.url.path.startswith("/api/")
-
     @app.exception_handler(SpecimenIdError)
     async def domain_error(request: Request, error: SpecimenIdError):
         status = (404 if isinstance(error, UnknownSpecimen) else 507 if getattr(error, "full", False)
                   else 503 if isinstance(error, DatabaseUnusable) else 400)
-        if api(request):
+        if is_api(request):
             return JSONResponse({"error": str(error)}, status_code=status)
         return page(request, "error.html", status, message=str(error))
 
@@ -131,13 +115,13 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     async def bad_form(request: Request, error: RequestValidationError):
         fields = ", ".join(str(e["loc"][-1]) for e in error.errors())
         message = f"missing or invalid: {fields}"
-        if api(request):
+        if is_api(request):
             return JSONResponse({"error": message}, status_code=422)
         return page(request, "error.html", 422, message=message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
-        if api(request):
+        if is_api(request):
             return JSONResponse({"error": error.detail}, status_code=error.status_code)
         return page(request, "error.html", error.status_code, message=error.detail)
 
@@ -149,25 +133,20 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 found.append({key: specimen[key] for key in ("name", "uuid", "metadata", "captures", "cover")})
         return found
 
+    def specimen_names() -> list[str]:
+        return [s["name"] for s in database().specimens()]
+
     @app.get("/", response_class=HTMLResponse)
     @app.get("/api/specimens")
     def specimens(request: Request, q: str = ""):
         found = specimens_data(q)
-        return found if api(request) else page(request, "specimens.html", specimens=found, q=q)
+        if is_api(request):
+            return found
+        # a specimen whose captures were all moved away is listed apart, to be removed
+        return page(request, "specimens.html", specimens=[s for s in found if s["captures"]],
+                    empty=[s for s in found if not s["captures"]], removed=database().removed_specimens(), q=q)
 
-    @app.get("/specimens/{name}", response_class=HTMLResponse)
-    @app.get("/api/specimens/{name}")
-    def specimen(request: Request, name: str):
-        from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
-
-        db = database()
-        found = db.specimen(name)
-        record = db.threshold_record(SCORE_KIND) or {"value": DEFAULT_THRESHOLD}
-        data = {**found, "captures": db.captures(found["id"]), "queries": db.queries(50, found["id"]),
-                "overlaps": db.overlaps_of(found["id"]),
-                "threshold": record["value"], "calibration": record.get("calibration"),
-                "audit": db.audit_trail(found["name"], 10)}
-        return data if api(request) else page(request, "specimen.html", specimen=data)
+    app.include_router(curation(service))
 
     def managed_image(kind: str, uuid_: str) -> Path:
         if kind not in ("capture", "query"):
@@ -219,7 +198,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.get("/api/history")
     def history(request: Request, limit: int = Query(500, ge=1, le=100_000)):
         queries = database().queries(limit)
-        if api(request):
+        if is_api(request):
             return queries
         # ambiguous decisions nobody has reviewed yet come first: they need a person
         pending = [q for q in queries if q["decision"] == "ambiguous" and not q["review"]]
@@ -253,7 +232,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                   "margin": again["margin"], "overlaps": again["overlaps"],
                   **({"contenders": again["contenders"], "lead": again["lead"]}
                      if row["decision"] == "ambiguous" and "contenders" in again else {})}
-        if api(request):
+        if is_api(request):
             return result
         pending = [q["uuid"] for q in database().queries(500)
                    if q["decision"] == "ambiguous" and not q["review"] and q["uuid"] != uuid_]
@@ -302,14 +281,9 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     # -- enrol and curate: each form posts, then redirects to the page that shows the result;
     # each has an /api twin answering JSON.
 
-    def done(request: Request, url: str, data: dict):
-        if api(request):
-            return data
-        return RedirectResponse(url, status_code=303)
-
     @app.get("/enrol", response_class=HTMLResponse)
     def enrol_form(request: Request):
-        return page(request, "enrol.html", report=None)
+        return page(request, "enrol.html", report=None, names=specimen_names())
 
     @app.post("/enrol")
     @app.post("/api/enrol")
@@ -318,10 +292,22 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         import tempfile
 
         name = specimen.strip()
+        typed = {"specimen": specimen, "metadata": metadata, "allow_low_quality": allow_low_quality}
+
+        def refused(message: str):  # the form again, as it was typed, with the reason
+            if is_api(request):
+                raise HTTPException(400, message)
+            return page(request, "enrol.html", 400, report=None, error=message, typed=typed,
+                        names=specimen_names())
+
         if not name or not files:
-            raise HTTPException(400, "a specimen name and at least one file are needed")
+            return refused("a specimen name and at least one file are needed")
         if problem := name_problem(name):
-            raise HTTPException(400, problem)
+            return refused(problem)
+        try:
+            meta = parse_metadata(metadata)
+        except HTTPException as e:
+            return refused(e.detail)
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for i, upload in enumerate(files):  # the original name, in a folder of its own
@@ -329,43 +315,18 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 path.parent.mkdir()
                 path.write_bytes(await upload.read())
                 paths.append(path)
-            report = await service.run(service.enrol, [(name, paths)], parse_metadata(metadata),
-                                       allow_low_quality=allow_low_quality)
+            report = await service.run(service.enrol, [(name, paths)], meta, allow_low_quality=allow_low_quality)
         data = {"specimen": name, "enrolled": len(report.enrolled), "skipped": len(report.skipped),
                 "refused": [f"{Path(e.path).name}: {e.reason}" for e in report.refused],
                 "warnings": [f"{Path(path).name}: {warning}" for path, warning in report.warnings]}
-        if api(request):
-            return JSONResponse(data, status_code=400 if report.refused and not report.enrolled else 200)
+        status = 400 if report.refused and not (report.enrolled or report.skipped) else 200
+        if is_api(request):
+            return JSONResponse(data, status_code=status)
         if report.refused or report.warnings:  # said on the page, which links to the specimen
-            return page(request, "enrol.html", 400 if report.refused else 200, report=data,
+            shown = {**data, "refused": [for_the_page(r) for r in data["refused"]]}
+            return page(request, "enrol.html", status, report=shown, typed=typed, names=specimen_names(),
                         url=f"/specimens/{quote(name)}")
         return RedirectResponse(f"/specimens/{quote(name)}", status_code=303)
-
-    @app.post("/specimens/{name}/edit")
-    @app.post("/api/specimens/{name}/edit")
-    def edit(request: Request, name: str, metadata: str = Form(""), notes: str = Form("")):
-        database().edit_specimen(name, parse_metadata(metadata), notes)
-        return done(request, f"/specimens/{quote(name)}", {"specimen": name})
-
-    @app.post("/specimens/{name}/rename")
-    @app.post("/api/specimens/{name}/rename")
-    def rename(request: Request, name: str, new_name: str = Form()):
-        database().rename_specimen(name, new_name.strip())
-        return done(request, f"/specimens/{quote(new_name.strip())}", {"specimen": new_name.strip()})
-
-    @app.post("/specimens/{name}/merge")
-    @app.post("/api/specimens/{name}/merge")
-    def merge(request: Request, name: str, into: str = Form()):
-        into = into.strip()
-        moved = database().merge_specimens(name, into)
-        return done(request, f"/specimens/{quote(into)}", {"specimen": into, "moved": moved})
-
-    @app.post("/captures/{uuid_}/move")
-    @app.post("/api/captures/{uuid_}/move")
-    def move(request: Request, uuid_: str, to: str = Form()):
-        to = to.strip()
-        database().move_capture(uuid_, to)
-        return done(request, f"/specimens/{quote(to)}", {"capture": uuid_, "specimen": to})
 
     @app.post("/queries/{uuid_}/review")
     @app.post("/api/queries/{uuid_}/review")
