@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from conftest import QUERIES
+from conftest import DATA, QUERIES
 from playwright.sync_api import expect, sync_playwright
 
 from specimen_id.web import create_app
@@ -197,6 +197,7 @@ def test_a_partly_refused_enrolment_keeps_the_form(server, page, tmp_path):
     expect(page.locator("#report")).to_contain_text("1 enrolled")
     expect(page.locator("#report")).to_contain_text("label.jpg")
     expect(page.locator("#report")).to_have_class("notice")  # a partial success, not an error
+    expect(page.locator("#report")).not_to_contain_text("quality limits")  # advice for another refusal
     expect(page.get_by_label("Specimen (new or existing)")).to_have_value("slide-9")
     expect(page.get_by_label("Metadata, one key = value per line")).to_have_value("stain = H&E")
     _fits(page)
@@ -222,8 +223,11 @@ def test_review_an_ambiguous_result_naming_the_specimen(server, page, enrolled):
     page.fill("#reviewer", "ada")
     page.fill("#note", "the slide's label says B")
     page.locator("#reviewer").press("Enter")  # Enter in a box files nothing
+    page.locator("#reference-name").fill("fluo-nuclei-b")
+    page.locator("#reference-name").press("Enter")
+    expect(page.locator("h1")).to_have_text("Query")  # not gone off to enrol it
     expect(page.locator("#review-box .review")).to_have_count(0)
-    page.get_by_role("button", name="the query shows fluo-nuclei-b").click()
+    page.get_by_role("button", name="this one: fluo-nuclei-b").click()
     expect(page.locator("#review-box .review").first).to_contain_text("shows fluo-nuclei-b")
     expect(page.locator("#review-box .review").first).to_contain_text("by ada")
     expect(page.locator("#reviewer")).to_have_value("ada")  # remembered in this browser
@@ -231,6 +235,7 @@ def test_review_an_ambiguous_result_naming_the_specimen(server, page, enrolled):
     expect(page.locator("#pending")).to_have_count(0)
     expect(page.locator("#history")).to_contain_text("shows fluo-nuclei-b by ada")
     with Database(enrolled.db) as db:
+        assert len(db.captures(db.specimen("fluo-nuclei-b")["id"])) == 1  # Enter enrolled nothing
         (review,) = db.reviews_of(db.queries(1)[0]["uuid"])
         assert (review["verdict"], review["specimen"], review["note"]) == ("specimen", "fluo-nuclei-b",
                                                                            "the slide's label says B")
@@ -257,3 +262,39 @@ def test_a_no_match_offers_a_new_specimen_and_the_slider_asks_the_server(server,
     expect(page.locator("#specimen")).to_have_count(0)  # no name beside no_match
     expect(page.locator(".candidate.below")).to_have_count(page.locator(".candidate").count())
     _fits(page)
+
+
+def test_every_page_is_labelled_titled_and_announces_its_decision(server, page):
+    """Each input has a label, each page a title of its own, decisions are announced to a
+    screen reader, the favicon is there, and a low-quality query's warnings show."""
+    page.goto(server + "/query")
+    page.get_by_label("Capture to identify").set_input_files(str(DATA / "quality" / "blurred-field.png"))
+    page.get_by_role("button", name="Identify", exact=True).click()
+    expect(page.locator(".warning").first).to_contain_text("refocus")
+    assert page.locator("#decision").evaluate("d => d.closest('[aria-live]') !== null")
+    result_url = page.url
+    titles = set()
+    for path in ("/", "/query", "/enrol", "/history", "/specimens/he-tissue-a", result_url.removeprefix(server)):
+        page.goto(server + path)
+        titles.add(page.title())
+        unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, textarea, select')]
+            .filter(e => e.type !== 'hidden' && !e.hidden && !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+            .map(e => e.outerHTML)""")
+        assert unlabelled == [], (path, unlabelled)
+        assert page.evaluate("[...document.images].filter(i => !i.alt).length") == 0, path
+        _fits(page)
+    assert len(titles) == 6
+    assert page.request.get(server + "/favicon.svg").ok
+
+
+def test_a_low_quality_capture_is_refused_with_the_page_s_way_out(server, page):
+    page.goto(server + "/enrol")
+    page.get_by_label("Specimen (new or existing)").fill("soft-slide")
+    page.get_by_label("Captures", exact=True).set_input_files(str(DATA / "quality" / "blurred-field.png"))
+    page.get_by_role("button", name="Enrol").click()
+    expect(page.locator("#report")).to_contain_text("Enrol captures below the quality limits anyway")
+    expect(page.locator("#report")).not_to_contain_text("--allow-low-quality")
+    page.get_by_label("Captures", exact=True).set_input_files(str(DATA / "quality" / "blurred-field.png"))
+    page.get_by_label("Enrol captures below the quality limits anyway").check()
+    page.get_by_role("button", name="Enrol").click()
+    expect(page.locator("h1")).to_have_text("soft-slide")

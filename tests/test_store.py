@@ -159,6 +159,7 @@ def test_a_database_with_feature_recipes_inside_its_model_ids_is_migrated_withou
         conn.execute("UPDATE local_features SET version = 'sift-4'")
         conn.execute("DROP TABLE overlaps")  # (migration 8's)
         conn.execute("ALTER TABLE queries DROP COLUMN warnings")  # (migration 10's)
+        conn.execute("ALTER TABLE queries DROP COLUMN margin")
     conn.execute("PRAGMA user_version = 6")
     conn.close()
     db = Database(enrolled.db)

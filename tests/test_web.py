@@ -295,3 +295,29 @@ def test_the_threshold_is_decided_again_by_the_server(client):
     assert (strict["decision"], strict["specimen"], strict["clearing"]) == ("no_match", None, [])
     assert client.get(f"/api/queries/{qid}/decide", params={"threshold": 2}).status_code == 422
     assert client.get("/favicon.svg").headers["content-type"].startswith("image/svg+xml")
+
+
+def test_filing_pages_ask_first_whatever_names_the_target(client):
+    """Merge and move ask once more even when the target is given by its uuid (the store takes
+    either); a move to where the capture already is, is refused."""
+    target = client.get("/api/specimens/he-tissue-b").json()
+    asked = client.post("/specimens/he-tissue-a/merge", data={"into": target["uuid"]}, headers=SAME_SITE)
+    assert asked.status_code == 200 and "Merge he-tissue-a" in asked.text and "into he-tissue-b" in asked.text
+    assert client.get("/api/specimens/he-tissue-a").status_code == 200  # nothing merged yet
+    capture = client.get("/api/specimens/he-tissue-a").json()["captures"][0]["uuid"]
+    asked = client.post(f"/captures/{capture}/move", data={"to": target["uuid"]}, headers=SAME_SITE)
+    assert asked.status_code == 200 and "from he-tissue-a to he-tissue-b" in asked.text
+    same = client.post(f"/api/captures/{capture}/move", data={"to": "he-tissue-a"}, headers=SAME_SITE)
+    assert same.status_code == 400 and "already" in same.json()["error"]
+    unknown = client.post("/api/captures/no-such-capture/move", data={"to": "he-tissue-a"}, headers=SAME_SITE)
+    assert unknown.status_code == 400 and "no capture" in unknown.json()["error"]
+
+
+def test_a_logged_result_shows_its_exact_copies_and_keeps_its_margin(client, enrolled):
+    enrolled_file = SPECIMENS / "he-tissue-a" / "capture-1.png"
+    qid = _upload(client, enrolled_file, "/api/query").json()["query_id"]
+    assert client.get(f"/api/queries/{qid}").json()["exact"][0]["same"] == "file"
+    assert "same file as capture" in client.get(f"/queries/{qid}").text
+    margin = client.get(f"/api/queries/{qid}").json()["margin"]
+    assert enrolled("config", "margin", "0.3").exit_code == 0
+    assert client.get(f"/api/queries/{qid}").json()["margin"] == margin  # as it was answered

@@ -38,6 +38,8 @@ def reviewed_pairs(review: dict) -> tuple[list[float], list[float]]:
         if review["decision"] != "match":
             return [], []
         return ([review["score"]], []) if review["verdict"] == "confirmed" else ([], [review["score"]])
+    if review["verdict"] == "specimen" and review["named"] is None:
+        return [], []  # the specimen it named was purged since: nothing to pair it with
     shown = [c for c in review["candidates"] if shows_field(c)]
     impostor = [c["score"] for c in shown if c["specimen"] != review["named"]]
     if review["verdict"] == "none":

@@ -89,6 +89,8 @@ class Curation:
                 raise SpecimenIdError(f"no capture {capture_uuid} (see `specimen-id show NAME`)")
             if row[2] is not None:
                 raise SpecimenRemoved(row[1])
+            if row[0] == specimen["uuid"]:
+                raise SpecimenIdError(f"capture {capture_uuid} is a capture of {specimen['name']} already")
             self.db.execute("UPDATE captures SET specimen_id = ? WHERE uuid = ?", [specimen["id"], capture_uuid])
             self._audit("move", specimen, capture_uuid, before={"specimen": row[0], "name": row[1]},
                         after={"specimen": specimen["uuid"], "name": specimen["name"]})
@@ -150,13 +152,17 @@ class Curation:
 
     def _rename_in_logged_candidates(self, old: str, new: str) -> None:
         """Past results name their candidates; keep them pointing at the specimen as it is now
-        called (inside the caller's transaction)."""
+        called (inside the caller's transaction). After a merge two candidates may name one
+        specimen: the better one stays, as the query lists one per specimen."""
         for qid, text in self.db.execute("SELECT id, candidates FROM queries WHERE instr(candidates, ?)",
                                          [json.dumps(old)]).fetchall():
-            candidates = json.loads(text)
-            for c in candidates:
+            candidates, seen = [], set()
+            for c in json.loads(text):  # best first
                 if c.get("specimen") == old:
                     c["specimen"] = new
+                if c.get("specimen") not in seen:
+                    seen.add(c.get("specimen"))
+                    candidates.append(c)
             self.db.execute("UPDATE queries SET candidates = ? WHERE id = ?", [json.dumps(candidates), qid])
 
     def _free(self, name: str) -> None:

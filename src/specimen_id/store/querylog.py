@@ -26,7 +26,7 @@ class QueryLog:
                 "specimen_id": specimen_id, "score": result["score"],
                 "candidates": json.dumps(result["candidates"]),
                 "software_version": software_version, "quality": json.dumps(capture.quality),
-                "warnings": json.dumps(result.get("warnings", []))})
+                "warnings": json.dumps(result.get("warnings", [])), "margin": result.get("margin")})
         # A purge running meanwhile (queries do not take the write lock) may have deleted the
         # same content as unreferenced just before this row referenced it: write it again.
         store_image(self.root, capture.file_sha256, capture.extension, capture.data)

@@ -164,7 +164,7 @@ MIGRATIONS = [
     # 10: a review names what the query shows: one specimen ('specimen', with its id) or none
     # of those offered ('none'). The verdicts before it ('confirmed', 'rejected') name no
     # specimen and are kept as they are. Every review stays (the latest one counts). A query
-    # keeps the warnings it was answered with, to show them when it is opened again.
+    # keeps the warnings and the margin it was answered with, to show it again as it was.
     """
     CREATE TABLE reviews_10 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -182,6 +182,7 @@ MIGRATIONS = [
     CREATE INDEX reviews_query ON reviews(query_id);
     CREATE INDEX reviews_specimen ON reviews(specimen_id);
     ALTER TABLE queries ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE queries ADD COLUMN margin REAL;
     """,
 ]
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import images
-from ..errors import DatabaseUnusable, ImageRefused, SpecimenIdError, UnknownSpecimen, storage_failure
+from ..errors import DatabaseUnusable, ImageRefused, LowQuality, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..service import Service
 from ..store.audit import CLIENT
 from ..store.database import database_dir
@@ -211,13 +211,14 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             raise HTTPException(404, "no such query") from None
 
     def redecided(row: dict, threshold: float) -> dict:
-        """The server's one rule (score.decide) over a logged query's candidates."""
+        """The server's one rule (score.decide) over a logged query's candidates, with the
+        margin it was answered with (today's for queries logged before it was kept)."""
         from ..search.score import decide
 
-        margin = float(database().setting("margin"))
+        margin = row["margin"] if row.get("margin") is not None else float(database().setting("margin"))
         decided = decide(row["candidates"], threshold, margin)
         return {**decided, "margin": margin, "threshold": threshold,
-                "clearing": [c["specimen"] for c in row["candidates"] if c["score"] >= threshold]}
+                "clearing": [i for i, c in enumerate(row["candidates"]) if c["score"] >= threshold]}
 
     @app.get("/queries/{uuid_}", response_class=HTMLResponse)
     @app.get("/api/queries/{uuid_}")
@@ -228,7 +229,10 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         result = {"query": row["query_name"], "decision": row["decision"], "specimen": row["specimen"],
                   "score": row["score"], "threshold": row["threshold"], "candidates": row["candidates"],
                   "score_kind": row["score_kind"], "query_id": row["uuid"], "created_at": row["created_at"],
-                  "review": row["review"], "warnings": row.get("warnings") or [], "exact": [],
+                  "review": row["review"], "warnings": row.get("warnings") or [],
+                  "exact": [{"specimen": c["specimen"], "capture": c["uuid"],
+                             "same": "file" if c["file_sha256"] == row["file_sha256"] else "pixels"}
+                            for c in database().find_captures(row["file_sha256"], row["pixel_sha256"])],
                   "margin": again["margin"], "overlaps": again["overlaps"],
                   **({"contenders": again["contenders"], "lead": again["lead"]}
                      if row["decision"] == "ambiguous" and "contenders" in again else {})}
@@ -323,7 +327,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         if is_api(request):
             return JSONResponse(data, status_code=status)
         if report.refused or report.warnings:  # said on the page, which links to the specimen
-            shown = {**data, "refused": [for_the_page(r) for r in data["refused"]]}
+            shown = {**data, "refused": [for_the_page(r) for r in data["refused"]],
+                     "low_quality": any(isinstance(e, LowQuality) for e in report.refused)}
             return page(request, "enrol.html", status, report=shown, typed=typed, names=specimen_names(),
                         url=f"/specimens/{quote(name)}")
         return RedirectResponse(f"/specimens/{quote(name)}", status_code=303)

@@ -82,9 +82,7 @@ def curation(service) -> APIRouter:
         def make():
             moved = database().merge_specimens(name, into)
             return done(request, f"/specimens/{quote(into)}", {"specimen": into, "moved": moved})
-        question = None
-        if not is_api(request):
-            question = _merge_question(database(), name, into)
+        question = None if is_api(request) else _merge_question(database(), name, into)
         return change(request, name, "merge", {"into": into, "confirmed": confirmed}, make, question)
 
     @router.post("/captures/{uuid_}/move")
@@ -92,17 +90,18 @@ def curation(service) -> APIRouter:
     def move(request: Request, uuid_: str, to: str = Form(), confirmed: str = Form("")):
         to = to.strip()
         db = database()
-        owner = db.capture_owner(uuid_)
 
         def make():
             db.move_capture(uuid_, to)
             return done(request, f"/specimens/{quote(to)}", {"capture": uuid_, "specimen": to})
-        if owner is None:
-            raise HTTPException(404, f"no capture {uuid_}")
+        owner = None if is_api(request) else db.capture_owner(uuid_)
+        if owner is None:  # the JSON twin, or a capture the store will say why it cannot move
+            return make()
+        target = _named(db, to)
         question = None
-        if not is_api(request) and _exists(db, to):
-            question = (f"Move capture {owner['original_name'] or uuid_} from {owner['specimen']} to {to}? "
-                        f"Queries will find it as {to} from now on.")
+        if target is not None and target["name"] != owner["specimen"]:
+            question = (f"Move capture {owner['original_name'] or uuid_} from {owner['specimen']} to "
+                        f"{target['name']}? Queries will find it as {target['name']} from now on.")
         return change(request, owner["specimen"], f"move-{uuid_}", {"to": to, "confirmed": confirmed}, make,
                       question)
 
@@ -128,14 +127,20 @@ def curation(service) -> APIRouter:
     return router
 
 
-def _exists(db, name: str) -> bool:
-    return any(s["name"] == name for s in db.specimens())
+def _named(db, name: str) -> dict | None:
+    """The specimen a form names (by name or uuid, as the store takes it), or None."""
+    try:
+        return db.specimen(name)
+    except SpecimenIdError:
+        return None
 
 
 def _merge_question(db, name: str, into: str) -> str | None:
     """What a merge will do, or None when it cannot be done (the refusal then shows)."""
-    if into == name or not _exists(db, into) or not _exists(db, name):
+    source, target = _named(db, name), _named(db, into)
+    if source is None or target is None or source["id"] == target["id"]:
         return None
     counts = {s["name"]: s["captures"] for s in db.specimens()}
-    return (f"Merge {name} ({counts[name]} capture(s)) into {into} ({counts[into]} capture(s))? Its "
-            f"captures, past queries and reviews go to {into}, and {name} is gone.")
+    return (f"Merge {source['name']} ({counts[source['name']]} capture(s)) into {target['name']} "
+            f"({counts[target['name']]} capture(s))? Its captures, past queries and reviews go to "
+            f"{target['name']}, and {source['name']} is gone.")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import HTTPException, Request
@@ -11,8 +12,13 @@ from fastapi.templating import Jinja2Templates
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 # The core's refusals name the CLI's way out; a page offers its own.
-WEB_WAYS_OUT = {"(use --allow-low-quality to enrol it anyway)":
-                "(tick \"Enrol captures below the quality limits anyway\" to enrol it as it is)"}
+WEB_WAYS_OUT = {
+    "(use --allow-low-quality to enrol it anyway)":
+        "(tick \"Enrol captures below the quality limits anyway\" to enrol it as it is)",
+    "(use --allow-duplicate to enrol it here too)":
+        "(the same pixels under two names is allowed only from the command line: enroll --allow-duplicate)",
+    " (see `specimen-id list`)": " (pick one of the names offered)",
+}
 
 
 def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
@@ -34,7 +40,8 @@ def done(request: Request, url: str, data: dict):
 def for_the_page(reason: str) -> str:
     for cli_way, web_way in WEB_WAYS_OUT.items():
         reason = reason.replace(cli_way, web_way)
-    return reason
+    return re.sub(r"; `specimen-id restore (.*)` brings it back, `specimen-id purge .*` frees the name$",
+                  r"; Restore it from the list of removed specimens on the first page", reason)
 
 
 def parse_metadata(text: str) -> dict:
