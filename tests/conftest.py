@@ -3,7 +3,11 @@ runner. Models are loaded once per session by specimen_id itself (its in-process
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,27 @@ os.environ["SPECIMEN_ID_CACHE"] = tempfile.mkdtemp(prefix="specimen-id-cache-")
 DATA = Path(__file__).resolve().parent.parent / "data"
 SPECIMENS = DATA / "specimens"
 QUERIES = DATA / "queries"
+
+
+@contextmanager
+def serving(app):
+    """A real uvicorn server of an ASGI app on a free loopback port, in a thread: its port."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture

@@ -3,14 +3,10 @@ plain text: the tables survive, and every page escapes them (TestClient), and a 
 runs none of them."""
 
 import json
-import socket
-import threading
-import time
 from urllib.parse import quote
 
 import pytest
-import uvicorn
-from conftest import QUERIES
+from conftest import QUERIES, serving
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
 from test_browser import CHROMIUM, FLAGS
@@ -63,18 +59,8 @@ def test_pages_escape_names_metadata_and_upload_names(hostile):
 
 
 def test_a_browser_runs_none_of_it(hostile):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(hostile.db), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     dialogs = []
-    try:
+    with serving(create_app(hostile.db)) as port:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page()
@@ -84,7 +70,4 @@ def test_a_browser_runs_none_of_it(hostile):
                 page.goto(f"http://127.0.0.1:{port}/specimens/{quote(name, safe='')}")
                 assert page.locator("h1").inner_text() == name
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert dialogs == []

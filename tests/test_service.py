@@ -3,15 +3,11 @@ queries and lock waits run, reads its index once, and shares one embedder across
 
 import asyncio
 import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
-import uvicorn
-from conftest import QUERIES, SPECIMENS
+from conftest import QUERIES, SPECIMENS, serving
 from fastapi.testclient import TestClient
 from filelock import FileLock
 
@@ -118,24 +114,6 @@ def test_the_specimens_list_is_one_query(enrolled):
             assert specimen["captures"] == len(captures) and specimen["cover"] == captures[0]["uuid"]
 
 
-@contextmanager
-def _serving(app):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def test_a_long_download_is_not_cut_by_the_body_time_limit():
     """The limit is on the request's body: a response that takes longer than it (a big
     original image to a slow client) arrives whole."""
@@ -152,7 +130,7 @@ def test_a_long_download_is_not_cut_by_the_body_time_limit():
                 yield b"x" * 1000
         return StreamingResponse(parts())
 
-    with _serving(BodyLimit(Starlette(routes=[Route("/slow", slow)]), max_bytes=1000, timeout=1.0,
+    with serving(BodyLimit(Starlette(routes=[Route("/slow", slow)]), max_bytes=1000, timeout=1.0,
                             deadline=2.0)) as port:
         reply = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=30)
     assert reply.status_code == 200 and len(reply.content) == 6000
@@ -160,7 +138,7 @@ def test_a_long_download_is_not_cut_by_the_body_time_limit():
 
 def test_a_body_that_stops_arriving_is_cut_off(enrolled):
     """A slow client holds no worker: the body's next part must come within the time limit."""
-    with _serving(create_app(enrolled.db, body_timeout=1.0)) as port:
+    with serving(create_app(enrolled.db, body_timeout=1.0)) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
                          b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")
