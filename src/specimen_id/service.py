@@ -90,7 +90,7 @@ class Service:
 
     def close(self) -> None:
         """Stop the pool (after the work it holds) and close this thread's store; the pool
-        threads' stores close as their threads end (a store holds no reference cycle)."""
+        threads' stores close as their threads end (see _Closer)."""
         with self._pool_lock:
             if self._pool is not None:
                 self._pool.shutdown()
