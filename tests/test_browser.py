@@ -283,3 +283,18 @@ def test_a_low_quality_capture_is_refused_with_the_page_s_way_out(server, page):
     page.get_by_label("Enrol captures below the quality limits anyway").check()
     page.get_by_role("button", name="Enrol").click()
     expect(page.locator("h1")).to_have_text("soft-slide")
+
+
+def test_a_neighbouring_field_is_shown_as_an_overlap(run, page):
+    """A window a third of a field off an enrolled tile: matched to the tile it mostly shows,
+    with the neighbouring tile named as an overlap, not a rival (real confocal tiles)."""
+    for name in ("tile-a07", "tile-a06"):
+        assert run("enroll", "-s", name, DATA / "real" / f"{name}.png").exit_code == 0
+    with serving(create_app(run.db)) as port:
+        page.goto(f"http://127.0.0.1:{port}/query")
+        page.get_by_label("Capture to identify").set_input_files(str(DATA / "real" / "tile-a07-shifted-right.png"))
+        page.get_by_role("button", name="Identify", exact=True).click()
+        expect(page.locator("#specimen")).to_have_text("tile-a07")
+        expect(page.locator(".overlap")).to_contain_text("overlaps tile-a06")
+        expect(page.locator(".candidate").first).to_contain_text("of the query in its field")
+        _fits(page)
