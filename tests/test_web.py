@@ -138,7 +138,8 @@ def test_off_loopback_only_the_allowed_host_names_are_served(enrolled):
                                                                             follow_redirects=False)
     assert refused.status_code == 400 and "set-cookie" not in refused.headers
     over_ipv6 = create_app(enrolled.db, host="::", token="s3cret", allowed_hosts=["fd00::2"])
-    assert TestClient(over_ipv6, base_url="http://[fd00::2]:8000").get("/", headers=bearer).status_code == 200
+    assert TestClient(over_ipv6, base_url="http://127.0.0.1").get(
+        "/", headers={**bearer, "Host": "[fd00::2]:8000"}).status_code == 200
 
 
 def test_browse_refuses_an_open_address_without_a_token(run):

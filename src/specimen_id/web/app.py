@@ -16,7 +16,6 @@ from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import images
 from ..errors import DatabaseUnusable, ImageRefused, LowQuality, SpecimenIdError, UnknownSpecimen, storage_failure
@@ -27,7 +26,7 @@ from ..store.renditions import rendition
 from ..text import name_problem, one_line
 from .curate import curation
 from .pages import done, for_the_page, is_api, page, parse_metadata
-from .safety import BodyLimit, SameOrigin, TokenRequired, host_pattern, machine_hosts
+from .safety import AllowedHosts, BodyLimit, SameOrigin, TokenRequired, machine_hosts
 
 MAX_UPLOAD_BYTES = 50_000_000
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" '
@@ -370,5 +369,5 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     app.add_middleware(BodyLimit, max_bytes=max_upload, timeout=body_timeout, deadline=BODY_DEADLINE_S)
     if token:
         app.add_middleware(TokenRequired, token=token)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[host_pattern(h) for h in allowed])
+    app.add_middleware(AllowedHosts, hosts=allowed)
     return app

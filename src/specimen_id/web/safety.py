@@ -10,8 +10,9 @@
 - Off the loopback interface every request needs the user's token: `Authorization: Bearer`
   (the API), or a cookie set by opening any page once with ?token=..., which redirects to the
   same page without the token (so it stays out of the history and of links copied from it).
-The Host header is checked by Starlette's TrustedHostMiddleware (DNS rebinding): off loopback,
-against this machine's names and addresses unless the user lists them (`--allowed-host`).
+- The Host header must name this server (DNS rebinding): off loopback, one of this machine's
+  names and addresses unless the user lists them (`--allowed-host`). (Starlette's own check
+  reads an IPv6 Host wrongly in the versions this project supports.)
 """
 
 from __future__ import annotations
@@ -110,6 +111,23 @@ class SameOrigin:
         await self.app(scope, receive, send)
 
 
+class AllowedHosts:
+    def __init__(self, app, hosts):
+        self.app, self.hosts = app, {host_pattern(h).lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and _host_name(_header(scope, b"host") or "") not in self.hosts:
+            return await _reply(send, 400, "Invalid host header")
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """A Host header without its port: `[fd00::2]:8000` -> `[fd00::2]`, `lab-pc:8000` -> `lab-pc`."""
+    if host.startswith("["):
+        return host[:host.find("]") + 1].lower()
+    return host.rpartition(":")[0].lower() if ":" in host else host.lower()
+
+
 class TokenRequired:
     def __init__(self, app, token: str):
         self.app, self.token = app, token
@@ -133,7 +151,8 @@ class TokenRequired:
                                      f"Path=/{secure}".encode())
         if scope["method"] in ("GET", "HEAD"):  # the same page, without the token in its address
             rest = urlencode([(key, value) for key, value in query if key != "token"])
-            path = scope.get("raw_path") or quote(scope["path"]).encode()
+            path = (scope.get("raw_path") or quote(scope["path"]).encode()).split(b"?", 1)[0]  # (some
+            # servers leave the query in it)
             path = b"/" + path.lstrip(b"/\\")  # never `//host/...`: that would lead off this site
             return await _redirect(send, path + (f"?{rest}".encode() if rest else b""), [set_cookie])
 
