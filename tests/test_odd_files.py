@@ -3,24 +3,22 @@ pixels and files whose decoded size is far beyond their file size. Each is refus
 read with a warning, and the files after it are still handled."""
 
 import json
-import os
 import struct
 import subprocess
 import sys
-import tempfile
 
 import cv2
 import numpy as np
 import pytest
-from conftest import SPECIMENS
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
-
 from specimen_id import images
 from specimen_id.errors import ImageRefused
 from specimen_id.web import create_app
+
+from conftest import SPECIMENS
 
 GOOD = SPECIMENS / "he-tissue-a" / "capture-1.png"
 
@@ -111,28 +109,31 @@ def test_a_small_file_of_many_decoded_megabytes_is_refused_or_bounded(tmp_path):
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr.splitlines()[-1].startswith(f"refused: {path}: would take 763 MB decoded (10000x10000 RGBA)"), refused.stderr
     peaks = []
-    for step in (["enroll", "-s", "bomb", "--allow-low-quality", str(path)], ["query", str(path)]):
-        code, _, err, peak = _measured([*cli, *step])
-        assert code == 0, err
+    for step in (["enroll", "-s", "bomb", "--allow-low-quality", path], ["query", path]):
+        done, peak = _measured(RUN_CLI, "--db", tmp_path / "db", *step)
+        assert done.returncode == 0, done.stderr
         peaks.append(peak)
     # the web app shows it: three pages asking for its thumbnails at once
-    code, out, err, peak = _measured([sys.executable, "-c", THUMBNAILS, str(tmp_path / "db")])
-    assert code == 0 and out.split()[:3] == ["200"] * 3, err
+    pages, peak = _measured(THUMBNAILS, tmp_path / "db")
+    assert pages.returncode == 0 and pages.stdout.split()[:3] == ["200"] * 3, pages.stderr
     peaks.append(peak)
     print(f"peak RSS of enrol, query and thumbnails of a 10000x10000 16-bit RGBA PNG: {peaks} GB")
     assert max(peaks) < 3
 
 
-def _measured(args) -> tuple[int, str, str, float]:
-    """Run a command: its exit code, stdout, stderr and its own peak RSS in GB (not that of
-    every child this test session has run, which RUSAGE_CHILDREN would give)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(args, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return process.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss / 2**20
+RUN_CLI = "import runpy; runpy.run_module('specimen_id.cli', run_name='__main__')"
+# A child's own peak: its memory map's high-water mark as it exits. (Its rusage would not do:
+# Linux counts in it the RSS of the process it was forked from, here the whole test session.)
+PEAK = ("import atexit, sys\natexit.register(lambda: sys.stderr.write('\\nVmHWM ' + "
+        "open('/proc/self/status').read().split('VmHWM:')[1].split()[0] + '\\n'))\n")
+
+
+def _measured(code: str, *args):
+    """Run python -c code args: the finished process and its own peak RSS in GB."""
+    done = subprocess.run([sys.executable, "-c", PEAK + code, *map(str, args)], capture_output=True, text=True)
+    kilobytes = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("VmHWM ")]
+    assert kilobytes, done.stderr
+    return done, int(kilobytes[-1]) / 2**20
 
 
 THUMBNAILS = """
