@@ -1,7 +1,8 @@
 """The web app's figures for bench/speed.py's query part (issue 19), measured through a real
 uvicorn server on loopback with real HTTP clients, on the database the CLI's figures use:
 - pages while queries run: `GET /` timed while 12 clients post queries at once;
-- query submit to result: the query page posted (upload, answer, rendered page back);
+- query submit to result: the query page posted (upload, answer, the redirect to the result's
+  page followed and that page rendered);
 - a warm web query beside the CLI's warm query, on the same database.
 """
 
@@ -50,8 +51,9 @@ def _post_alone(base: str, url: str, path: Path):
 
 
 def _post(client, url: str, path: Path):
+    # the query page answers with a redirect to the result's own page: followed, as a browser does
     response = client.post(url, files={"file": (path.name, path.read_bytes(), "image/jpeg")},
-                           headers={"Origin": str(client.base_url).rstrip("/")})
+                           headers={"Origin": str(client.base_url).rstrip("/")}, follow_redirects=True)
     response.raise_for_status()
     return response
 
