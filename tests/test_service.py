@@ -156,3 +156,14 @@ def test_a_bad_worker_count_is_one_line(enrolled, monkeypatch):
     result = enrolled("browse")
     assert result.exit_code != 0 and "SPECIMEN_ID_WORKERS='0'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_page_change_while_another_writer_holds_on_is_503_not_a_form_error(enrolled, monkeypatch):
+    monkeypatch.setenv("SPECIMEN_ID_LOCK_TIMEOUT", "0.5")
+    client = TestClient(create_app(enrolled.db), base_url="http://127.0.0.1")
+    held = FileLock(str(enrolled.db / "write.lock"))
+    with held:
+        reply = client.post("/specimens/he-tissue-a/rename", data={"new_name": "x"},
+                            headers={"Origin": "http://127.0.0.1"})
+    assert reply.status_code == 503 and "being written by another process" in reply.text
+    assert client.get("/api/specimens/he-tissue-a").status_code == 200  # nothing changed

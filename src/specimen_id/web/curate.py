@@ -13,7 +13,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from ..errors import SpecimenIdError
+from ..errors import DatabaseUnusable, SpecimenIdError
 from .pages import done, is_api, page, parse_metadata
 
 
@@ -48,6 +48,8 @@ def curation(service) -> APIRouter:
                         back=f"/specimens/{quote(name)}")
         try:
             return make()
+        except DatabaseUnusable:
+            raise  # locked, full disk: the app's 503 or 507, not a form to correct
         except (SpecimenIdError, HTTPException) as e:
             reason = str(e) if isinstance(e, SpecimenIdError) else e.detail
             return specimen_page(request, name, 400 if not isinstance(e, HTTPException) else e.status_code,
