@@ -25,7 +25,7 @@ from ..store.database import database_dir
 from ..store.renditions import rendition
 from ..text import name_problem, one_line
 from .curate import curation
-from .pages import done, for_the_page, is_api, page, parse_metadata
+from .pages import done, for_the_page, is_api, needs_review, page, parse_metadata, specimen_names
 from .safety import AllowedHosts, BodyLimit, SameOrigin, TokenRequired, machine_hosts
 
 MAX_UPLOAD_BYTES = 50_000_000
@@ -132,9 +132,6 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                 found.append({key: specimen[key] for key in ("name", "uuid", "metadata", "captures", "cover")})
         return found
 
-    def specimen_names() -> list[str]:
-        return [s["name"] for s in database().specimens()]
-
     @app.get("/", response_class=HTMLResponse)
     @app.get("/api/specimens")
     def specimens(request: Request, q: str = ""):
@@ -200,8 +197,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         if is_api(request):
             return queries
         # ambiguous decisions nobody has reviewed yet come first: they need a person
-        pending = [q for q in queries if q["decision"] == "ambiguous" and not q["review"]]
-        return page(request, "history.html", queries=queries, pending=pending)
+        return page(request, "history.html", queries=queries, pending=[q for q in queries if needs_review(q)])
 
     def logged(uuid_: str) -> dict:
         try:
@@ -237,8 +233,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
                      if row["decision"] == "ambiguous" and "contenders" in again else {})}
         if is_api(request):
             return result
-        pending = [q["uuid"] for q in database().queries(500)
-                   if q["decision"] == "ambiguous" and not q["review"] and q["uuid"] != uuid_]
+        pending = [q["uuid"] for q in database().queries(500) if needs_review(q) and q["uuid"] != uuid_]
         return page(request, "query.html", result=result, reviews=database().reviews_of(uuid_),
                     next_pending=pending[0] if pending else None)
 
@@ -286,7 +281,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
     @app.get("/enrol", response_class=HTMLResponse)
     def enrol_form(request: Request):
-        return page(request, "enrol.html", report=None, names=specimen_names())
+        return page(request, "enrol.html", report=None, names=specimen_names(database()))
 
     @app.post("/enrol")
     @app.post("/api/enrol")
@@ -301,7 +296,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
             if is_api(request):
                 raise HTTPException(400, message)
             return page(request, "enrol.html", 400, report=None, error=message, typed=typed,
-                        names=specimen_names())
+                        names=specimen_names(database()))
 
         if not name or not files:
             return refused("a specimen name and at least one file are needed")
@@ -328,7 +323,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         if report.refused or report.warnings:  # said on the page, which links to the specimen
             shown = {**data, "refused": [for_the_page(r) for r in data["refused"]],
                      "low_quality": any(isinstance(e, LowQuality) for e in report.refused)}
-            return page(request, "enrol.html", status, report=shown, typed=typed, names=specimen_names(),
+            return page(request, "enrol.html", status, report=shown, typed=typed, names=specimen_names(database()),
                         url=f"/specimens/{quote(name)}")
         return RedirectResponse(f"/specimens/{quote(name)}", status_code=303)
 

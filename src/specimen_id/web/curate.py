@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from ..errors import DatabaseUnusable, SpecimenIdError
-from .pages import done, is_api, page, parse_metadata
+from .pages import done, is_api, page, parse_metadata, specimen_names
 
 
 def curation(service) -> APIRouter:
@@ -34,8 +34,9 @@ def curation(service) -> APIRouter:
 
     def specimen_page(request: Request, name: str, status: int = 200, **problem):
         """The specimen's page, with `problem` ({form: ..., error: ..., typed: ...}) beside a form."""
-        names = [s["name"] for s in database().specimens() if s["name"] != name]
-        return page(request, "specimen.html", status, specimen=specimen_data(name), names=names, problem=problem)
+        data = specimen_data(name)
+        names = [n for n in specimen_names(database()) if n != data["name"]]
+        return page(request, "specimen.html", status, specimen=data, names=names, problem=problem)
 
     def change(request: Request, name: str, form: str, typed: dict, make, confirm: str | None = None):
         """Make a change from a form: on a page, ask first when `confirm` says what it will do,

@@ -37,6 +37,16 @@ def done(request: Request, url: str, data: dict):
     return RedirectResponse(url, status_code=303)
 
 
+def specimen_names(db) -> list[str]:
+    """Every specimen's name, to pick from in a form."""
+    return [s["name"] for s in db.specimens()]
+
+
+def needs_review(query: dict) -> bool:
+    """An `ambiguous` answer nobody has reviewed yet: it needs a person."""
+    return query["decision"] == "ambiguous" and not query["review"]
+
+
 def for_the_page(reason: str) -> str:
     for cli_way, web_way in WEB_WAYS_OUT.items():
         reason = reason.replace(cli_way, web_way)

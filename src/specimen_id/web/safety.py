@@ -25,11 +25,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-async def _reply(send, status: int, text: str) -> None:
+async def _reply(send, status: int, text: str, headers: tuple = ()) -> None:
     body = text.encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -154,7 +154,8 @@ class TokenRequired:
             path = (scope.get("raw_path") or quote(scope["path"]).encode()).split(b"?", 1)[0]  # (some
             # servers leave the query in it)
             path = b"/" + path.lstrip(b"/\\")  # never `//host/...`: that would lead off this site
-            return await _redirect(send, path + (f"?{rest}".encode() if rest else b""), [set_cookie])
+            location = (b"location", path + (f"?{rest}".encode() if rest else b""))
+            return await _reply(send, 303, "", (location, set_cookie))
 
         async def with_cookie(message):
             if message["type"] == "http.response.start":
@@ -164,15 +165,9 @@ class TokenRequired:
         await self.app(scope, receive, with_cookie)
 
 
-async def _redirect(send, location: bytes, headers: list) -> None:
-    await send({"type": "http.response.start", "status": 303,
-                "headers": [(b"location", location), (b"content-length", b"0"), *headers]})
-    await send({"type": "http.response.body", "body": b""})
-
-
 def machine_hosts() -> list[str]:
     """The names and addresses this machine answers to (what a browser on the lab's network
-    puts in the Host header), loopback included."""
+    puts in the Host header, once AllowedHosts has bracketed the IPv6 ones), loopback included."""
     import socket
 
     names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
@@ -188,7 +183,7 @@ def machine_hosts() -> list[str]:
                 names.add(probe.getsockname()[0])
         except OSError:
             pass
-    return sorted(host_pattern(name) for name in names)
+    return sorted(names)
 
 
 def host_pattern(host: str) -> str:
