@@ -102,3 +102,20 @@ def test_answers_do_not_depend_on_the_order_of_enrolment(run, tmp_path):
                          [(c["specimen"], round(c["score"], 9)) for c in a["candidates"]])
                         for a in map(json.loads, lines)])
     assert answers[0] == answers[1]
+
+
+def test_a_shortlist_verified_in_parts_on_threads_gives_what_each_pair_gives_alone():
+    """verify_many splits a shortlist over threads (threads.py) and compares descriptors a part
+    at a time: every candidate must get exactly the evidence it gets verified on its own."""
+    from specimen_id import local_features
+    from specimen_id.verification import verify, verify_many
+
+    files = sorted(p for p in DATA.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert len(files) >= 20  # enough for more than one part
+    features = [local_features.extract(images.load(p).pixels) for p in files]
+    query = local_features.extract(images.load(REAL / "tile-a07-remounted.png").pixels)
+    together = verify_many(query, features)
+    alone = [verify(query, f) for f in features]
+    assert [(v.inliers, v.spread, v.correlation, v.details, v.placement) for v in together] == \
+        [(v.inliers, v.spread, v.correlation, v.details, v.placement) for v in alone]
+    assert max(v.inliers for v in together) >= 15  # the remounted tile's own capture is among them

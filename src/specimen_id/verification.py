@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import threads
 from .fixed_pattern import Pattern
 from .local_features import HIGHPASS_PX, THUMB_SIZE, WORK_SIZE, LocalFeatures
 
@@ -56,6 +57,7 @@ PLACE_CORRELATION = 0.3
 # alignment (fixed_pattern: the cohort); below it nothing could come of it.
 COHORT_FROM = 0.3
 SAME_FIELD = 0.9  # correlation at which two enrolled captures are taken to show one field
+MIN_PART = 8  # candidates; fewer are not worth a thread's hand-over
 
 
 class Placement(NamedTuple):
@@ -88,17 +90,29 @@ def verify(query: LocalFeatures, candidate: LocalFeatures, pattern: Pattern | No
 
 def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
                 pattern: Pattern | None = None) -> list[Verification]:
-    """`verify` against each candidate. The descriptor comparisons of all candidates are one
-    matrix product (RootSIFT vectors have unit length, so the nearest neighbour by distance is
-    the one with the largest dot product): a shortlist of 100 is verified several times faster
-    than pair by pair."""
+    """`verify` against each candidate. A shortlist is verified in parts on a shared pool of
+    threads (threads.py). Within a part the descriptor comparisons are one matrix product
+    (RootSIFT vectors have unit length, so the nearest neighbour by distance is the one with
+    the largest dot product): several times faster than pair by pair."""
+    threads.settle()
+    query.root_sift, query.thumb32  # (cached once, before the threads read them)
+    query_thumb = pattern.clean(query.thumb32) if pattern else query.thumb32
+    query_centre = _centre(query_thumb)
+    size = max(MIN_PART, -(-len(candidates) // threads.VERIFY_THREADS))
+    parts = [candidates[i:i + size] for i in range(0, len(candidates), size)]
+    if len(parts) < 2:
+        return _verify_part(query, query_thumb, query_centre, candidates, pattern)
+    done = threads.pool().map(lambda part: _verify_part(query, query_thumb, query_centre, part, pattern), parts)
+    return [v for part in done for v in part]
+
+
+def _verify_part(query: LocalFeatures, query_thumb: np.ndarray, query_centre, candidates: list[LocalFeatures],
+                 pattern: Pattern | None) -> list[Verification]:
     from .products import matmul
 
     usable = [c for c in candidates if len(c) >= 3] if len(query) >= 3 else []
     similarity = matmul(query.root_sift, np.concatenate([c.root_sift for c in usable]),
                         b_transposed=True) if usable else None
-    query_thumb = pattern.clean(query.thumb32) if pattern else query.thumb32
-    query_centre = _centre(query_thumb)
     results, start = [], 0
     for candidate in candidates:
         fit = None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import threads
 from ..products import matmul
 from .files import write_atomic
 
@@ -211,7 +212,8 @@ class VectorIndex:
         """(scores, ids), each (n, k); ids are -1 where fewer than k vectors exist."""
         k = max(1, min(k, len(self))) if len(self) else 1
         vectors = np.ascontiguousarray(vectors, np.float32)
-        scores, ids = self.index.search(vectors, k * REFINE if self.exact is not None else k)
+        with threads.faiss_threads(len(vectors)):
+            scores, ids = self.index.search(vectors, k * REFINE if self.exact is not None else k)
         if self.exact is not None:
             return rerank(vectors, ids, k, lambda found: (found, self.exact.reconstruct_batch(found)))
         if self.kind == "compact":  # squared L2 between unit vectors = 2 - 2 cos
