@@ -72,3 +72,10 @@ def test_a_database_url_without_a_backend_is_refused(run, tmp_path, monkeypatch)
             result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
             assert result.exit_code == 3 and result.stderr.strip().splitlines() == [line], result.output
     assert [p.name for p in tmp_path.iterdir()] == ["a.tar"]  # no folder named postgresql:
+    # a password in the URL is never shown
+    for url, shown in (("postgresql://lab:s3cret@host/specimens", "postgresql://lab:***@host/specimens"),
+                       ("postgresql:///specimens?user=lab&password=s3cret&host=/run/pg",
+                        "postgresql:///specimens?user=lab&password=***&host=/run/pg")):
+        result = CliRunner().invoke(cli, ["--db", url, "list"])
+        assert result.exit_code == 3 and "s3cret" not in result.output, result.output
+        assert result.stderr.startswith(f"error: {shown}: "), result.stderr

@@ -69,9 +69,15 @@ def database_dir(location) -> Path:
     build has no backend for it (and a folder named `postgresql:` helps nobody)."""
     scheme = URL_SCHEME.match(str(location))
     if scheme:
-        raise DatabaseUnusable(f"{location}: this specimen-id has no backend for {scheme.group(1)}:// "
-                               "databases; give a database directory")
+        raise DatabaseUnusable(f"{redacted(str(location))}: this specimen-id has no backend for "
+                               f"{scheme.group(1)}:// databases; give a database directory")
     return Path(location)
+
+
+def redacted(url: str) -> str:
+    """A database URL as it may be shown: its password (user:PASSWORD@ or ?password=) as ***."""
+    url = re.sub(r"^([^:/?#]+://[^:/?#@]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def default_path() -> Path:
