@@ -273,6 +273,30 @@ def test_a_review_names_the_specimen_and_keeps_its_history(client):
     assert "current:" in page and "shows none of those offered" in page and "shows he-tissue-a" in page
 
 
+def test_this_one_names_the_specimen_that_holds_the_capture_not_a_name_taken_again(client, enrolled):
+    """"This one" on a logged query sends the candidate's capture: a specimen purged since the
+    query, whose name was given to a new specimen, is not the one the person saw."""
+    qid = _upload(client, QUERIES / "recapture-he-tissue-a.jpg", "/api/query").json()["query_id"]
+    shown = client.get(f"/api/queries/{qid}").json()["candidates"]
+    first, other = shown[0], next(c for c in shown if c["specimen"] != shown[0]["specimen"])
+    assert first["specimen"] == "he-tissue-a"
+    page = html.unescape(client.get(f"/queries/{qid}").text)
+    assert f'name="capture" value="{first["capture"]}"' in page  # what the "this one" button sends
+    url = f"/api/queries/{qid}/review"
+    assert client.post(url, data={"reviewer": "ada", "capture": first["capture"]},
+                       headers=SAME_SITE).json()["specimen"] == "he-tissue-a"
+    # he-tissue-a removed and purged; its name taken by a new specimen of other pixels
+    assert enrolled("remove", "he-tissue-a").exit_code == 0 and enrolled("purge", "he-tissue-a").exit_code == 0
+    assert enrolled("enroll", "-s", "he-tissue-a", QUERIES / "never-enrolled-1.jpg").exit_code == 0
+    refused = client.post(url, data={"reviewer": "ada", "capture": first["capture"]}, headers=SAME_SITE)
+    assert refused.status_code == 404 and "no longer enrolled" in refused.text
+    assert client.get(f"/api/queries/{qid}").json()["review"]["specimen"] is None  # (purged with it)
+    # a capture moved to another specimen since: the review names the one that holds it now
+    assert enrolled("merge", other["specimen"], "he-tissue-a").exit_code == 0
+    assert client.post(url, data={"reviewer": "ada", "capture": other["capture"]},
+                       headers=SAME_SITE).json()["specimen"] == "he-tissue-a"
+
+
 def test_the_query_page_redirects_to_its_result_and_shows_its_warnings(client):
     posted = _upload(client, DATA / "quality" / "blurred-field.png", follow_redirects=False)
     assert posted.status_code == 303 and posted.headers["location"].startswith("/queries/")

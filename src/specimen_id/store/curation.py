@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import SpecimenIdError, SpecimenRemoved
+from ..errors import SpecimenIdError, SpecimenRemoved, UnknownSpecimen
 from ..text import name_problem
 from .querylog import decoded
 from .settings import now
@@ -109,12 +109,17 @@ class Curation:
             self._audit("edit", specimen, before=before, after=after)
 
     def review(self, query_uuid: str, verdict: str, reviewer: str, note: str = "",
-               specimen: str | None = None) -> None:
+               specimen: str | None = None, capture: str | None = None) -> str | None:
         """Record a person's answer to a logged query (the latest one counts, every one stays):
-        'specimen' (it shows this enrolled specimen), 'none' (none of those offered), or the
-        older verdicts on its decision, 'confirmed' and 'rejected', which name no specimen."""
+        'specimen' (it shows this enrolled specimen, named, or as the specimen that now holds
+        the candidate's `capture`: a name may have been freed by a purge and taken again since
+        the query was logged), 'none' (none of those offered), or the older verdicts on its
+        decision, 'confirmed' and 'rejected', which name no specimen. Returns the specimen's name."""
         if verdict not in VERDICTS:
             raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
+        if specimen and capture:
+            raise SpecimenIdError("name the specimen or its capture, not both")
+        specimen = specimen or capture
         if (verdict == "specimen") != bool(specimen):
             raise SpecimenIdError("name the specimen the query shows, or review it as none of those")
         if not reviewer.strip():
@@ -126,13 +131,23 @@ class Curation:
                                   "ON s.id = q.specimen_id WHERE q.uuid = ?", [query_uuid]).fetchone()
             if row is None:
                 raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
-            named = self.specimen(specimen) if specimen else None
+            named = self._holder(capture) if capture else self.specimen(specimen) if specimen else None
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "specimen_id": named["id"] if named else None,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
             self._audit("review", named or ({"uuid": row[1], "name": row[2]} if row[1] else None),
                         query=query_uuid, after={"verdict": verdict, "specimen": named and named["name"],
                                                  "reviewer": reviewer.strip(), "note": note})
+        return named["name"] if named else None
+
+    def _holder(self, capture_uuid: str) -> dict:
+        """The enrolled specimen that holds this capture now."""
+        row = self.db.execute("SELECT s.uuid FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                              "WHERE c.uuid = ? AND s.removed_at IS NULL", [capture_uuid]).fetchone()
+        if row is None:
+            raise UnknownSpecimen(f"the capture {capture_uuid} is no longer enrolled (its specimen was removed "
+                                  "or purged since the query); name the specimen the query shows instead")
+        return self.specimen(row[0])
 
     def reviews_of(self, query_uuid: str) -> list[dict]:
         """Every review of a logged query, newest first, with the specimen each names."""

@@ -330,15 +330,16 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.post("/queries/{uuid_}/review")
     @app.post("/api/queries/{uuid_}/review")
     def review(request: Request, uuid_: str, reviewer: str = Form(), note: str = Form(""),
-               specimen: str = Form(""), none: bool = Form(False), verdict: str = Form("")):
-        """What the query shows: `specimen` (this one), `none` (none of those offered), or an
-        older `verdict` on the decision (confirmed, rejected)."""
-        answer = "specimen" if specimen else "none" if none else verdict
-        if sum(map(bool, (specimen, none, verdict))) != 1:
+               specimen: str = Form(""), capture: str = Form(""), none: bool = Form(False),
+               verdict: str = Form("")):
+        """What the query shows: `specimen` (named), `capture` (the specimen that holds that
+        candidate's capture: "this one"), `none` (none of those offered), or an older `verdict`
+        on the decision (confirmed, rejected)."""
+        answer = "specimen" if specimen or capture else "none" if none else verdict
+        if sum(map(bool, (specimen, capture, none, verdict))) != 1:
             raise HTTPException(400, "choose the specimen the query shows, or none of these")
-        database().review(uuid_, answer, reviewer, note, specimen=specimen or None)
-        return done(request, f"/queries/{uuid_}", {"query_id": uuid_, "verdict": answer,
-                                                   "specimen": specimen or None})
+        named = database().review(uuid_, answer, reviewer, note, specimen=specimen or None, capture=capture or None)
+        return done(request, f"/queries/{uuid_}", {"query_id": uuid_, "verdict": answer, "specimen": named})
 
     @app.post("/queries/{uuid_}/enrol")
     @app.post("/api/queries/{uuid_}/enrol")
