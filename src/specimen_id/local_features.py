@@ -22,7 +22,6 @@ of inliers; a Gaussian blur of 1.5 px at 512 px (BLUR_PX at the working size) re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -50,17 +49,26 @@ class LocalFeatures:
     def __len__(self) -> int:
         return len(self.points)
 
-    @cached_property
+    # Cached by hand, not by functools.cached_property: before Python 3.12 that holds one lock
+    # for every instance while it computes, and verification's threads would take turns on it
+    # (two threads computing one value at once both get the same numbers).
+    @property
     def root_sift(self) -> np.ndarray:
         """RootSIFT (Hellinger kernel): better matching than raw SIFT for the same cost;
         computed once, as a query is verified against many candidates."""
-        d = self.descriptors.astype(np.float32)
-        return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6))
+        found = self.__dict__.get("_root_sift")
+        if found is None:
+            d = self.descriptors.astype(np.float32)
+            found = self.__dict__["_root_sift"] = np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6))
+        return found
 
-    @cached_property
+    @property
     def thumb32(self) -> np.ndarray:
         """The thumbnail as OpenCV's correlation wants it (float32), converted once."""
-        return self.thumbnail.astype(np.float32)
+        found = self.__dict__.get("_thumb32")
+        if found is None:
+            found = self.__dict__["_thumb32"] = self.thumbnail.astype(np.float32)
+        return found
 
     @property
     def work_shape(self) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import os
 import threading
 from contextlib import contextmanager
 
-VERIFY_THREADS = os.cpu_count() or 1
+VERIFY_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 _settled = False
 _lock = threading.Lock()
@@ -27,7 +27,9 @@ _pool = None
 
 
 def settle() -> None:
-    """Set OpenBLAS to one thread in numpy and OpenCV (once per process, after they load)."""
+    """Set OpenBLAS to one thread in numpy and OpenCV, once per process (verification calls it
+    before its first product: cv2 must be loaded for its OpenBLAS to be found, and importing
+    it any earlier would make every import of specimen_id heavy)."""
     global _settled
     if _settled:
         return
@@ -52,6 +54,17 @@ def pool():
 
             _pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
     return _pool
+
+
+def _after_fork() -> None:
+    """A forked child has none of its parent's threads: it starts its own pool when it needs
+    one (the inherited one would queue work for threads that do not exist)."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextmanager

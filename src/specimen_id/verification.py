@@ -57,7 +57,7 @@ PLACE_CORRELATION = 0.3
 # alignment (fixed_pattern: the cohort); below it nothing could come of it.
 COHORT_FROM = 0.3
 SAME_FIELD = 0.9  # correlation at which two enrolled captures are taken to show one field
-MIN_PART = 8  # candidates; fewer are not worth a thread's hand-over
+MIN_PART = 8  # candidates a part holds at least; fewer are not worth a thread's hand-over
 
 
 class Placement(NamedTuple):
@@ -98,10 +98,11 @@ def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
     query.root_sift, query.thumb32  # (cached once, before the threads read them)
     query_thumb = pattern.clean(query.thumb32) if pattern else query.thumb32
     query_centre = _centre(query_thumb)
-    size = max(MIN_PART, -(-len(candidates) // threads.VERIFY_THREADS))
-    parts = [candidates[i:i + size] for i in range(0, len(candidates), size)]
-    if len(parts) < 2:
+    count = min(threads.VERIFY_THREADS, len(candidates) // MIN_PART)
+    if count < 2:
         return _verify_part(query, query_thumb, query_centre, candidates, pattern)
+    size = -(-len(candidates) // count)
+    parts = [candidates[i:i + size] for i in range(0, len(candidates), size)]
     done = threads.pool().map(lambda part: _verify_part(query, query_thumb, query_centre, part, pattern), parts)
     return [v for part in done for v in part]
 
