@@ -6,6 +6,9 @@ import pytest
 from conftest import DATA, QUERIES, SPECIMENS
 from fastapi.testclient import TestClient
 
+from specimen_id.search.calibrate import reviewed_pairs
+from specimen_id.search.score import SCORE_KIND
+from specimen_id.store import Database
 from specimen_id.web import create_app
 
 SAME_SITE = {"Origin": "http://127.0.0.1"}
@@ -289,12 +292,21 @@ def test_this_one_names_the_specimen_that_holds_the_capture_not_a_name_taken_aga
     assert enrolled("remove", "he-tissue-a").exit_code == 0 and enrolled("purge", "he-tissue-a").exit_code == 0
     assert enrolled("enroll", "-s", "he-tissue-a", QUERIES / "never-enrolled-1.jpg").exit_code == 0
     refused = client.post(url, data={"reviewer": "ada", "capture": first["capture"]}, headers=SAME_SITE)
-    assert refused.status_code == 404 and "no longer enrolled" in refused.text
+    assert refused.status_code == 404 and refused.json()["error"] == (
+        f"the capture {first['capture']} is no longer enrolled: its specimen was removed or purged since; "
+        "review the query with the specimen's name, or as none of these")
     assert client.get(f"/api/queries/{qid}").json()["review"]["specimen"] is None  # (purged with it)
-    # a capture moved to another specimen since: the review names the one that holds it now
-    assert enrolled("merge", other["specimen"], "he-tissue-a").exit_code == 0
+    unknown = client.post(url, data={"reviewer": "ada", "capture": "0" * 32}, headers=SAME_SITE)
+    assert unknown.status_code == 404 and unknown.json()["error"] == f"no capture {'0' * 32} in this database"
+    # a capture moved to another specimen since: the review names the one that holds it now, and
+    # calibration still counts that candidate's score as the genuine one
+    assert enrolled("move", other["capture"], "he-tissue-a").exit_code == 0
     assert client.post(url, data={"reviewer": "ada", "capture": other["capture"]},
                        headers=SAME_SITE).json()["specimen"] == "he-tissue-a"
+    with Database(enrolled.db) as db:
+        (review,) = [r for r in db.reviewed(SCORE_KIND) if r["capture"] == other["capture"]]
+    genuine, impostor = reviewed_pairs(review)
+    assert genuine == [other["score"]] and other["score"] not in impostor
 
 
 def test_the_query_page_redirects_to_its_result_and_shows_its_warnings(client):

@@ -48,6 +48,17 @@ class UnknownSpecimen(SpecimenIdError):
         super().__init__(f"no specimen named {name!r} (see `specimen-id list`)")
 
 
+class CaptureGone(UnknownSpecimen):
+    """A capture named by its uuid (a review's "this one") that no enrolled specimen holds."""
+
+    def __init__(self, capture_uuid: str, removed: bool):
+        self.name = capture_uuid
+        SpecimenIdError.__init__(self, (
+            f"the capture {capture_uuid} is no longer enrolled: its specimen was removed or purged since; "
+            "review the query with the specimen's name, or as none of these") if removed else (
+            f"no capture {capture_uuid} in this database"))
+
+
 class SpecimenRemoved(UnknownSpecimen):
     """A soft-deleted specimen: gone from list and query, its name reserved until purged."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import SpecimenIdError, SpecimenRemoved, UnknownSpecimen
+from ..errors import CaptureGone, SpecimenIdError, SpecimenRemoved
 from ..text import name_problem
 from .querylog import decoded
 from .settings import now
@@ -133,21 +133,23 @@ class Curation:
                 raise SpecimenIdError(f"no logged query {query_uuid} (see the history)")
             named = self._holder(capture) if capture else self.specimen(specimen) if specimen else None
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
-                                       "specimen_id": named["id"] if named else None,
+                                       "specimen_id": named["id"] if named else None, "capture_uuid": capture,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
             self._audit("review", named or ({"uuid": row[1], "name": row[2]} if row[1] else None),
                         query=query_uuid, after={"verdict": verdict, "specimen": named and named["name"],
-                                                 "reviewer": reviewer.strip(), "note": note})
+                                                 "capture": capture, "reviewer": reviewer.strip(), "note": note})
         return named["name"] if named else None
 
     def _holder(self, capture_uuid: str) -> dict:
         """The enrolled specimen that holds this capture now."""
-        row = self.db.execute("SELECT s.uuid FROM captures c JOIN specimens s ON s.id = c.specimen_id "
-                              "WHERE c.uuid = ? AND s.removed_at IS NULL", [capture_uuid]).fetchone()
-        if row is None:
-            raise UnknownSpecimen(f"the capture {capture_uuid} is no longer enrolled (its specimen was removed "
-                                  "or purged since the query); name the specimen the query shows instead")
-        return self.specimen(row[0])
+        rows = list(self.db.query("SELECT s.* FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                                  "WHERE c.uuid = ? AND s.removed_at IS NULL", [capture_uuid]))
+        if not rows:  # removed with its specimen, purged (the audit trail keeps its uuid), or never
+            purged = self.db.execute("SELECT 1 FROM audit WHERE capture_uuid = ? OR instr(changes, ?) LIMIT 1",
+                                     [capture_uuid, capture_uuid]).fetchone()
+            held = self.db.execute("SELECT 1 FROM captures WHERE uuid = ?", [capture_uuid]).fetchone()
+            raise CaptureGone(capture_uuid, removed=bool(held or purged))
+        return decoded(rows[0])
 
     def reviews_of(self, query_uuid: str) -> list[dict]:
         """Every review of a logged query, newest first, with the specimen each names."""
@@ -158,9 +160,11 @@ class Curation:
 
     def reviewed(self, score_kind: str) -> list[dict]:
         """The latest review of every query scored this way, with what the query was answered:
-        verdict, the specimen the review names, decision, decided specimen, score, candidates."""
+        verdict, the specimen the review names (and the capture, when "this one" named it),
+        decision, decided specimen, score, candidates."""
         return [decoded(r) for r in self.db.query(
-            "SELECT r.verdict, rs.name AS named, q.decision, qs.name AS specimen, q.score, q.candidates "
+            "SELECT r.verdict, rs.name AS named, r.capture_uuid AS capture, q.decision, qs.name AS specimen, "
+            "q.score, q.candidates "
             "FROM queries q JOIN reviews r ON r.query_id = q.id LEFT JOIN specimens rs ON rs.id = r.specimen_id "
             "LEFT JOIN specimens qs ON qs.id = q.specimen_id WHERE q.score_kind = ? AND r.id = "
             "(SELECT MAX(id) FROM reviews WHERE query_id = q.id)", [score_kind])]

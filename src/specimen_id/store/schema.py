@@ -184,6 +184,11 @@ MIGRATIONS = [
     ALTER TABLE queries ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE queries ADD COLUMN margin REAL;
     """,
+    # 11: a review given by "this one" keeps the candidate's capture: after a move the capture's
+    # specimen is another than the one the logged query names, and calibration pairs by capture.
+    """
+    ALTER TABLE reviews ADD COLUMN capture_uuid TEXT;
+    """,
 ]
 
 
