@@ -4,12 +4,15 @@ a `--db` URL for a backend this build does not have."""
 
 import sqlite3
 
+import pytest
 from click.testing import CliRunner
 from conftest import QUERIES, SPECIMENS
 from fastapi.testclient import TestClient
 from test_backup import _with_database
 
 from specimen_id.cli import cli
+from specimen_id.errors import DatabaseUnusable
+from specimen_id.store import Database
 from specimen_id.store.schema import MIGRATIONS
 from specimen_id.web import create_app
 
@@ -72,10 +75,17 @@ def test_a_database_url_without_a_backend_is_refused(run, tmp_path, monkeypatch)
             result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
             assert result.exit_code == 3 and result.stderr.strip().splitlines() == [line], result.output
     assert [p.name for p in tmp_path.iterdir()] == ["a.tar"]  # no folder named postgresql:
-    # a password in the URL is never shown
+    # a password in the URL is never shown, however it is written
     for url, shown in (("postgresql://lab:s3cret@host/specimens", "postgresql://lab:***@host/specimens"),
+                       ("postgresql://lab:s3/c@ret@host/specimens", "postgresql://lab:***@host/specimens"),
                        ("postgresql:///specimens?user=lab&password=s3cret&host=/run/pg",
-                        "postgresql:///specimens?user=lab&password=***&host=/run/pg")):
+                        "postgresql:///specimens?user=lab&password=***&host=/run/pg"),
+                       ("host=/run/pg dbname=specimens password=s3cret", "host=/run/pg dbname=specimens password=***")):
         result = CliRunner().invoke(cli, ["--db", url, "list"])
         assert result.exit_code == 3 and "s3cret" not in result.output, result.output
         assert result.stderr.startswith(f"error: {shown}: "), result.stderr
+    # the library's default (SPECIMEN_ID_DB) is refused the same way, keeping the URL's //
+    monkeypatch.setenv("SPECIMEN_ID_DB", "postgresql://lab:s3cret@host/specimens")
+    with pytest.raises(DatabaseUnusable, match=r"^postgresql://lab:\*\*\*@host/specimens: "):
+        Database()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar"]

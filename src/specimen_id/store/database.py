@@ -47,6 +47,7 @@ from .watched import Watched
 
 DB_ENV = "SPECIMEN_ID_DB"
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # postgresql://..., not C:/ or a name
+CONNINFO = re.compile(r"(^|\s)(host|hostaddr|dbname|user|password|port|service|sslmode)\s*=", re.IGNORECASE)
 DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
 
@@ -65,23 +66,34 @@ def _authorizer(database):
 
 
 def database_dir(location) -> Path:
-    """The directory a --db value names. A URL is refused before anything is created: this
-    build has no backend for it (and a folder named `postgresql:` helps nobody)."""
-    scheme = URL_SCHEME.match(str(location))
+    """The directory a --db value names. A URL, or a libpq connection string, is refused before
+    anything is created: this build has no backend for it (and a folder named `postgresql:`
+    helps nobody)."""
+    text = str(location).strip()
+    scheme = URL_SCHEME.match(text)
     if scheme:
-        raise DatabaseUnusable(f"{redacted(str(location))}: this specimen-id has no backend for "
+        raise DatabaseUnusable(f"{redacted(text)}: this specimen-id has no backend for "
                                f"{scheme.group(1)}:// databases; give a database directory")
+    if CONNINFO.search(text):
+        raise DatabaseUnusable(f"{redacted(text)}: this looks like a PostgreSQL connection string, and this "
+                               "specimen-id has no backend for it; give a database directory")
     return Path(location)
 
 
 def redacted(url: str) -> str:
-    """A database URL as it may be shown: its password (user:PASSWORD@ or ?password=) as ***."""
-    url = re.sub(r"^([^:/?#]+://[^:/?#@]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+    """A database URL or connection string as it may be shown: every password in it as ***
+    (whatever follows user: up to the last @, and any password-like parameter)."""
+    url = url.strip()
+    login = re.match(r"^([^:/?#]+://)(.*)@([^@]*)$", url, re.DOTALL)
+    if login and ":" in login.group(2):
+        url = f"{login.group(1)}{login.group(2).split(':', 1)[0]}:***@{login.group(3)}"
+    return re.sub(r"((?:pass|pwd|secret|token)[\w-]*\s*(?:=|%3D)\s*)('[^']*'|[^&;#\s%]*)", r"\1***", url,
+                  flags=re.IGNORECASE)
 
 
-def default_path() -> Path:
-    return Path(os.environ.get(DB_ENV) or DEFAULT_DIR)
+def default_path() -> str:
+    """The --db default: SPECIMEN_ID_DB as given (a URL must keep its //), else specimen-db."""
+    return os.environ.get(DB_ENV) or DEFAULT_DIR
 
 
 def lock_timeout() -> float:
