@@ -254,3 +254,32 @@ def test_reviews_that_name_the_specimen_feed_calibration(enrolled, tmp_path):
     with Database(enrolled.db) as db:
         assert db.reviews_of(named["query_id"])[0]["specimen"] == "he-tissue-b"
         assert [r["verdict"] for r in db.reviews_of(nothing["query_id"])] == ["none"]
+
+
+def test_a_this_one_review_stays_with_its_capture_through_merges_and_moves(enrolled):
+    """A review given by "this one" names a capture: after a merge that folds its candidate
+    into another's, or a move of the capture to a third specimen, calibration still takes that
+    candidate as the genuine score, and counts as impostors only captures held by others."""
+    from specimen_id.search.calibrate import reviewed_pairs
+
+    (answer,) = _answers(enrolled, QUERIES / "recapture-he-tissue-a.jpg")
+    clicked = next(c for c in answer["candidates"] if c["specimen"] == "he-tissue-a")
+    with Database(enrolled.db) as db:
+        assert db.review(answer["query_id"], "specimen", "ada", capture=clicked["capture"]) == "he-tissue-a"
+
+    def pairs():
+        with Database(enrolled.db) as db:
+            (review,) = db.reviewed(SCORE_KIND)
+        return review["named"], reviewed_pairs(review)
+
+    others = [c for c in answer["candidates"] if shows_field(c) and c is not clicked]
+    assert pairs() == ("he-tissue-a", ([clicked["score"]], [c["score"] for c in others]))
+    assert enrolled("merge", "he-tissue-a", "he-tissue-b").exit_code == 0
+    folded = [c for c in others if c["specimen"] != "he-tissue-b"]  # he-tissue-b's own is now the same specimen's
+    named, (genuine, impostor) = pairs()
+    assert named == "he-tissue-b" and genuine == [clicked["score"]] and sorted(impostor) == sorted(
+        c["score"] for c in folded)
+    assert enrolled("move", clicked["capture"], "fluo-nuclei-a").exit_code == 0
+    named, (genuine, impostor) = pairs()
+    assert named == "fluo-nuclei-a" and genuine == [clicked["score"]]
+    assert sorted(impostor) == sorted(c["score"] for c in others if c["specimen"] != "fluo-nuclei-a")

@@ -101,8 +101,8 @@ def verify_many(query: LocalFeatures, candidates: list[LocalFeatures],
     count = min(threads.VERIFY_THREADS, len(candidates) // MIN_PART)
     if count < 2:
         return _verify_part(query, query_thumb, query_centre, candidates, pattern)
-    size = -(-len(candidates) // count)
-    parts = [candidates[i:i + size] for i in range(0, len(candidates), size)]
+    n = len(candidates)
+    parts = [candidates[i * n // count:(i + 1) * n // count] for i in range(count)]
     done = threads.pool().map(lambda part: _verify_part(query, query_thumb, query_centre, part, pattern), parts)
     return [v for part in done for v in part]
 

@@ -41,10 +41,14 @@ def reviewed_pairs(review: dict) -> tuple[list[float], list[float]]:
     if review["verdict"] == "specimen" and review["named"] is None:
         return [], []  # the specimen it named was purged since: nothing to pair it with
     shown = [c for c in review["candidates"] if shows_field(c)]
-    if review.get("capture"):  # "this one": that candidate, whichever specimen holds its capture now
-        genuine = [c for c in shown if c["capture"] == review["capture"]]
-        impostor = [c["score"] for c in shown if c["capture"] != review["capture"] and c["specimen"] != review["named"]]
-        return [genuine[0]["score"] if genuine else 0.0], impostor
+    if review.get("capture"):
+        # "this one": that candidate (or, merged away since, the one of the specimen holding its
+        # capture now) is genuine; a candidate is an impostor when its capture is held by
+        # another specimen now, or by none
+        genuine = next((c for c in review["candidates"] if c["capture"] == review["capture"]), None) or next(
+            (c for c in review["candidates"] if c.get("holder") == review["named"]), None)
+        impostor = [c["score"] for c in shown if c is not genuine and c.get("holder") != review["named"]]
+        return [genuine["score"] if genuine else 0.0], impostor
     impostor = [c["score"] for c in shown if c["specimen"] != review["named"]]
     if review["verdict"] == "none":
         return [], impostor

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 from ..errors import CaptureGone, SpecimenIdError, SpecimenRemoved
 from ..text import name_problem
@@ -135,7 +136,7 @@ class Curation:
             self.db["reviews"].insert({"query_id": row[0], "verdict": verdict,
                                        "specimen_id": named["id"] if named else None, "capture_uuid": capture,
                                        "reviewer": reviewer.strip(), "note": note, "created_at": now()})
-            self._audit("review", named or ({"uuid": row[1], "name": row[2]} if row[1] else None),
+            self._audit("review", named or ({"uuid": row[1], "name": row[2]} if row[1] else None), capture,
                         query=query_uuid, after={"verdict": verdict, "specimen": named and named["name"],
                                                  "capture": capture, "reviewer": reviewer.strip(), "note": note})
         return named["name"] if named else None
@@ -145,9 +146,13 @@ class Curation:
         rows = list(self.db.query("SELECT s.* FROM captures c JOIN specimens s ON s.id = c.specimen_id "
                                   "WHERE c.uuid = ? AND s.removed_at IS NULL", [capture_uuid]))
         if not rows:  # removed with its specimen, purged (the audit trail keeps its uuid), or never
-            purged = self.db.execute("SELECT 1 FROM audit WHERE capture_uuid = ? OR instr(changes, ?) LIMIT 1",
-                                     [capture_uuid, capture_uuid]).fetchone()
+            try:
+                uuid.UUID(capture_uuid)
+            except ValueError:
+                raise CaptureGone(capture_uuid, removed=False) from None
             held = self.db.execute("SELECT 1 FROM captures WHERE uuid = ?", [capture_uuid]).fetchone()
+            purged = self.db.execute("SELECT 1 FROM audit WHERE capture_uuid = ? OR instr(changes, ?) LIMIT 1",
+                                     [capture_uuid, json.dumps(capture_uuid)]).fetchone()
             raise CaptureGone(capture_uuid, removed=bool(held or purged))
         return decoded(rows[0])
 
@@ -162,12 +167,32 @@ class Curation:
         """The latest review of every query scored this way, with what the query was answered:
         verdict, the specimen the review names (and the capture, when "this one" named it),
         decision, decided specimen, score, candidates."""
-        return [decoded(r) for r in self.db.query(
+        rows = [decoded(r) for r in self.db.query(
             "SELECT r.verdict, rs.name AS named, r.capture_uuid AS capture, q.decision, qs.name AS specimen, "
             "q.score, q.candidates "
             "FROM queries q JOIN reviews r ON r.query_id = q.id LEFT JOIN specimens rs ON rs.id = r.specimen_id "
             "LEFT JOIN specimens qs ON qs.id = q.specimen_id WHERE q.score_kind = ? AND r.id = "
             "(SELECT MAX(id) FROM reviews WHERE query_id = q.id)", [score_kind])]
+        # a review by capture is judged by who holds each capture now (moves and purges since
+        # the query change that, and a purged name may have been taken again)
+        chosen = [r for r in rows if r["capture"]]
+        uuids = {c["capture"] for r in chosen for c in r["candidates"]} | {r["capture"] for r in chosen}
+        holders = self._holders(uuids)
+        for r in chosen:
+            r["named"] = holders.get(r["capture"])
+            for c in r["candidates"]:
+                c["holder"] = holders.get(c["capture"])
+        return rows
+
+    def _holders(self, capture_uuids) -> dict[str, str]:
+        """capture uuid -> the name of the enrolled specimen that holds it now."""
+        found, uuids = {}, list(capture_uuids)
+        for i in range(0, len(uuids), 500):
+            chunk = uuids[i:i + 500]
+            found.update(self.db.execute(
+                f"SELECT c.uuid, s.name FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                f"WHERE s.removed_at IS NULL AND c.uuid IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return found
 
     def _rename_in_logged_candidates(self, old: str, new: str) -> None:
         """Past results name their candidates; keep them pointing at the specimen as it is now

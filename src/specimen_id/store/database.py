@@ -47,7 +47,7 @@ from .watched import Watched
 
 DB_ENV = "SPECIMEN_ID_DB"
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # postgresql://..., not C:/ or a name
-CONNINFO = re.compile(r"(^|\s)(host|hostaddr|dbname|user|password|port|service|sslmode)\s*=", re.IGNORECASE)
+CONNINFO = re.compile(r"^(host|hostaddr|dbname|user|password|port|service|sslmode)=", re.IGNORECASE)
 DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
 
@@ -74,7 +74,7 @@ def database_dir(location) -> Path:
     if scheme:
         raise DatabaseUnusable(f"{redacted(text)}: this specimen-id has no backend for "
                                f"{scheme.group(1)}:// databases; give a database directory")
-    if CONNINFO.search(text):
+    if CONNINFO.match(text) and all("=" in token for token in text.split()) and not Path(location).exists():
         raise DatabaseUnusable(f"{redacted(text)}: this looks like a PostgreSQL connection string, and this "
                                "specimen-id has no backend for it; give a database directory")
     return Path(location)
@@ -84,16 +84,22 @@ def redacted(url: str) -> str:
     """A database URL or connection string as it may be shown: every password in it as ***
     (whatever follows user: up to the last @, and any password-like parameter)."""
     url = url.strip()
+    # up to the last @: a password may hold / ? # or @ (it then hides more than it must, never less)
     login = re.match(r"^([^:/?#]+://)(.*)@([^@]*)$", url, re.DOTALL)
     if login and ":" in login.group(2):
         url = f"{login.group(1)}{login.group(2).split(':', 1)[0]}:***@{login.group(3)}"
-    return re.sub(r"((?:pass|pwd|secret|token)[\w-]*\s*(?:=|%3D)\s*)('[^']*'|[^&;#\s%]*)", r"\1***", url,
-                  flags=re.IGNORECASE)
+    secret = r"(?:pass|pwd|secret|token)[\w-]*"
+    url = re.sub(rf"({secret}%3D)(?:(?!%20|%26|&|#).)*", r"\1***", url, flags=re.IGNORECASE)
+    return re.sub(rf"({secret}\s*=\s*)('(?:[^'\\]|\\.)*'|[^&#\s]*)", r"\1***", url, flags=re.IGNORECASE)
 
 
-def default_path() -> str:
+def default_location() -> str:
     """The --db default: SPECIMEN_ID_DB as given (a URL must keep its //), else specimen-db."""
     return os.environ.get(DB_ENV) or DEFAULT_DIR
+
+
+def default_path() -> Path:
+    return Path(default_location())
 
 
 def lock_timeout() -> float:
@@ -106,7 +112,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         `shared_index` (the service's, one per thread) search one loaded index."""
         import sqlite_utils
 
-        self.root = database_dir(root if root is not None else default_path())
+        self.root = database_dir(root if root is not None else default_location())
         if self.root.exists() and not self.root.is_dir():
             raise DatabaseDamaged(f"{self.root} is a file, not a database directory")
         self.root.mkdir(parents=True, exist_ok=True)
