@@ -167,3 +167,27 @@ def test_a_page_change_while_another_writer_holds_on_is_503_not_a_form_error(enr
                             headers={"Origin": "http://127.0.0.1"})
     assert reply.status_code == 503 and "being written by another process" in reply.text
     assert client.get("/api/specimens/he-tissue-a").status_code == 200  # nothing changed
+
+
+def test_many_files_answered_ahead_give_what_each_file_alone_gives(enrolled, tmp_path):
+    """`query FILE...` prepares the next files in a thread while one is verified: the answers,
+    in order, are those of each file answered on its own, and a refused file among them is
+    refused in its place."""
+    from specimen_id.models import embedder_for
+    from specimen_id.search.query import answer, query
+
+    (tmp_path / "not-an-image.png").write_bytes(b"hello")
+    files = [*sorted(QUERIES.glob("*.jpg")), tmp_path / "not-an-image.png", QUERIES / "recapture-he-tissue-a.jpg"]
+
+    def shown(result):
+        return result["decision"], result.get("specimen"), [(c["capture"], c["score"]) for c in result.get(
+            "candidates", [])]
+
+    with Database(enrolled.db) as db:
+        together = list(query(db, files, log=False))
+        embedder = embedder_for(db)
+        alone = [answer(db, images.load(f), embedder, log=False) if f.suffix == ".jpg" else None for f in files]
+    assert [r["query"] for r in together] == [str(f) for f in files]
+    assert together[-2]["decision"] == "refused" and "not-an-image.png" in together[-2]["error"]
+    assert [shown(r) for r, a in zip(together, alone) if a] == [shown(a) for a in alone if a]
+    assert sum(r["decision"] == "match" for r in together) >= 5

@@ -98,28 +98,67 @@ def exact_copies(db, capture) -> list[dict]:
 def query(db, paths, top_k: int | None = None, threshold: float | None = None, *, model=None,
           weights=None, embedder=None, log: bool = True):
     """Yield one result dict per file, in order; a refused file yields a `refused` result and
-    the rest go on. Every answered query is logged with what it takes to explain it later."""
+    the rest go on. Every answered query is logged with what it takes to explain it later.
+    The next files are read, decoded, measured, given their local features and embedded in a
+    thread ahead (PREFETCH of them) while this one is searched and verified: the same work,
+    the same answers, overlapped."""
     embedder = embedder or embedder_for(db, model, weights)
-    for path in paths:
-        try:
-            capture = images.load(path)
-        except ImageRefused as e:
-            yield {"query": str(path), "decision": "refused", "error": str(e)}
+    for path, prepared in prefetched(paths, lambda p: prepare(images.load(p), embedder), PREFETCH):
+        if isinstance(prepared, ImageRefused):
+            yield {"query": str(path), "decision": "refused", "error": str(prepared)}
             continue
-        yield answer(db, capture, embedder, top_k, threshold, log=log)
+        yield answer(db, prepared[0], embedder, top_k, threshold, log=log, prepared=prepared)
+
+
+PREFETCH = 2  # files prepared ahead of the one being answered (each holds its decoded pixels)
+
+
+def prefetched(items, work, ahead: int):
+    """(item, work(item)) in order, with work done up to `ahead` items early in one thread; an
+    ImageRefused from it is the item's result."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guarded(item):
+        try:
+            return work(item)
+        except ImageRefused as e:
+            return e
+
+    items = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = deque()
+        try:
+            for item in items:
+                pending.append((item, pool.submit(guarded, item)))
+                if len(pending) > ahead:
+                    item, future = pending.popleft()
+                    yield item, future.result()
+            while pending:
+                item, future = pending.popleft()
+                yield item, future.result()
+        finally:  # a caller that stops early: what is queued is dropped, not done
+            for _, future in pending:
+                future.cancel()
+
+
+def prepare(capture, embedder) -> tuple:
+    """What answering a capture starts from: (capture, its local features, its vector)."""
+    return capture, local_features.extract(capture.pixels), embedder.embed([capture.pixels])[0]
 
 
 def answer(db, capture, embedder, top_k: int | None = None, threshold: float | None = None,
-           log: bool = True) -> dict:
-    """The result for one decoded capture (files and uploads alike)."""
+           log: bool = True, prepared: tuple | None = None) -> dict:
+    """The result for one decoded capture (files and uploads alike); `prepared` (see `prepare`)
+    when its features and vector were made already."""
     notes = []
     if threshold is None:
         threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
         notes = [note for note in [db.threshold_note(SCORE_KIND)] if note]
     margin = float(db.setting("margin"))
     top_k = int(top_k or db.setting("top_k"))
-    vector = embedder.embed([capture.pixels])[0]
-    ranked = rank(db, vector, local_features.extract(capture.pixels), top_k, int(db.setting("shortlist")),
+    _, features, vector = prepared or prepare(capture, embedder)
+    ranked = rank(db, vector, features, top_k, int(db.setting("shortlist")),
                   views=lambda: embedder.embed(views(capture.pixels)), threshold=threshold)
     decided = decide(ranked, threshold, margin)  # over every specimen verified, not only those listed
     if decided["specimen"]:  # the answer leads the list, ahead of a neighbour that verified as well
