@@ -99,23 +99,32 @@ def query(db, paths, top_k: int | None = None, threshold: float | None = None, *
           weights=None, embedder=None, log: bool = True):
     """Yield one result dict per file, in order; a refused file yields a `refused` result and
     the rest go on. Every answered query is logged with what it takes to explain it later.
-    The next files are read, decoded, measured, given their local features and embedded in a
-    thread ahead (PREFETCH of them) while this one is searched and verified: the same work,
-    the same answers, overlapped."""
+    The next file is read, decoded, measured, given its local features and embedded in a
+    thread (PREFETCH) while this one is searched and verified: the same work, the same
+    answers, overlapped. `paths` is read that far ahead."""
     embedder = embedder or embedder_for(db, model, weights)
-    for path, prepared in prefetched(paths, lambda p: prepare(images.load(p), embedder), PREFETCH):
-        if isinstance(prepared, ImageRefused):
-            yield {"query": str(path), "decision": "refused", "error": str(prepared)}
+
+    def load_and_prepare(path):
+        capture = images.load(path)
+        return capture, prepare(capture, embedder)
+
+    for path, loaded in prefetched(paths, load_and_prepare, PREFETCH):
+        if isinstance(loaded, ImageRefused):
+            yield {"query": str(path), "decision": "refused", "error": str(loaded)}
             continue
-        yield answer(db, prepared[0], embedder, top_k, threshold, log=log, prepared=prepared)
+        capture, prepared = loaded
+        yield answer(db, capture, embedder, top_k, threshold, log=log, prepared=prepared)
 
 
-PREFETCH = 2  # files prepared ahead of the one being answered (each holds its decoded pixels)
+# Files prepared ahead of the one being answered: one keeps the preparing thread busy while
+# this one is verified; more would only hold more captures (file bytes and pixels) in memory.
+PREFETCH = 1
 
 
 def prefetched(items, work, ahead: int):
     """(item, work(item)) in order, with work done up to `ahead` items early in one thread; an
     ImageRefused from it is the item's result."""
+    import contextvars
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -129,35 +138,47 @@ def prefetched(items, work, ahead: int):
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
         pending = deque()
         try:
-            for item in items:
-                pending.append((item, pool.submit(guarded, item)))
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except BaseException:  # the items themselves failed: answer what came before first
+                    while pending:
+                        done, future = pending.popleft()
+                        yield done, future.result()
+                    raise
+                # (the caller's context goes along, as the service's pool does)
+                pending.append((item, pool.submit(contextvars.copy_context().run, guarded, item)))
                 if len(pending) > ahead:
-                    item, future = pending.popleft()
-                    yield item, future.result()
+                    done, future = pending.popleft()
+                    yield done, future.result()
             while pending:
-                item, future = pending.popleft()
-                yield item, future.result()
+                done, future = pending.popleft()
+                yield done, future.result()
         finally:  # a caller that stops early: what is queued is dropped, not done
             for _, future in pending:
                 future.cancel()
 
 
 def prepare(capture, embedder) -> tuple:
-    """What answering a capture starts from: (capture, its local features, its vector)."""
-    return capture, local_features.extract(capture.pixels), embedder.embed([capture.pixels])[0]
+    """What answering a capture starts from: (its local features, its vector); its quality
+    measures are taken too (kept with the capture)."""
+    capture.quality  # noqa: B018  (measured here, ahead, once)
+    return local_features.extract(capture.pixels), embedder.embed([capture.pixels])[0]
 
 
 def answer(db, capture, embedder, top_k: int | None = None, threshold: float | None = None,
            log: bool = True, prepared: tuple | None = None) -> dict:
-    """The result for one decoded capture (files and uploads alike); `prepared` (see `prepare`)
-    when its features and vector were made already."""
+    """The result for one decoded capture (files and uploads alike); `prepared`, this capture's
+    `prepare(capture, embedder)`, when made already."""
     notes = []
     if threshold is None:
         threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
         notes = [note for note in [db.threshold_note(SCORE_KIND)] if note]
     margin = float(db.setting("margin"))
     top_k = int(top_k or db.setting("top_k"))
-    _, features, vector = prepared or prepare(capture, embedder)
+    features, vector = prepared or prepare(capture, embedder)
     ranked = rank(db, vector, features, top_k, int(db.setting("shortlist")),
                   views=lambda: embedder.embed(views(capture.pixels)), threshold=threshold)
     decided = decide(ranked, threshold, margin)  # over every specimen verified, not only those listed
