@@ -17,16 +17,16 @@ from .files import write_atomic
 
 MAGIC = b"specimen-id index 2\n"
 
-# Index kinds (setting `index`): "auto" is exact search below FLAT_MAX vectors (about 1 GB of
-# float32 at 1280 dimensions; a flat scan of that many stays under ~40 ms on 2 cores) and IVF
-# above it. "ivf" finds candidates among 4-bit product codes of the PCA-reduced vectors, which
+# Index kinds (setting `index`): "auto" is exact search below FLAT_MAX vectors and IVF from
+# there: at 100k vectors a single query's flat scan is a sixth of the whole query on 2 cores,
+# and the query with IVF was as right and faster (README, Speed). "ivf" finds candidates among 4-bit product codes of the PCA-reduced vectors, which
 # FAISS scans with SIMD ("fast scan"), and re-ranks REFINE times the wanted number by the full
 # vectors it keeps beside them: at 1M vectors (bench/speed.py) that is recall@10 0.996 in 3
 # ms, where IVF lists of full vectors took 76 ms a query for 0.9998. "hnsw" is a graph index
 # (rebuilt on every removal); "compact" is PCA + IVF + 8-bit scalar quantisation without the
 # full vectors: 256 bytes a vector instead of 5120, re-ranked by the database.
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "compact")
-FLAT_MAX = 200_000
+FLAT_MAX = 100_000
 MIN_TRAINED = 1024  # below this, a forced ivf/compact is flat: trained lists need data, and
 # exact search over so few vectors is both smaller and faster anyway
 COMPACT_DIM = 256
