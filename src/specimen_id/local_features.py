@@ -49,25 +49,28 @@ class LocalFeatures:
     def __len__(self) -> int:
         return len(self.points)
 
-    # Cached by hand, not by functools.cached_property: before Python 3.12 that holds one lock
-    # for every instance while it computes, and verification's threads would take turns on it
-    # (two threads computing one value at once both get the same numbers).
     @property
     def root_sift(self) -> np.ndarray:
         """RootSIFT (Hellinger kernel): better matching than raw SIFT for the same cost;
         computed once, as a query is verified against many candidates."""
-        found = self.__dict__.get("_root_sift")
-        if found is None:
+        def make():
             d = self.descriptors.astype(np.float32)
-            found = self.__dict__["_root_sift"] = np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6))
-        return found
+            return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6))
+        return self._once("_root_sift", make)
 
     @property
     def thumb32(self) -> np.ndarray:
         """The thumbnail as OpenCV's correlation wants it (float32), converted once."""
-        found = self.__dict__.get("_thumb32")
+        return self._once("_thumb32", lambda: self.thumbnail.astype(np.float32))
+
+    def _once(self, key: str, make):
+        """make(), kept on the instance. By hand, not by functools.cached_property: before
+        Python 3.12 that holds one lock for every instance while it computes, and
+        verification's threads would take turns on it (two threads making one value at once
+        both get the same numbers)."""
+        found = self.__dict__.get(key)
         if found is None:
-            found = self.__dict__["_thumb32"] = self.thumbnail.astype(np.float32)
+            found = self.__dict__[key] = make()
         return found
 
     @property

@@ -136,18 +136,16 @@ def prefetched(items, work, ahead: int):
 
     items = iter(items)
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending = deque()
+        pending, failed = deque(), None
         try:
             while True:
                 try:
                     item = next(items)
                 except StopIteration:
                     break
-                except BaseException:  # the items themselves failed: answer what came before first
-                    while pending:
-                        done, future = pending.popleft()
-                        yield done, future.result()
-                    raise
+                except BaseException as e:  # the items themselves failed: answer what came before first
+                    failed = e
+                    break
                 # (the caller's context goes along, as the service's pool does)
                 pending.append((item, pool.submit(contextvars.copy_context().run, guarded, item)))
                 if len(pending) > ahead:
@@ -156,6 +154,8 @@ def prefetched(items, work, ahead: int):
             while pending:
                 done, future = pending.popleft()
                 yield done, future.result()
+            if failed is not None:
+                raise failed
         finally:  # a caller that stops early: what is queued is dropped, not done
             for _, future in pending:
                 future.cancel()

@@ -120,8 +120,7 @@ class Curation:
             raise SpecimenIdError(f"verdict must be one of {', '.join(VERDICTS)}")
         if specimen and capture:
             raise SpecimenIdError("name the specimen or its capture, not both")
-        specimen = specimen or capture
-        if (verdict == "specimen") != bool(specimen):
+        if (verdict == "specimen") != bool(specimen or capture):
             raise SpecimenIdError("name the specimen the query shows, or review it as none of those")
         if not reviewer.strip():
             raise SpecimenIdError("a review needs the reviewer's name")
@@ -143,9 +142,8 @@ class Curation:
 
     def _holder(self, capture_uuid: str) -> dict:
         """The enrolled specimen that holds this capture now."""
-        rows = list(self.db.query("SELECT s.* FROM captures c JOIN specimens s ON s.id = c.specimen_id "
-                                  "WHERE c.uuid = ? AND s.removed_at IS NULL", [capture_uuid]))
-        if not rows:  # removed with its specimen, purged (the audit trail keeps its uuid), or never
+        name = self._holders([capture_uuid]).get(capture_uuid)
+        if name is None:  # removed with its specimen, purged (the audit trail keeps its uuid), or never
             try:
                 uuid.UUID(capture_uuid)
             except ValueError:
@@ -154,7 +152,7 @@ class Curation:
             purged = self.db.execute("SELECT 1 FROM audit WHERE capture_uuid = ? OR instr(changes, ?) LIMIT 1",
                                      [capture_uuid, json.dumps(capture_uuid)]).fetchone()
             raise CaptureGone(capture_uuid, removed=bool(held or purged))
-        return decoded(rows[0])
+        return self.specimen(name)  # (by its own name: names are unique)
 
     def reviews_of(self, query_uuid: str) -> list[dict]:
         """Every review of a logged query, newest first, with the specimen each names."""
