@@ -51,7 +51,7 @@ import specimen_id  # noqa: E402
 from specimen_id.models import load_embedder  # noqa: E402
 from specimen_id.search import score as scoring  # noqa: E402
 from specimen_id.simulate import FixedPattern, Recapture  # noqa: E402
-from specimen_id.store.settings import DEFAULTS  # noqa: E402
+from specimen_id.config import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ROBUST_FIELDS = 60  # test-half fields turned, cut and zoomed

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 
 import specimen_id
 from specimen_id.cli import cli
+from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.models.preprocess import to_rgb8
 from specimen_id.simulate import Recapture
 from specimen_id.store import Database
-from specimen_id.store.integrity import verify
 from specimen_id.web import create_app
 
 QUERY = QUERIES / "recapture-fluo-nuclei-a.jpg"
@@ -92,7 +92,7 @@ def test_queries_answer_correctly_while_another_process_enrols(populated, tmp_pa
     # the long-lived reader sees the new captures without being reopened
     assert next(specimen_id.query(reader, [files[0]]))["specimen"] == "batch"
     assert len(reader.index()) == 8 + 20
-    assert not verify(reader).problems
+    assert not reader.verify(FEATURE_VERSION).problems
     print(f"{len(web_answers)} web queries and {sum(checks.values())} index checks during the "
           f"enrolment: {checks}")
 
@@ -108,7 +108,7 @@ def test_two_enrolments_at_once_both_succeed(populated, tmp_path):
     with Database(populated) as db:
         assert [len(db.captures(db.specimen(n)["id"])) for n in ("first", "second")] == [8, 8]
         assert len(db.index()) == 8 + 16
-        assert not verify(db).problems
+        assert not db.verify(FEATURE_VERSION).problems
 
 
 def test_an_outside_sqlite_writer_makes_enrolment_fail_clearly_with_nothing_stored(populated, tmp_path,
@@ -132,7 +132,7 @@ def test_an_outside_sqlite_writer_makes_enrolment_fail_clearly_with_nothing_stor
     (line,) = late.stderr.strip().splitlines()
     assert line.startswith(f"error: {populated}: another process is writing (database is locked)")
     assert Database(populated).count("captures") == before
-    assert not verify(Database(populated)).problems
+    assert not Database(populated).verify(FEATURE_VERSION).problems
     monkeypatch.delenv("SPECIMEN_ID_LOCK_TIMEOUT")  # and once it is gone, the same enrolment works
     again = CliRunner().invoke(cli, ["--db", str(populated), "enroll", "--allow-low-quality",
                                      "-s", "late", *map(str, files)])

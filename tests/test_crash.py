@@ -21,10 +21,10 @@ from conftest import SPECIMENS
 
 from specimen_id.cli import cli
 from specimen_id.indexer.enroll import BATCH
+from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.models.preprocess import to_rgb8
 from specimen_id.simulate import Recapture
 from specimen_id.store import Database
-from specimen_id.store.integrity import verify
 
 BATCH_FILES = 20
 RNG = random.Random(6)  # every kill moment in this file comes from here
@@ -84,7 +84,7 @@ def _kill_at_random(proc, db, window, after_first_image=False) -> str:
 def _assert_sound(db):
     """Opens, and verify finds no problem (notices, i.e. leftovers of the kill, are allowed)."""
     with Database(db) as opened:
-        report = verify(opened)
+        report = opened.verify(FEATURE_VERSION)
     assert not report.problems, "\n".join(map(str, report.problems))
 
 

@@ -119,7 +119,7 @@ def test_a_file_that_is_not_a_specimen_table_is_refused_whole(two, tmp_path):
 def test_round_trip_keeps_metadata_types_from_the_python_api(two, tmp_path):
     """Numbers, true/false and null set through the Python API come back as they were (the
     CSV holds them as JSON text); an edited cell becomes the text typed."""
-    from specimen_id.store.csvfile import export_csv, import_csv
+    from specimen_id import export_csv, import_csv
 
     db = Database(two.db)
     typed = {"magnification": 40, "fixed": True, "stain": None, "note": "", "ratio": 0.5}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import QUERIES
 
+from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.store import Database
-from specimen_id.store.integrity import verify
 from specimen_id.store.vectors import (
     COMPACT_DIM,
     FLAT_MAX,
@@ -96,7 +96,7 @@ def test_compact_database_search_reranks_by_the_stored_vectors(tmp_path):
             db.set_setting("index", kind)
             db.save_index()
         assert db.index().kind == kind
-        assert [f.message for f in verify(db).findings if f.kind == "index"] == []
+        assert [f.message for f in db.verify(FEATURE_VERSION).findings if f.kind == "index"] == []
 
 
 def test_compact_index_uses_a_fraction_of_the_memory_per_vector(tmp_path):

@@ -16,8 +16,8 @@ import pytest
 from conftest import SPECIMENS
 
 from specimen_id.errors import SpecimenIdError, SpecimenRemoved, UnknownSpecimen
+from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.store import Database
-from specimen_id.store.integrity import verify
 
 BACKENDS = {"directory": lambda root: Database(root)}
 
@@ -58,7 +58,7 @@ def _race(store, change, racing):
 def _consistent(store):
     db = store()
     try:
-        report = verify(db)
+        report = db.verify(FEATURE_VERSION)
         assert not report.problems, [str(p) for p in report.problems]
         index = db.index()
         active = {c["id"] for s in db.specimens() for c in db.captures(s["id"])}

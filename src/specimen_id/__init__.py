@@ -28,9 +28,26 @@ from .errors import (  # noqa: E402
 )
 from .indexer import enroll, enroll_folders, reindex  # noqa: E402
 from .search import query  # noqa: E402
-from .store import Database as open_database  # noqa: E402
-from .store.archive import export_archive, import_archive  # noqa: E402
-from .store.csvfile import export_csv, import_csv  # noqa: E402
+from .store import import_archive  # noqa: E402
+from .store import open_store as open_database  # noqa: E402
+
+
+def export_archive(db, archive) -> dict:
+    """Write a backup archive of `db` (.tar, .tar.gz or .tgz); returns its manifest."""
+    from .search.score import threshold_facts
+
+    return db.export_archive(archive, threshold_facts(db), __version__)
+
+
+def export_csv(db, path) -> int:
+    """One row per specimen; returns how many were written."""
+    return db.export_csv(path)
+
+
+def import_csv(db, path):
+    """Names, notes and metadata updated from a CSV; returns what was updated and skipped."""
+    return db.import_csv(path)
+
 
 __all__ = [
     "DatabaseLocked", "DatabaseUnusable", "ImageRefused", "ModelMismatch", "NotAnImage",

@@ -107,6 +107,24 @@ def load(path: str | os.PathLike) -> Capture:
     return decode(data, str(path))
 
 
+def rgb8(path: str | os.PathLike) -> np.ndarray:
+    """An image file as 8-bit RGB (what thumbnails are made from)."""
+    from .models.preprocess import to_rgb8
+
+    return to_rgb8(load(path).pixels)
+
+
+def stored_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Decoded pixels of an image the database keeps: a missing or unreadable one is damage."""
+    from .errors import DatabaseDamaged
+
+    try:
+        return load(path).pixels
+    except ImageRefused as e:
+        raise DatabaseDamaged(f"managed image {e}; nothing was changed (restore the file "
+                              "or remove its specimen)") from None
+
+
 def decode(data: bytes, name: str) -> Capture:
     """Decode one file's content; raises an ImageRefused subclass naming it, whatever is wrong
     inside (a batch goes on without the file)."""

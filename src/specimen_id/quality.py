@@ -162,7 +162,7 @@ def _percentiles(grey: np.ndarray, q) -> tuple[float, float]:
 
 def limits(db) -> dict:
     """The database's limits (settings, defaulting to LIMITS)."""
-    return {key: db.setting(key) for key in LIMITS}
+    return {key: db.setting(key, default) for key, default in LIMITS.items()}
 
 
 def gate(db, capture, allow_low_quality: bool = False) -> None:

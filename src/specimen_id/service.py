@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import SpecimenIdError
-from .store import Database
+from .store import open_store
 from .store.embeddings import SharedIndex
 
 WORKERS_ENV = "SPECIMEN_ID_WORKERS"
@@ -26,24 +26,25 @@ WORKERS_ENV = "SPECIMEN_ID_WORKERS"
 
 class Service:
     def __init__(self, location, model: str | None = None, weights=None, workers: int | None = None):
-        """A service over the database at `location` (a directory, or an open Database, which
+        """A service over the database at `location` (a --db value, or an open store, which
         then serves the calling thread), with `model`/`weights` as the commands' options."""
-        self._shared = location._shared if isinstance(location, Database) else SharedIndex()
-        self.location = location.root if isinstance(location, Database) else location
+        opened = not isinstance(location, (str, os.PathLike))
+        self._shared = location.shared_index if opened else SharedIndex()
+        self.location = location.location if opened else location
         self.model, self.weights = model, weights
         self._local = threading.local()
-        if isinstance(location, Database):
+        if opened:
             self._local.db = location
         # queries are CPU-bound: more workers than cores only queue inside the runtime
         self.workers = workers or _workers_from_env() or min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
-    def database(self) -> Database:
+    def database(self):
         """This thread's store (opened on first use), sharing the service's index."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = Database(self.location, self._shared)
+            db = self._local.db = open_store(self.location, self._shared)
             # closed as its thread ends: a SQLite connection otherwise waits for the cyclic
             # garbage collector (its statement cache refers back to it), and threads of a
             # server's pool come and go
@@ -114,7 +115,7 @@ class _Closer:
     """Closes a store when the thread that holds it ends (its thread-local values go then, in
     that thread)."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db):
         self.db = db
 
     def __del__(self):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..store.settings import SETTINGS, parse_setting
+from ..config import DEFAULTS, SETTINGS, parse_setting, setting
 from .base import cli, echo, model_options, open_db
 
 
@@ -16,11 +16,10 @@ from .base import cli, echo, model_options, open_db
 @click.pass_context
 def info(ctx, as_json):
     """Counts, model, threshold and sizes of the database."""
-    from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
+    from ..search.score import SCORE_KIND, threshold_facts
 
     db = open_db(ctx)
-    facts = {**db.info(), "score_kind": SCORE_KIND,
-             "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD),
+    facts = {**db.info(), "settings": {key: setting(db, key) for key in DEFAULTS}, **threshold_facts(db),
              "calibration": db.threshold_note(SCORE_KIND) or (
                  "set for this score" if db.threshold_record(SCORE_KIND) else "default threshold")}
     if as_json:
@@ -59,7 +58,7 @@ def config(ctx, key, value):
         else:
             db.set_setting(key, parsed)
     for k in [key] if key else sorted(SETTINGS):
-        shown = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD) if k == "threshold" else db.setting(k)
+        shown = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD) if k == "threshold" else setting(db, k)
         echo(f"{k} = {shown}")
 
 

@@ -12,7 +12,7 @@ import click
 from .. import __version__
 from ..errors import SpecimenIdError, storage_failure
 from ..models.backbones import MODEL_NAMES
-from ..store.database import DB_ENV, DEFAULT_DIR
+from ..store.location import DB_ENV, DEFAULT_DIR
 from ..text import escaped
 
 
@@ -54,9 +54,9 @@ def cli(ctx, db_path):
 
 
 def open_db(ctx):
-    from ..store import Database
+    from ..store import open_store
 
-    db = Database(ctx.find_root().obj)
+    db = open_store(ctx.find_root().obj)
     ctx.call_on_close(db.close)
     return db
 

@@ -12,9 +12,9 @@ from .base import cli, echo, open_db
 def verify(ctx):
     """Check SQLite, embeddings, the index and every managed image; one line per finding.
     Exits 1 when there is a problem (notices are harmless leftovers)."""
-    from ..store.integrity import verify as run_verify
+    from ..local_features import FEATURE_VERSION
 
-    report = run_verify(open_db(ctx))
+    report = open_db(ctx).verify(FEATURE_VERSION)
     for finding in report.findings:
         echo(str(finding))
     echo(report.summary())

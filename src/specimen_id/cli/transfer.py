@@ -14,7 +14,7 @@ from .base import cli, echo, open_db
 @click.pass_context
 def export(ctx, archive):
     """Write a backup ARCHIVE (.tar or .tar.gz): a consistent snapshot, even while others write."""
-    from ..store.archive import export_archive
+    from .. import export_archive
 
     manifest = export_archive(open_db(ctx), archive)
     counts = manifest["counts"]
@@ -28,7 +28,7 @@ def export(ctx, archive):
 @click.pass_context
 def import_(ctx, archive):
     """Restore ARCHIVE into the (new or empty) --db directory, checking every file's hash."""
-    from ..store.archive import import_archive
+    from ..store import import_archive
 
     root = ctx.find_root().obj
     manifest = import_archive(archive, root)
@@ -43,9 +43,7 @@ def import_(ctx, archive):
 @click.pass_context
 def export_csv(ctx, file):
     """One row per specimen: uuid, name, notes, created_at, captures, meta:KEY columns."""
-    from ..store.csvfile import export_csv as write
-
-    echo(f"wrote {write(open_db(ctx), file)} specimen(s) to {file}")
+    echo(f"wrote {open_db(ctx).export_csv(file)} specimen(s) to {file}")
 
 
 @cli.command(name="import-csv")
@@ -53,9 +51,7 @@ def export_csv(ctx, file):
 @click.pass_context
 def import_csv(ctx, file):
     """Update names, notes and metadata from a CSV (rows matched by uuid, else by name)."""
-    from ..store.csvfile import import_csv as read
-
-    report = read(open_db(ctx), file)
+    report = open_db(ctx).import_csv(file)
     for problem in report.problems:
         echo(f"skipped: {file}: {problem}", err=True)
     echo(f"updated {len(report.updated)}, unchanged {report.unchanged}, "

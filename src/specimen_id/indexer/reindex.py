@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import local_features
+from .. import images, local_features
 from ..models import embedder_for
 from ..progress import progress_bar
 from .enroll import BATCH
@@ -34,7 +34,7 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
             batch.clear()
 
         with progress_bar(len(files), "reindex", progress) as bar:
-            for prepared in prepare(files, lambda file: _Managed(db.capture_pixels(file[1])), embedder):
+            for prepared in prepare(files, lambda file: _Managed(images.stored_pixels(file[1])), embedder):
                 batch.append(prepared)
                 if len(batch) == BATCH:
                     embed()
@@ -58,7 +58,7 @@ def reindex_features(db, progress: bool = False) -> int:
         files = db.capture_files()
 
         def extract(file):  # in worker threads: decoding and SIFT release the GIL
-            return local_features.extract(db.capture_pixels(file[1])).to_bytes()
+            return local_features.extract(images.stored_pixels(file[1])).to_bytes()
 
         with progress_bar(len(files), "features", progress) as bar, \
                 ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="features") as pool:

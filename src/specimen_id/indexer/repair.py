@@ -6,35 +6,27 @@ rename) is reported with the captures it affects; nothing is deleted to make ver
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import images, local_features
 from ..errors import ImageRefused
+from ..local_features import FEATURE_VERSION
 from ..models import embedder_for
-from ..store import renditions
-from ..store.files import abandoned
-from ..store.integrity import Report, verify
-
-# A query process writes its image copy before it logs the query, without the write lock: a
-# fresh unreferenced file may be one it is about to refer to, so it is left alone.
-LEFTOVER_MIN_AGE_S = 60
 
 
 @dataclass
 class RepairReport:
     fixed: list[str] = field(default_factory=list)
     unfixable: list[str] = field(default_factory=list)
-    after: Report | None = None  # verify's report once repaired
+    after: object = None  # verify's report once repaired
 
 
 def repair(db) -> RepairReport:
     out = RepairReport()
     with db.writing():
-        found = verify(db)
+        found = db.verify(FEATURE_VERSION)
         if any(f.kind in ("sqlite", "schema") for f in found.problems):
             out.unfixable += [f.message for f in found.problems if f.kind in ("sqlite", "schema")]
             out.after = found
@@ -55,8 +47,10 @@ def repair(db) -> RepairReport:
         index = db.rebuild_index()
         if any(f.kind == "index" for f in found.findings):
             out.fixed.append(f"rebuilt index.faiss from the database ({len(index or [])} vectors)")
-        _remove_leftovers(db, found, out)
-        out.after = verify(db)
+        fixed, unfixable = db.clean(found, images.rgb8)
+        out.fixed += fixed
+        out.unfixable += unfixable
+        out.after = db.verify(FEATURE_VERSION)
     return out
 
 
@@ -88,34 +82,3 @@ def _recompute(db, ids: list[int], stray: int, out: RepairReport) -> None:
                          "from their images")
     if stray:
         out.fixed.append(f"dropped {stray} embedding(s) of another model")
-
-
-def _remove_leftovers(db, found: Report, out: RepairReport) -> None:
-    young = 0
-    for f in found.findings:
-        if f.kind == "rendition":  # its image is sound (verify checked): make it again from that
-            sha = renditions.source_sha(f.path)
-            f.path.unlink(missing_ok=True)
-            try:
-                renditions.build(db.root, next((db.root / "images" / sha[:2]).glob(f"{sha}.*")))
-                out.fixed.append(f"made {f.path.relative_to(db.root)} again")
-            except (StopIteration, ImageRefused) as e:
-                out.unfixable.append(f"{f.path.relative_to(db.root)}: cannot be made again ({e or 'no image'})")
-        if f.kind not in ("orphan", "temp") or f.path is None:
-            continue
-        if f.path.is_dir():  # an export's or import's working folder
-            if abandoned(f.path):
-                shutil.rmtree(f.path, ignore_errors=True)
-                out.fixed.append(f"removed {f.message.partition(':')[0]}")
-            continue
-        try:
-            if time.time() - f.path.stat().st_mtime < LEFTOVER_MIN_AGE_S:
-                young += 1
-                continue
-            f.path.unlink()
-        except FileNotFoundError:
-            continue
-        out.fixed.append(f"removed {f.path.relative_to(db.root)}")
-    if young:
-        out.unfixable.append(f"kept {young} unreferenced file(s) younger than {LEFTOVER_MIN_AGE_S} s "
-                             "(a running query may be about to refer to them); run repair again later")

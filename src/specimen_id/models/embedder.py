@@ -104,6 +104,27 @@ def embedder_for(db, model: str | None = None, weights=None, check: bool = True)
     if check:
         from ..local_features import FEATURE_VERSION
 
-        db.require_model(embedder.model_id)
+        require_model(db, embedder.model_id)
         db.require_features(FEATURE_VERSION)
     return embedder
+
+
+def require_model(db, model_id: str) -> None:
+    """Embeddings of one model only: another is refused while captures exist, with what to do
+    about it (the store refuses it too, plainly; here the ids are read)."""
+    from ..errors import ModelMismatch
+    from .runtime import PRECISION_ENV
+
+    current = db.model_id
+    if current and current != model_id and db.count("captures"):
+        (recipe, precision), (wanted, _) = split_precision(current), split_precision(model_id)
+        if recipe == wanted:  # only the arithmetic differs, e.g. f32 vectors from before int8
+            fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
+                   "reindex` to re-embed every capture in this precision")
+        elif current.split(":")[0] == model_id.split(":")[0]:
+            # the same network under another id: this version prepares images or local
+            # features differently from the one that filled the database
+            fix = "run `specimen-id reindex` to re-embed every capture as this version does"
+        else:
+            fix = "run `specimen-id reindex --model NAME` to re-embed every capture with another model"
+        raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; {fix}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images, local_features
+from ..config import setting
 from ..errors import DatabaseUnusable
 from ..models import embedder_for
 from ..models.preprocess import to_rgb8
@@ -82,7 +83,7 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
     def score(pixels, truth: str, exclude: set[int]) -> None:
         vector = embedder.embed([pixels])[0]
         candidates = rank(db, vector, local_features.extract(pixels), top_k,
-                          int(db.setting("shortlist")), exclude=exclude)[:top_k]
+                          int(setting(db, "shortlist")), exclude=exclude)[:top_k]
         genuine.append(next((c["score"] for c in candidates if c["specimen"] == truth), 0.0))
         # a neighbouring field that shares part of the view verifies as one scene: it is
         # reported as an overlap, never matched, so it is no impostor either
@@ -90,11 +91,11 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
 
     with progress_bar(len(repeats) + len(simulated), "calibrate", progress) as bar:
         for cid, path in repeats:
-            score(db.capture_pixels(path), owners[cid]["specimen"], {cid})
+            score(images.stored_pixels(path), owners[cid]["specimen"], {cid})
             sources["repeat captures"] += 1
             bar.update(1)
         for cid, path in simulated:
-            rgb = to_rgb8(db.capture_pixels(path))
+            rgb = to_rgb8(images.stored_pixels(path))
             recapture = images.decode(Recapture().jpeg_bytes(rgb, rng), str(path)).pixels
             score(recapture, owners[cid]["specimen"], set())
             sources["simulated re-captures"] += 1

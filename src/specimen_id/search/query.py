@@ -9,6 +9,7 @@ own."""
 from __future__ import annotations
 
 from .. import __version__, fixed_pattern, images, local_features, quality
+from ..config import setting
 from ..errors import ImageRefused
 from ..local_features import LocalFeatures
 from ..models import embedder_for
@@ -176,10 +177,10 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
     if threshold is None:
         threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
         notes = [note for note in [db.threshold_note(SCORE_KIND)] if note]
-    margin = float(db.setting("margin"))
-    top_k = int(top_k or db.setting("top_k"))
+    margin = float(setting(db, "margin"))
+    top_k = int(top_k or setting(db, "top_k"))
     features, vector = prepared or prepare(capture, embedder)
-    ranked = rank(db, vector, features, top_k, int(db.setting("shortlist")),
+    ranked = rank(db, vector, features, top_k, int(setting(db, "shortlist")),
                   views=lambda: embedder.embed(views(capture.pixels)), threshold=threshold)
     decided = decide(ranked, threshold, margin)  # over every specimen verified, not only those listed
     if decided["specimen"]:  # the answer leads the list, ahead of a neighbour that verified as well

@@ -96,3 +96,9 @@ def decide(candidates: list[dict], threshold: float, margin: float) -> dict:
         return out
     out.update(decision="match", specimen=best["specimen"], lead=lead)
     return out
+
+
+def threshold_facts(db) -> dict:
+    """The kind of score and the threshold that applies to it in this database (as `info`
+    and an archive's manifest give them)."""
+    return {"score_kind": SCORE_KIND, "threshold": db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)}

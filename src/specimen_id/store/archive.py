@@ -51,12 +51,11 @@ MAX_HEADER = 65_536  # a long name or pax header is read whole by tarfile: ours 
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 
 
-def export_archive(db, archive) -> dict:
-    """Write `archive` (.tar, or .tar.gz / .tgz compressed) from a snapshot of `db`; returns the
-    manifest. The archive appears whole or not at all; an existing file is never replaced."""
-    from .. import __version__
-    from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
-
+def export_archive(db, archive, facts: dict | None = None, software_version: str = "") -> dict:
+    """Write `archive` (.tar, or .tar.gz / .tgz compressed) from a snapshot of `db`, with the
+    caller's `facts` (what the stored settings mean: the threshold that applies) in its
+    manifest, which it returns. The archive appears whole or not at all; an existing file is
+    never replaced."""
     archive = Path(archive)
     mode = next((m for s, m in SUFFIXES.items() if archive.name.endswith(s)), None)
     if mode is None:
@@ -69,7 +68,7 @@ def export_archive(db, archive) -> dict:
     with tempfile.TemporaryDirectory(dir=db.root, prefix=".export-", suffix=".tmp") as tmp, in_use(tmp):
         snapshot = Path(tmp) / SQLITE
         _snapshot(db.db.conn, snapshot)
-        facts, images = _facts(snapshot, SCORE_KIND, DEFAULT_THRESHOLD)
+        counted, images = _facts(snapshot)
         members = {SQLITE: _file_digest(snapshot)}
         for rel in images:  # hashed before writing: the manifest goes first
             try:
@@ -81,8 +80,8 @@ def export_archive(db, archive) -> dict:
                 raise DatabaseDamaged(f"{db.root / rel} does not hold the content its name says "
                                       "(damaged): nothing was written")
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                    "software_version": __version__, "created_at": now(),
-                    "source": str(db.root.resolve()), **facts, "members": members}
+                    "software_version": software_version, "created_at": now(),
+                    "source": str(db.root.resolve()), **counted, **(facts or {}), "members": members}
         fd, name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".part")
         os.close(fd)
         part = Path(name)
@@ -137,7 +136,7 @@ def _restore(archive: Path, tmp: Path) -> dict:
     _check_database(archive, tmp / SQLITE)
     db = Database(tmp)  # migrates an archive of an older schema
     try:
-        counts = _facts(tmp / SQLITE, "", 0)[0]["counts"]
+        counts = _facts(tmp / SQLITE)[0]["counts"]
         missing = [rel for rel in _recorded_images(db) if not (tmp / rel).is_file()]
         if missing:
             raise DatabaseDamaged(f"{archive}: the database refers to {len(missing)} image(s) the "
@@ -301,19 +300,15 @@ def _snapshot(conn: sqlite3.Connection, path: Path) -> None:
         target.close()
 
 
-def _facts(path: Path, score_kind: str, default_threshold: float) -> tuple[dict, list[str]]:
+def _facts(path: Path) -> tuple[dict, list[str]]:
     """What the manifest says about a snapshot, and the managed images it refers to."""
     con = sqlite3.connect(path)
     try:
         def one(sql):
             return con.execute(sql).fetchone()[0]
 
-        settings = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM settings")}
-        stored = settings.get("threshold")
-        threshold = stored["value"] if isinstance(stored, dict) and stored.get("score_kind") == score_kind \
-            else default_threshold
-        facts = {"schema_version": one("PRAGMA user_version"), "model_id": settings.get("model_id"),
-                 "score_kind": score_kind, "threshold": threshold,
+        model_id = con.execute("SELECT value FROM settings WHERE key = 'model_id'").fetchone()
+        facts = {"schema_version": one("PRAGMA user_version"), "model_id": json.loads(model_id[0]) if model_id else None,
                  "counts": {"specimens": one("SELECT COUNT(*) FROM specimens WHERE removed_at IS NULL"),
                             "removed_specimens": one("SELECT COUNT(*) FROM specimens WHERE removed_at IS NOT NULL"),
                             "captures": one("SELECT COUNT(*) FROM captures"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import uuid
 import weakref
@@ -28,7 +27,6 @@ from ..errors import (
     DatabaseDamaged,
     DatabaseLocked,
     DatabaseUnusable,
-    ImageRefused,
     SpecimenRemoved,
     UnknownSpecimen,
     storage_failure,
@@ -38,17 +36,14 @@ from .audit import Audit
 from .curation import Curation, check_metadata, check_name
 from .embeddings import Embeddings, SharedIndex
 from .files import managed, store_image, tree_size
+from .location import default_location, no_backend
 from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
-from .settings import DEFAULTS, Settings, now
+from .settings import Settings, now
 from .watched import Watched
 
-DB_ENV = "SPECIMEN_ID_DB"
-URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # postgresql://..., not C:/ or a name
-CONNINFO = re.compile(r"^(host|hostaddr|dbname|user|password|port|service|sslmode)=", re.IGNORECASE)
-DEFAULT_DIR = "specimen-db"
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
 
 
@@ -66,40 +61,10 @@ def _authorizer(database):
 
 
 def database_dir(location) -> Path:
-    """The directory a --db value names. A URL, or a libpq connection string, is refused before
-    anything is created: this build has no backend for it (and a folder named `postgresql:`
-    helps nobody)."""
-    text = str(location).strip()
-    scheme = URL_SCHEME.match(text)
-    if scheme:
-        raise DatabaseUnusable(f"{redacted(text)}: this specimen-id has no backend for "
-                               f"{scheme.group(1)}:// databases; give a database directory")
-    if CONNINFO.match(text) and all("=" in token for token in text.split()) and not Path(location).exists():
-        raise DatabaseUnusable(f"{redacted(text)}: this looks like a PostgreSQL connection string, and this "
-                               "specimen-id has no backend for it; give a database directory")
+    """The directory a --db value names; a URL or a connection string is refused before
+    anything is created (a folder named `postgresql:` helps nobody)."""
+    no_backend(location)
     return Path(location)
-
-
-def redacted(url: str) -> str:
-    """A database URL or connection string as it may be shown: every password in it as ***
-    (whatever follows user: up to the last @, and any password-like parameter)."""
-    url = url.strip()
-    # up to the last @: a password may hold / ? # or @ (it then hides more than it must, never less)
-    login = re.match(r"^([^:/?#]+://)(.*)@([^@]*)$", url, re.DOTALL)
-    if login and ":" in login.group(2):
-        url = f"{login.group(1)}{login.group(2).split(':', 1)[0]}:***@{login.group(3)}"
-    secret = r"(?:pass|pwd|secret|token)[\w-]*"
-    url = re.sub(rf"({secret}%3D)(?:(?!%20|%26|&|#).)*", r"\1***", url, flags=re.IGNORECASE)
-    return re.sub(rf"({secret}\s*=\s*)('(?:[^'\\]|\\.)*'|[^&#\s]*)", r"\1***", url, flags=re.IGNORECASE)
-
-
-def default_location() -> str:
-    """The --db default: SPECIMEN_ID_DB as given (a URL must keep its //), else specimen-db."""
-    return os.environ.get(DB_ENV) or DEFAULT_DIR
-
-
-def default_path() -> Path:
-    return Path(default_location())
 
 
 def lock_timeout() -> float:
@@ -141,6 +106,16 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         # after migrating: from here on, writes are units of work. Through a weak reference, so
         # that the connection closes as soon as this object goes (a thread's store, its thread)
         conn.set_authorizer(_authorizer(weakref.ref(self)))
+
+    @property
+    def location(self) -> Path:
+        """What opens this store again (open_store)."""
+        return self.root
+
+    @property
+    def shared_index(self) -> SharedIndex:
+        """The loaded index this store searches, shared by the stores opened with it."""
+        return self._shared
 
     def close(self) -> None:
         self.db.conn.close()
@@ -291,16 +266,6 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         return [(r[0], managed(self.root, r[1])) for r in
                 self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
 
-    def capture_pixels(self, path: Path):
-        """Decoded pixels of a managed image; a missing or unreadable one means damage."""
-        from .. import images
-
-        try:
-            return images.load(path).pixels
-        except ImageRefused as e:
-            raise DatabaseDamaged(f"managed image {e}; nothing was changed (restore the file "
-                                  "or remove its specimen)") from None
-
     def find_captures(self, file_sha256: str | None = None, pixel_sha256: str | None = None):
         """Enrolled captures with this exact file or these exact pixels, with their specimen."""
         return list(self.db.query(
@@ -371,6 +336,47 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks}) AND s.removed_at IS NULL",
             ids)}
 
+    # -- looking after it: backup, CSV, verify, repair, summary ----------------------------
+
+    def export_archive(self, archive, facts: dict | None = None, software_version: str = "") -> dict:
+        """A backup archive of a consistent snapshot (archive.py); returns its manifest."""
+        from .archive import export_archive
+
+        return export_archive(self, archive, facts, software_version)
+
+    @staticmethod
+    def import_archive(archive, location) -> dict:
+        """Restore an archive into a new or empty database directory; returns its manifest."""
+        from .archive import import_archive
+
+        return import_archive(archive, location)
+
+    def export_csv(self, path) -> int:
+        """One row per specimen (csvfile.py); returns how many were written."""
+        from .csvfile import export_csv
+
+        return export_csv(self, path)
+
+    def import_csv(self, path):
+        """Names, notes and metadata updated from a CSV (csvfile.py); returns its report."""
+        from .csvfile import import_csv
+
+        return import_csv(self, path)
+
+    def verify(self, feature_version: str):
+        """Every finding about what is stored (integrity.py); local features of another recipe
+        than `feature_version` count as stale."""
+        from .integrity import verify
+
+        return verify(self, feature_version)
+
+    def clean(self, found, rgb8) -> tuple[list[str], list[str]]:
+        """Repair's part in the files verify found: renditions made again (`rgb8` decodes an
+        image), leftovers removed. Returns (what was fixed, what was not)."""
+        from .integrity import remove_leftovers
+
+        return remove_leftovers(self, found, rgb8)
+
     # -- summary --------------------------------------------------------------------------
 
     def info(self) -> dict:
@@ -380,7 +386,6 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             **self.active_counts(), "queries": self.count("queries"),
             "model_id": self.model_id, "model": self.setting("model_name"),
             "features_version": self.setting("features_version"),
-            "settings": {key: self.setting(key) for key in DEFAULTS},
             "index_vectors": len(index) if index is not None else 0,
             "index_kind": index.kind if index is not None else None,
             "index_generation": self.generation,

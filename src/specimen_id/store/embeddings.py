@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .vectors import VectorIndex, chosen_kind, rerank
+from .vectors import DEFAULT_KIND, VectorIndex, chosen_kind, rerank
 
 
 class SharedIndex:
@@ -148,7 +148,7 @@ class Embeddings:
             generation, model_id = self.generation, self.model_id
             dim = int(self.setting("embedding_dim", 1))
             ids, vectors = self.embeddings(model_id, dim)
-        index = VectorIndex.build(ids, vectors, generation, model_id, dim, self.setting("index"))
+        index = VectorIndex.build(ids, vectors, generation, model_id, dim, self.setting("index", DEFAULT_KIND))
         from filelock import Timeout
 
         try:
@@ -164,7 +164,7 @@ class Embeddings:
         that has grown past its kind (see vectors.chosen_kind) is rebuilt here, by the
         writer, never by a reader."""
         index = self.index()
-        if index is not None and index.kind != chosen_kind(self.setting("index"), len(index)):
+        if index is not None and index.kind != chosen_kind(self.setting("index", DEFAULT_KIND), len(index)):
             index = self._index = self._rebuild_index()
         if index is not None:
             index.save(self.index_path)

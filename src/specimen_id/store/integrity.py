@@ -19,13 +19,15 @@ Reads only: nothing here writes to the database directory.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseDamaged
+from ..errors import DatabaseDamaged, ImageRefused
 from ..text import name_problem
 from . import renditions
 from .files import abandoned, image_relpath, managed, working_folders
@@ -33,6 +35,9 @@ from .schema import MIGRATIONS, schema_version
 from .vectors import VectorIndex
 
 NORM_TOLERANCE = 1e-3  # stored vectors are L2-normalised float32
+# A query process writes its image copy before it logs the query, without the write lock: a
+# fresh unreferenced file may be one it is about to refer to, so it is left alone.
+LEFTOVER_MIN_AGE_S = 60
 
 
 @dataclass
@@ -71,8 +76,9 @@ class Report:
                 + (f"; {len(self.notices)} notice(s)" if self.notices else ""))
 
 
-def verify(db) -> Report:
-    """Check a database (an open store.Database) and report every finding."""
+def verify(db, feature_version: str) -> Report:
+    """Check a database (an open store.Database) and report every finding; local features of
+    another recipe than `feature_version` (the software's) count as stale."""
     report = Report()
     conn = db.db.conn
     if not _sqlite_ok(conn, report):
@@ -82,7 +88,7 @@ def verify(db) -> Report:
     with db.db.atomic():
         _check_schema(conn, report)
         _check_names(conn, report)
-        captures = _check_vectors(db, report)
+        captures = _check_vectors(db, report, feature_version)
         _check_index(db, report)
         referenced = _check_images(db, report, captures)
     _check_leftovers(db.root, referenced, report)
@@ -120,11 +126,9 @@ def _check_names(conn, report: Report) -> None:
                                f"`specimen-id rename {uuid_} NEW_NAME`")
 
 
-def _check_vectors(db, report: Report) -> dict[int, dict]:
+def _check_vectors(db, report: Report, feature_version: str) -> dict[int, dict]:
     """Every capture has one sound embedding of the current model and current local features;
     returns the captures by id."""
-    from ..local_features import FEATURE_VERSION
-
     captures = {r["id"]: r for r in db.db.query(
         "SELECT c.id, c.uuid, c.image_path, c.file_sha256, s.name AS specimen FROM captures c "
         "LEFT JOIN specimens s ON s.id = c.specimen_id")}
@@ -154,10 +158,10 @@ def _check_vectors(db, report: Report) -> dict[int, dict]:
         report.add("embedding", f"{_who(captures[cid], cid)}: no embedding for model {model_id}", capture_id=cid)
     versions = dict(db.db.execute("SELECT capture_id, version FROM local_features").fetchall())
     for cid in sorted(captures):
-        if versions.get(cid) != FEATURE_VERSION:
+        if versions.get(cid) != feature_version:
             found = f"version {versions[cid]}" if cid in versions else "none"
             report.add("features", f"{_who(captures[cid], cid)}: no local features of version "
-                                   f"{FEATURE_VERSION} ({found}); `specimen-id reindex --features-only` "
+                                   f"{feature_version} ({found}); `specimen-id reindex --features-only` "
                                    "or `repair` recomputes them", capture_id=cid)
     return captures
 
@@ -324,3 +328,39 @@ def _who(row: dict | None, cid: int) -> str:
     if row is None:
         return f"capture {cid} (no such capture)"
     return f"capture {row['uuid']} of {row['specimen']!r}"
+
+
+def remove_leftovers(db, found: Report, rgb8) -> tuple[list[str], list[str]]:
+    """What repair does with verify's file findings: damaged renditions made again (from
+    `rgb8(image)`, the caller's decode), leftover files and abandoned working folders removed.
+    Returns (what was fixed, what was not)."""
+    fixed, unfixable, young = [], [], 0
+    for f in found.findings:
+        if f.kind == "rendition":  # its image is sound (verify checked): make it again from that
+            sha = renditions.source_sha(f.path)
+            f.path.unlink(missing_ok=True)
+            try:
+                image = next((db.root / "images" / sha[:2]).glob(f"{sha}.*"))
+                renditions.build(db.root, image, rgb8(image))
+                fixed.append(f"made {f.path.relative_to(db.root)} again")
+            except (StopIteration, ImageRefused) as e:
+                unfixable.append(f"{f.path.relative_to(db.root)}: cannot be made again ({e or 'no image'})")
+        if f.kind not in ("orphan", "temp") or f.path is None:
+            continue
+        if f.path.is_dir():  # an export's or import's working folder
+            if abandoned(f.path):
+                shutil.rmtree(f.path, ignore_errors=True)
+                fixed.append(f"removed {f.message.partition(':')[0]}")
+            continue
+        try:
+            if time.time() - f.path.stat().st_mtime < LEFTOVER_MIN_AGE_S:
+                young += 1
+                continue
+            f.path.unlink()
+        except FileNotFoundError:
+            continue
+        fixed.append(f"removed {f.path.relative_to(db.root)}")
+    if young:
+        unfixable.append(f"kept {young} unreferenced file(s) younger than {LEFTOVER_MIN_AGE_S} s "
+                         "(a running query may be about to refer to them); run repair again later")
+    return fixed, unfixable

@@ -31,25 +31,24 @@ def rendition_path(root: Path, image: Path, size: int) -> Path:
     return Path(root) / FOLDER / sha[:2] / f"{sha}-{size}.jpg"
 
 
-def rendition(root: Path, image: Path, size: int) -> Path:
+def rendition(root: Path, image: Path, size: int, rgb8) -> Path:
     """The rendition file of a managed image that fits `size`, made (every size, from one
-    decode) when it is missing; an unreadable image raises images' ImageRefused."""
+    `rgb8(image)`, the caller's decode to 8-bit RGB) when it is missing; whatever that decode
+    raises for an unreadable image goes up."""
     path = rendition_path(root, image, fitting(size))
     if not sound(path):  # missing, or cut short
         with _BUILDING:
             if not sound(path):  # another request may have made it meanwhile
-                build(root, image)
+                build(root, image, rgb8(image))
     return path
 
 
-def build(root: Path, image: Path) -> None:
+def build(root: Path, image: Path, rgb) -> None:
     import cv2
 
-    from .. import images
-    from ..models.preprocess import to_rgb8
     from .files import write_atomic
 
-    bgr = cv2.cvtColor(to_rgb8(images.load(image).pixels), cv2.COLOR_RGB2BGR)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     for size in sorted(SIZES, reverse=True):  # each from the one above: less work, same look
         scale = size / max(bgr.shape[:2])
         if scale < 1:

@@ -1,6 +1,6 @@
-"""Settings kept in the database: the ones a user may change with `config`, and the facts
-that tie its stored data together (model, index generation). A mixin of Database, kept apart
-because it is its own concern."""
+"""Settings kept in the database: the values a user set with `config` (opaque here: config.py
+says what they mean and their defaults), and the facts that tie its stored data together
+(model, index generation)."""
 
 from __future__ import annotations
 
@@ -9,32 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import FeaturesStale, ModelMismatch
-from ..models.embedder import split_precision
-from ..models.runtime import PRECISION_ENV
-from ..quality import LIMITS
-
-# Settings a user may change with `config`, their types and defaults. The threshold is kept
-# with the kind of score it applies to (see `threshold`).
-# The quality gate's limits are settings too (quality.py says how their defaults were chosen).
-SETTINGS = {"threshold": float, "margin": float, "top_k": int, "shortlist": int, "index": str,
-            **{key: type(value) for key, value in LIMITS.items()}}
-DEFAULTS = {"margin": 0.1, "top_k": 5, "shortlist": 100, "index": "auto", **LIMITS}
-SHARES = ("threshold", "margin", *(key for key in LIMITS if key.startswith("max_")))  # 0..1
-
-
-def parse_setting(key: str, text: str):
-    """A user's value for a setting, checked; ValueError says what is wrong."""
-    from .vectors import INDEX_KINDS
-
-    try:
-        value = SETTINGS[key](text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a {SETTINGS[key].__name__}") from None
-    if key == "index" and value not in INDEX_KINDS:
-        raise ValueError(f"index {text!r} is not one of {', '.join(INDEX_KINDS)}")
-    if key != "index" and not (0 <= value <= 1 if key in SHARES else value >= 1):
-        raise ValueError(f"{key} {text} is out of range")
-    return value
 
 
 def now() -> str:
@@ -46,7 +20,7 @@ class Settings:
 
     def setting(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
-        return json.loads(row[0]) if row else DEFAULTS.get(key, default)
+        return json.loads(row[0]) if row else default
 
     def set_setting(self, key: str, value) -> None:
         """Change a setting a user chose (audited; internal facts use `_put_setting`)."""
@@ -98,20 +72,12 @@ class Settings:
         return int(self.setting("index_generation", 0))
 
     def require_model(self, model_id: str) -> None:
-        """Embeddings of one model only: refuse another while captures exist."""
+        """Embeddings of one model only: refuse another while captures exist (models/ says,
+        before this, what to do about it)."""
         current = self.model_id
         if current and current != model_id and self.count("captures"):
-            (recipe, precision), (wanted, _) = split_precision(current), split_precision(model_id)
-            if recipe == wanted:  # only the arithmetic differs, e.g. f32 vectors from before int8
-                fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
-                       "reindex` to re-embed every capture in this precision")
-            elif current.split(":")[0] == model_id.split(":")[0]:
-                # the same network under another id: this version prepares images or local
-                # features differently from the one that filled the database
-                fix = "run `specimen-id reindex` to re-embed every capture as this version does"
-            else:
-                fix = "run `specimen-id reindex --model NAME` to re-embed every capture with another model"
-            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; {fix}")
+            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; run "
+                                "`specimen-id reindex` to re-embed every capture with this one")
 
     def require_features(self, version: str) -> None:
         """Local features of one recipe only: those of another are recomputed before this

@@ -26,6 +26,7 @@ MAGIC = b"specimen-id index 2\n"
 # (rebuilt on every removal); "compact" is PCA + IVF + 8-bit scalar quantisation without the
 # full vectors: 256 bytes a vector instead of 5120, re-ranked by the database.
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "compact")
+DEFAULT_KIND = "auto"
 FLAT_MAX = 100_000
 MIN_TRAINED = 1024  # below this, a forced ivf/compact is flat: trained lists need data, and
 # exact search over so few vectors is both smaller and faster anyway

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import images
+from ..config import setting
 from ..errors import DatabaseUnusable, ImageRefused, LowQuality, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..service import Service
 from ..store.audit import CLIENT
@@ -159,7 +160,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     def image(kind: str, uuid_: str, size: int = Query(0, ge=0)):
         """A capture's or query's image as a JPEG rendition: the page view, or with size > 0
         the smallest thumbnail at least that large (renditions.SIZES)."""
-        path = rendition(root, managed_image(kind, uuid_), size)
+        path = rendition(root, managed_image(kind, uuid_), size, images.rgb8)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/images/{kind}/{uuid_}/original")
@@ -210,7 +211,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
         margin it was answered with (today's for queries logged before it was kept)."""
         from ..search.score import decide
 
-        margin = row["margin"] if row.get("margin") is not None else float(database().setting("margin"))
+        margin = row["margin"] if row.get("margin") is not None else float(setting(database(), "margin"))
         decided = decide(row["candidates"], threshold, margin)
         return {**decided, "margin": margin, "threshold": threshold,
                 "clearing": [i for i, c in enumerate(row["candidates"]) if c["score"] >= threshold]}
@@ -261,7 +262,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
         from .. import local_features, verification
 
-        tiles = [cv2.imread(str(rendition(root, managed_image(kind, uuid_), 0)))
+        tiles = [cv2.imread(str(rendition(root, managed_image(kind, uuid_), 0, images.rgb8)))
                  for kind, uuid_ in (("query", query_uuid), ("capture", capture_uuid))]
         check = verification.verify(*(local_features.extract(cv2.cvtColor(t, cv2.COLOR_BGR2RGB)) for t in tiles))
         for i, t in enumerate(tiles):  # both at the verification's working size, so the points land right
