@@ -202,35 +202,24 @@ def part_enrol(args) -> None:
 
 def fill_database(db, model: FittedVectors, count: int, embedder, donors) -> None:
     """Add `count` synthetic captures (vectors from the fitted model) in groups of four to
-    filler specimens; each carries the real local features of a donor field that is not
-    enrolled (so verifying a filler in the shortlist costs what a real capture does, and
-    cannot match a query by borrowing its own field's features)."""
-    import uuid
-
+    filler specimens, through the store's own add_captures; each carries the real local
+    features of a donor field that is not enrolled (so verifying a filler in the shortlist
+    costs what a real capture does, and cannot match a query by borrowing its own field's
+    features), and shares one enrolled image."""
     from specimen_id import local_features
-    from specimen_id.store.settings import now
+    from specimen_id.store import CaptureRecord
 
-    path = db.db.execute("SELECT image_path FROM captures LIMIT 1").fetchone()[0]
-    real = [(None, path, "filler", local_features.extract(d).to_bytes())
-            for d in tqdm(donors, desc="donor features", leave=False)]
-    version = local_features.FEATURE_VERSION
-    with db.unit_of_work():
+    key = db.capture_images()[0][1]
+    features = [local_features.extract(d).to_bytes() for d in tqdm(donors, desc="donor features", leave=False)]
+    with db.writing():
         for start in tqdm(range(0, count, 20_000), desc="filler", leave=False):
             n = min(20_000, count - start)
             vectors = model.chunk(start, n)
-            for i in range(0, n, 4):
-                sid = db.db["specimens"].insert({"uuid": str(uuid.uuid4()), "name": f"filler-{start + i:07d}",
-                                                 "created_at": now()}).last_pk
-                for j in range(4):
-                    src = real[(start + i + j) % len(real)]
-                    cid = db.db["captures"].insert({
-                        "uuid": str(uuid.uuid4()), "specimen_id": sid, "file_sha256": src[2],
-                        "pixel_sha256": "filler", "image_path": src[1], "created_at": now()}).last_pk
-                    db.db.execute("INSERT INTO embeddings VALUES (?, ?, ?)",
-                                  [cid, embedder.model_id, vectors[i + j].tobytes()])
-                    db.db.execute("INSERT INTO local_features VALUES (?, ?, ?)", [cid, version, src[3]])
-        db._bump_generation(embedder.model_id, embedder.dim)
-        db.save_index()
+            db.add_captures([CaptureRecord(
+                specimen=f"filler-{(start + i) // 4 * 4:07d}", image=key, file_sha256="filler",
+                pixel_sha256="filler", original_name="filler", format="JPEG", width=0, height=0,
+                dtype="uint8", channels=3, vector=vectors[i], features=features[(start + i) % len(features)])
+                for i in range(n)], embedder.model_id, local_features.FEATURE_VERSION)
 
 
 def part_query(args, model: FittedVectors) -> None:
@@ -286,7 +275,7 @@ def part_query(args, model: FittedVectors) -> None:
                 answers = list(specimen_id.query(db, paths, log=False))
                 found[name] = sum((a["decision"], a["specimen"]) == ("match", f"field-{int(p.stem.split('-')[1]):04d}")
                                   for a, p in zip(answers, paths))
-            entries, kind = len(db.index()), db.index().kind
+            entries, kind = db.info()["index_vectors"], db.info()["index_kind"]
             with serving(tmp / "db") as base:  # the web app at this size
                 web_ms = round_trips(base, queries, "/api/query")
         cold = []

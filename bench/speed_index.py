@@ -39,7 +39,7 @@ def index_bytes(faiss, index) -> float:
 
 
 def part_index(args, model: FittedVectors) -> None:
-    from specimen_id.store.vectors import VectorIndex
+    from specimen_id.store.vectors import FaissIndex
 
     rows, results = [], []
     n = args.vectors
@@ -51,7 +51,7 @@ def part_index(args, model: FittedVectors) -> None:
     vectors = np.concatenate([model.chunk(s, min(250_000, n - s)) for s in
                               tqdm(range(0, n, 250_000), desc="generate", leave=False)])
     start = time.perf_counter()
-    index = VectorIndex.build(np.arange(n), vectors, 1, "bench", model.dim, "auto")
+    index = FaissIndex.build(np.arange(n), vectors, 1, "bench", model.dim, "auto")
     results.append(measure_index(index, queries, truth, time.perf_counter() - start, n))
     del index, vectors
 
@@ -63,7 +63,7 @@ def part_index(args, model: FittedVectors) -> None:
         truth, tune_truth = np.split(exact_top10(model, n, np.vstack([queries, tune_queries]), progress=bar),
                                      [len(queries)])
     start = time.perf_counter()
-    index = VectorIndex(model.dim, 1, "bench", "compact")
+    index = FaissIndex(model.dim, 1, "bench", "compact")
     index.train(np.concatenate([model.chunk(s, 4 * 8192) for s in range(0, min(n, 20 * 4 * 8192), 4 * 8192)]), n)
     for s in tqdm(range(0, n, 250_000), desc="add compact", leave=False):
         index.add(np.arange(s, min(n, s + 250_000)), model.chunk(s, min(250_000, n - s)))

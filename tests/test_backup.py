@@ -16,7 +16,7 @@ from conftest import QUERIES, SPECIMENS
 from filelock import FileLock, Timeout
 
 from specimen_id.store import Database
-from specimen_id.store.vectors import VectorIndex
+from specimen_id.store.vectors import FaissIndex
 
 TABLES = {"specimens": "id, uuid, name, metadata, notes, created_at, removed_at",
           "captures": "id, uuid, specimen_id, file_sha256, image_path",
@@ -77,7 +77,7 @@ def test_an_imported_archive_is_the_same_database_and_gives_the_same_answers(enr
     after = _rows(target)
     for table in TABLES:  # the same ids, uuids, vectors, logged decisions, reviews
         assert after[table] == before[table], table
-    index = VectorIndex.load(target / "index.faiss")
+    index = FaissIndex.load(target / "index.faiss")
     assert index is not None and len(index) == 7  # rebuilt, removed specimen left out
     assert _answers(enrolled, target) == answers
     assert enrolled("list", db=target).stdout == enrolled("list").stdout
@@ -236,13 +236,13 @@ def test_export_while_another_process_enrols_is_a_consistent_snapshot(run, tmp_p
             assert con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == captures
         paths = [r[0] for r in con.execute("SELECT image_path FROM captures")]
         assert all((target / p).is_file() for p in paths)
-        assert len(VectorIndex.load(target / "index.faiss")) == captures
+        assert len(FaissIndex.load(target / "index.faiss")) == captures
         seen.add(captures)
     assert len(seen) >= 2  # the snapshots saw the enrolment at different points
     final = tmp_path / "final.tar"
     assert run("export", final).exit_code == 0
     assert run("import", final, db=tmp_path / "final").exit_code == 0
-    assert len(VectorIndex.load(tmp_path / "final" / "index.faiss")) == sum(final_sizes.values())
+    assert len(FaissIndex.load(tmp_path / "final" / "index.faiss")) == sum(final_sizes.values())
     print(f"{len(archives)} exports during enrolment ({during} wholly inside the writer's lock); "
           f"capture counts seen: {sorted(seen)}")
 

@@ -50,12 +50,12 @@ def _index_agrees(db_dir) -> bool:
     holds at that index's generation; False when a writer moved on in between (then a reader
     must see the new generation and reload)."""
     with Database(db_dir) as db:
-        index = db.index()
+        index = db.vectors.loaded()
         with db.db.atomic():  # one snapshot
             generation = db.generation
-            ids, vectors = db.embeddings(db.model_id, db.setting("embedding_dim"))
+            ids, vectors = db.vectors.stored(db.model_id, db.setting("embedding_dim"))
         if index.generation != generation:
-            assert db.index().generation >= generation  # the change is seen and the index reloaded
+            assert db.vectors.loaded().generation >= generation  # the change is seen and the index reloaded
             return False
         assert sorted(index.ids()) == sorted(ids)
         return True
@@ -91,7 +91,7 @@ def test_queries_answer_correctly_while_another_process_enrols(populated, tmp_pa
     assert checks["agreed"] > 0
     # the long-lived reader sees the new captures without being reopened
     assert next(specimen_id.query(reader, [files[0]]))["specimen"] == "batch"
-    assert len(reader.index()) == 8 + 20
+    assert len(reader.vectors.loaded()) == 8 + 20
     assert not reader.verify(FEATURE_VERSION).problems
     print(f"{len(web_answers)} web queries and {sum(checks.values())} index checks during the "
           f"enrolment: {checks}")
@@ -107,7 +107,7 @@ def test_two_enrolments_at_once_both_succeed(populated, tmp_path):
         assert proc.returncode == 0, err
     with Database(populated) as db:
         assert [len(db.captures(db.specimen(n)["id"])) for n in ("first", "second")] == [8, 8]
-        assert len(db.index()) == 8 + 16
+        assert len(db.vectors.loaded()) == 8 + 16
         assert not db.verify(FEATURE_VERSION).problems
 
 

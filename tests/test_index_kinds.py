@@ -8,12 +8,12 @@ import pytest
 from conftest import QUERIES
 
 from specimen_id.local_features import FEATURE_VERSION
-from specimen_id.store import Database
+from specimen_id.store import CaptureRecord, Database
 from specimen_id.store.vectors import (
     COMPACT_DIM,
     FLAT_MAX,
     MIN_TRAINED,
-    VectorIndex,
+    FaissIndex,
     chosen_kind,
     recall_at,
 )
@@ -34,7 +34,7 @@ def _clustered(n: int, dim: int = 1280, seed: int = 0) -> np.ndarray:
 def test_each_kind_finds_the_exact_neighbours_and_keeps_its_tuning(kind, tmp_path):
     vectors = _clustered(4000)
     ids = np.arange(4000, dtype=np.int64) * 3 + 7  # capture ids are not positions
-    index = VectorIndex.build(ids, vectors, 5, "m", 1280, kind)
+    index = FaissIndex.build(ids, vectors, 5, "m", 1280, kind)
     assert index.kind == kind and len(index) == 4000
     np.testing.assert_array_equal(index.ids(), np.sort(ids))
     queries = vectors[::40] + 0.05 * np.random.default_rng(9).standard_normal((100, 1280)).astype(np.float32)
@@ -44,7 +44,7 @@ def test_each_kind_finds_the_exact_neighbours_and_keeps_its_tuning(kind, tmp_pat
     assert recall_at(found, truth) >= 0.98  # compact: within the candidates the caller re-ranks
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first, as cosines
     index.save(tmp_path / "index.faiss")
-    loaded = VectorIndex.load(tmp_path / "index.faiss")
+    loaded = FaissIndex.load(tmp_path / "index.faiss")
     assert (loaded.kind, loaded.effort) == (kind, index.effort)
     np.testing.assert_array_equal(loaded.search(queries, index.candidates(10))[1], found)
     if kind != "flat":
@@ -53,7 +53,7 @@ def test_each_kind_finds_the_exact_neighbours_and_keeps_its_tuning(kind, tmp_pat
     if kind != "hnsw":  # gone from every part of the index, which still saves and loads whole
         assert len(index) == 3990 and not set(index.search(vectors[:10], 10)[1].ravel()) & set(ids[:10])
         index.save(tmp_path / "index.faiss")
-        assert len(VectorIndex.load(tmp_path / "index.faiss")) == 3990
+        assert len(FaissIndex.load(tmp_path / "index.faiss")) == 3990
 
 
 def test_auto_kind_is_exact_below_the_documented_size():
@@ -78,24 +78,25 @@ def test_compact_database_search_reranks_by_the_stored_vectors(tmp_path):
     captures = [images.decode(cv2.imencode(".png", rng.integers(0, 255, (8, 8), np.uint8))[1].tobytes(),
                               f"c{i}.png") for i in range(1200)]
     with db.writing():
-        db.add_captures([("field", c) for c in captures], None, vectors, "m", [b""] * 1200, "none")
+        db.add_captures([CaptureRecord.of("field", c, db.blobs.put(c.data, c.file_sha256, c.extension), v, b"")
+                         for c, v in zip(captures, vectors)], "m", "none")
         db.set_setting("index", "compact")
-        db.save_index()
-    assert db.index().kind == "compact"
+        db.vectors.sync()
+    assert db.vectors.loaded().kind == "compact"
     query = vectors[17] + 0.02 * rng.standard_normal(1280).astype(np.float32)
     query /= np.linalg.norm(query)
-    scores, ids = db.search(query[None], 10)
-    ids_all, stored = db.embeddings("m", 1280)
+    (hits,) = db.vectors.search(query[None], 10)
+    ids_all, stored = db.vectors.stored("m", 1280)
     exact = stored @ query
     order = np.argsort(-exact)[:10]
-    np.testing.assert_array_equal(ids[0], ids_all[order])
-    np.testing.assert_allclose(scores[0], exact[order], atol=1e-6)
+    np.testing.assert_array_equal([h.capture_id for h in hits], ids_all[order])
+    np.testing.assert_allclose([h.similarity for h in hits], exact[order], atol=1e-6)
     # verify compares the trained kinds with the database id by id
     for kind in ("compact", "ivf"):
         with db.writing():
             db.set_setting("index", kind)
-            db.save_index()
-        assert db.index().kind == kind
+            db.vectors.sync()
+        assert db.vectors.loaded().kind == kind
         assert [f.message for f in db.verify(FEATURE_VERSION).findings if f.kind == "index"] == []
 
 
@@ -107,7 +108,7 @@ def test_compact_index_uses_a_fraction_of_the_memory_per_vector(tmp_path):
     for kind in ("flat", "compact"):
         sizes = []
         for n in (8000, 16000):
-            VectorIndex.build(np.arange(n), vectors[:n], 1, "m", 1280, kind).save(tmp_path / kind)
+            FaissIndex.build(np.arange(n), vectors[:n], 1, "m", 1280, kind).save(tmp_path / kind)
             sizes.append((tmp_path / kind).stat().st_size)
         per_vector[kind] = (sizes[1] - sizes[0]) / 8000
     assert per_vector["flat"] >= 1280 * 4
@@ -122,7 +123,7 @@ def test_database_with_another_index_kind_answers_the_same(enrolled, kind):
     assert result.exit_code == 0 and f"index = {kind}" in result.output
     db = Database(enrolled.db)
     # a forced IVF needs MIN_TRAINED vectors; below that it is exact search
-    assert db.index().kind == chosen_kind(kind, 6) and db.index().describes(db.generation, db.model_id)
+    assert db.vectors.loaded().kind == chosen_kind(kind, 6) and db.vectors.loaded().describes(db.generation, db.model_id)
     after = [json.loads(line) for line in enrolled("query", "--json", *sorted(QUERIES.glob("*.jpg"))).output.splitlines()]
     for b, a in zip(before, after, strict=True):
         assert (a["decision"], a["specimen"]) == (b["decision"], b["specimen"])
@@ -130,9 +131,9 @@ def test_database_with_another_index_kind_answers_the_same(enrolled, kind):
         assert a["candidates"][0]["cnn_similarity"] == pytest.approx(b["candidates"][0]["cnn_similarity"], abs=1e-5)
     assert enrolled("remove", "he-tissue-a").exit_code == 0  # HNSW rebuilds instead
     db = Database(enrolled.db)
-    ids, _ = db.embeddings(db.model_id, db.index().dim)
-    assert db.index().describes(db.generation, db.model_id)
-    np.testing.assert_array_equal(db.index().ids(), np.sort(ids))
+    ids, _ = db.vectors.stored(db.model_id, db.vectors.loaded().dim)
+    assert db.vectors.loaded().describes(db.generation, db.model_id)
+    np.testing.assert_array_equal(db.vectors.loaded().ids(), np.sort(ids))
 
 
 def test_unknown_index_kind_is_refused(enrolled):

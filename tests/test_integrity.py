@@ -13,7 +13,7 @@ import pytest
 from conftest import QUERIES, SPECIMENS
 
 from specimen_id.store import Database
-from specimen_id.store.vectors import VectorIndex
+from specimen_id.store.vectors import FaissIndex
 
 LONG_AGO = time.time() - 3600
 
@@ -104,7 +104,7 @@ def test_a_recorded_path_outside_the_images_folder_is_named_not_read(db_dir, tmp
 def test_dropped_embedding_and_features_are_recomputed(db_dir):
     capture = _capture(db_dir.db, "he-tissue-b")
     with Database(db_dir.db) as db:
-        ids, before = db.embeddings(db.model_id, db.setting("embedding_dim"))
+        ids, before = db.vectors.stored(db.model_id, db.setting("embedding_dim"))
     _sql(db_dir.db, "DELETE FROM embeddings WHERE capture_id = ?", [capture["id"]])
     _sql(db_dir.db, "DELETE FROM local_features WHERE capture_id = ?", [capture["id"]])
     result = db_dir("verify")
@@ -116,7 +116,7 @@ def test_dropped_embedding_and_features_are_recomputed(db_dir):
     assert "recomputed the embedding and local features of 1 capture(s)" in result.output
     assert db_dir("verify").exit_code == 0
     with Database(db_dir.db) as db:
-        ids_after, after = db.embeddings(db.model_id, db.setting("embedding_dim"))
+        ids_after, after = db.vectors.stored(db.model_id, db.setting("embedding_dim"))
     assert list(ids_after) == list(ids)
     np.testing.assert_allclose(after, before, atol=1e-5)  # the same model, the same image
     assert _answer(db_dir, QUERIES / "recapture-he-tissue-b.jpg")["specimen"] == "he-tissue-b"
@@ -164,14 +164,14 @@ def test_stale_missing_and_corrupt_index_are_noticed_and_rebuilt(run):
         assert result.exit_code == 0 and f"notice: {named}" in result.output, result.output
         assert "rebuilt index.faiss from the database (2 vectors)" in run("repair").output
         assert run("verify").output.startswith("ok:")
-        assert len(VectorIndex.load(run.db / "index.faiss")) == 2
+        assert len(FaissIndex.load(run.db / "index.faiss")) == 2
 
 
 def test_index_that_claims_the_current_generation_but_disagrees_is_a_problem(db_dir):
     path = db_dir.db / "index.faiss"
-    index = VectorIndex.load(path)
+    index = FaissIndex.load(path)
     index.remove([index.ids()[0]])
-    tampered = VectorIndex.build(index.ids(), np.eye(len(index), 1280, dtype=np.float32),
+    tampered = FaissIndex.build(index.ids(), np.eye(len(index), 1280, dtype=np.float32),
                                  index.generation, index.model_id, 1280)
     tampered.save(path)
     result = db_dir("verify")
@@ -179,8 +179,8 @@ def test_index_that_claims_the_current_generation_but_disagrees_is_a_problem(db_
     assert "problem: index.faiss claims generation" in result.output and "holds 7 vectors" in result.output
     index.save(path)  # right count, one id too few: hand-edit the header count too
     with Database(db_dir.db) as db:
-        ids, vectors = db.embeddings(db.model_id, 1280)
-    VectorIndex.build(ids, vectors[::-1], index.generation, index.model_id, 1280).save(path)
+        ids, vectors = db.vectors.stored(db.model_id, 1280)
+    FaissIndex.build(ids, vectors[::-1], index.generation, index.model_id, 1280).save(path)
     result = db_dir("verify")
     assert result.exit_code == 1
     assert "index.faiss holds other vectors than the database for captures" in result.output

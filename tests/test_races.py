@@ -60,9 +60,9 @@ def _consistent(store):
     try:
         report = db.verify(FEATURE_VERSION)
         assert not report.problems, [str(p) for p in report.problems]
-        index = db.index()
+        index = db.vectors.loaded()
         active = {c["id"] for s in db.specimens() for c in db.captures(s["id"])}
-        found = index.search(np.stack(list(db.vectors_of(sorted(active), index.model_id, index.dim).values())), 1)
+        found = index.search(np.stack(list(db.vectors.vectors_of(sorted(active)).values())), 1)
         assert found is not None
     finally:
         db.close()

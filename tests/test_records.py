@@ -11,7 +11,7 @@ from conftest import QUERIES, SPECIMENS
 from fastapi.testclient import TestClient
 
 from specimen_id.store import Database
-from specimen_id.store.vectors import VectorIndex
+from specimen_id.store.vectors import FaissIndex
 from specimen_id.web import create_app
 
 HE_A = [SPECIMENS / "he-tissue-a" / "capture-1.png", SPECIMENS / "he-tissue-a" / "capture-2.png"]
@@ -50,8 +50,8 @@ def test_remove_hides_everywhere_and_restore_brings_back_the_same_records(small)
     assert answer["decision"] == "no_match" and "he-a" not in [c["specimen"] for c in answer["candidates"]]
     # exact copies of a removed capture are not revealed either
     assert _answer(small, HE_A[0])["exact"] == []
-    index, db = VectorIndex.load(small.db / "index.faiss"), Database(small.db)
-    assert sorted(index.ids()) == sorted(db.embeddings(db.model_id, index.dim)[0]) and len(index) == 2
+    index, db = FaissIndex.load(small.db / "index.faiss"), Database(small.db)
+    assert sorted(index.ids()) == sorted(db.vectors.stored(db.model_id, index.dim)[0]) and len(index) == 2
     info = json.loads(small("info", "--json").stdout)
     assert (info["specimens"], info["captures"], info["removed_specimens"], info["removed_captures"],
             info["index_vectors"]) == (2, 2, 1, 2, 2)
@@ -79,7 +79,7 @@ def test_remove_hides_everywhere_and_restore_brings_back_the_same_records(small)
     db = Database(small.db)
     assert db.specimen("he-a")["uuid"] == before["uuid"]
     assert [(c["id"], c["uuid"]) for c in db.captures(db.specimen("he-a")["id"])] == before["captures"]
-    assert len(VectorIndex.load(small.db / "index.faiss")) == 4
+    assert len(FaissIndex.load(small.db / "index.faiss")) == 4
     answer = _answer(small, QUERIES / "recapture-he-tissue-a.jpg")
     assert (answer["decision"], answer["specimen"]) == ("match", "he-a")
     assert answer["candidates"][0]["capture"] in [u for _, u in before["captures"]]

@@ -79,17 +79,17 @@ def test_the_index_is_read_once_and_again_only_when_the_database_changes(enrolle
         return response.json()
 
     assert ask(RECAPTURES[0])["decision"] == "match"
-    loaded = service.database().index()
+    loaded = service.database().vectors.loaded()
     for path in RECAPTURES[1:3]:
         assert ask(path)["decision"] == "match"
-    assert service.database().index() is loaded  # the same object: not read again
+    assert service.database().vectors.loaded() is loaded  # the same object: not read again
     # another process (here the CLI) enrols: the next query reads the new index, once
     assert enrolled("enroll", "-s", "never-before", QUERIES / "never-enrolled-1.jpg").exit_code == 0
     assert ask(QUERIES / "never-enrolled-1.jpg")["specimen"] == "never-before"
-    refreshed = service.database().index()
+    refreshed = service.database().vectors.loaded()
     assert refreshed is not loaded and len(refreshed) == len(loaded) + 1
     assert ask(RECAPTURES[0])["specimen"] == RECAPTURES[0].stem.removeprefix("recapture-")
-    assert service.database().index() is refreshed
+    assert service.database().vectors.loaded() is refreshed
 
 
 def test_one_embedder_serves_many_threads(enrolled):

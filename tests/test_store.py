@@ -11,7 +11,7 @@ from conftest import QUERIES, SPECIMENS
 from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.store import Database
 from specimen_id.store.schema import MIGRATIONS, migrate
-from specimen_id.store.vectors import VectorIndex
+from specimen_id.store.vectors import FaissIndex
 
 
 def _answer(run, query):
@@ -24,7 +24,7 @@ def test_deleted_index_is_rebuilt_on_open(enrolled):
     index_file.unlink()
     assert _answer(enrolled, QUERIES / "recapture-fluo-nuclei-b.jpg")["specimen"] == "fluo-nuclei-b"
     assert index_file.is_file()  # rebuilt and saved for the next reader
-    assert len(VectorIndex.load(index_file)) == 8
+    assert len(FaissIndex.load(index_file)) == 8
 
 
 def test_stale_index_is_detected_and_rebuilt(run):
@@ -33,22 +33,22 @@ def test_stale_index_is_detected_and_rebuilt(run):
     shutil.copy(run.db / "index.faiss", old)
     run("enroll", "--specimen", "he-tissue-b", SPECIMENS / "he-tissue-b" / "capture-1.png")
     shutil.copy(old, run.db / "index.faiss")  # an index that misses the second specimen
-    assert VectorIndex.load(run.db / "index.faiss").generation < Database(run.db).generation
+    assert FaissIndex.load(run.db / "index.faiss").generation < Database(run.db).generation
     answer = _answer(run, QUERIES / "recapture-he-tissue-b.jpg")
     assert answer["specimen"] == "he-tissue-b"
-    assert len(VectorIndex.load(run.db / "index.faiss")) == 2
+    assert len(FaissIndex.load(run.db / "index.faiss")) == 2
 
 
 def test_damaged_index_file_is_rebuilt(enrolled):
     (enrolled.db / "index.faiss").write_bytes(b"specimen-id index 1\n{garbage")
     assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
-    assert len(VectorIndex.load(enrolled.db / "index.faiss")) == 8
+    assert len(FaissIndex.load(enrolled.db / "index.faiss")) == 8
 
 
 def test_index_agrees_with_sqlite_id_by_id(enrolled):
     db = Database(enrolled.db)
-    ids, vectors = db.embeddings(db.model_id, db.setting("embedding_dim"))
-    index = VectorIndex.load(enrolled.db / "index.faiss")
+    ids, vectors = db.vectors.stored(db.model_id, db.setting("embedding_dim"))
+    index = FaissIndex.load(enrolled.db / "index.faiss")
     assert sorted(index.ids()) == sorted(ids)
     assert index.generation == db.generation and index.model_id == db.model_id
     scores, found = index.search(vectors, 1)
@@ -65,7 +65,7 @@ def test_capture_ids_are_never_reused(run):
     run("enroll", "-s", "c", SPECIMENS / "brightfield-a" / "capture-1.png")
     db = Database(run.db)
     assert db.captures(db.specimen("c")["id"])[0]["id"] > removed
-    assert sorted(VectorIndex.load(run.db / "index.faiss").ids()) == [1, 3]
+    assert sorted(FaissIndex.load(run.db / "index.faiss").ids()) == [1, 3]
 
 
 def test_managed_copies_are_content_addressed(enrolled):
@@ -242,7 +242,7 @@ def test_a_failed_write_leaves_the_batch_out_entirely(run, monkeypatch):
 
     run("enroll", "-s", "before", SPECIMENS / "he-tissue-b" / "capture-1.png")
     before = Database(run.db)
-    generation, ids = before.generation, sorted(VectorIndex.load(run.db / "index.faiss").ids())
+    generation, ids = before.generation, sorted(FaissIndex.load(run.db / "index.faiss").ids())
     real_replace, calls = os.replace, []
 
     def failing_replace(src, dst):
@@ -262,7 +262,7 @@ def test_a_failed_write_leaves_the_batch_out_entirely(run, monkeypatch):
     assert after.count("captures") == 1 and after.count("embeddings") == 1
     assert after.count("local_features") == 1 and after.generation == generation
     assert [s["name"] for s in after.specimens()] == ["before"]
-    index = after.index()
+    index = after.vectors.loaded()
     assert index.describes(after.generation, after.model_id) and sorted(index.ids()) == ids
     # and the same command run again now enrols the whole batch
     assert run("enroll", "-s", "during", *files).exit_code == 0

@@ -4,7 +4,7 @@ keeps their values as opaque JSON; what they mean, and what they are when unset,
 from __future__ import annotations
 
 from .quality import LIMITS
-from .store.vectors import DEFAULT_KIND, INDEX_KINDS
+from .store import DEFAULT_KIND, INDEX_KINDS
 
 # The threshold is kept with the kind of score it applies to (see Settings.threshold).
 # The quality gate's limits are settings too (quality.py says how their defaults were chosen).

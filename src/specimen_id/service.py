@@ -18,8 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import SpecimenIdError
-from .store import open_store
-from .store.embeddings import SharedIndex
+from .store import SharedIndex, open_store
 
 WORKERS_ENV = "SPECIMEN_ID_WORKERS"
 

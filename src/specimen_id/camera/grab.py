@@ -18,8 +18,7 @@ import numpy as np
 from .. import __version__
 from ..errors import CaptureFailed
 from ..images import ACQUISITION_KEY
-from ..store.files import write_atomic
-from ..store.settings import now
+from ..store import now, write_atomic
 from . import v4l2
 
 SETTLE = 2  # frames dropped after locking: the first may still be exposed the old way

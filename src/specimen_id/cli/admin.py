@@ -53,10 +53,10 @@ def config(ctx, key, value):
             db.set_threshold(parsed, SCORE_KIND)
         elif key == "index":
             with db.writing():  # build the new kind now, not in the next query
-                db.set_setting(key, parsed)
-                db.save_index()
+                db.set_setting(key, parsed, DEFAULTS.get(key))
+                db.vectors.sync()
         else:
-            db.set_setting(key, parsed)
+            db.set_setting(key, parsed, DEFAULTS.get(key))
     for k in [key] if key else sorted(SETTINGS):
         shown = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD) if k == "threshold" else setting(db, k)
         echo(f"{k} = {shown}")

@@ -12,7 +12,7 @@ import click
 from .. import __version__
 from ..errors import SpecimenIdError, storage_failure
 from ..models.backbones import MODEL_NAMES
-from ..store.location import DB_ENV, DEFAULT_DIR
+from ..store import DB_ENV, DEFAULT_DIR
 from ..text import escaped
 
 

@@ -39,7 +39,7 @@ def enroll(ctx, specimen, folders, meta, allow_duplicate, allow_low_quality, que
     if queries:
         db = open_db(ctx)
         try:
-            files = (*files, *(db.image_of("query", q) for q in queries))
+            files = (*files, *(db.blobs.file(db.image_key("query", q)) for q in queries))
         except KeyError as e:
             raise click.BadParameter(f"no logged query {e}", param_hint="--query") from None
     if folders and files:

@@ -14,6 +14,7 @@ from ..models import embedder_for
 from ..progress import progress_bar
 from ..text import name_problem
 from ..search.overlap import find_overlaps
+from ..store import CaptureRecord, check_metadata
 from .pipeline import evidence, prepare
 
 BATCH = 16  # captures per transaction: a kill loses at most this much work
@@ -49,6 +50,8 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     whose pixels are already enrolled under another specimen is refused unless
     allow_duplicate; one already enrolled under the same specimen is skipped; one below the
     quality limits (quality.py) is refused unless allow_low_quality."""
+    if metadata is not None:
+        check_metadata(metadata)  # before any file is read or kept
     report = EnrolReport()
     jobs = [(name, paths) for name, paths in jobs if _usable_name(name, paths, report)]
     if not jobs and report.refused:  # every name refused: no model to load
@@ -77,8 +80,10 @@ def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, pro
 
         def store():
             vectors, features = evidence(embedder, batch)
-            ids = db.add_captures([(p.item[0], p.capture) for p in batch], metadata, vectors,
-                                  embedder.model_id, features, local_features.FEATURE_VERSION)
+            records = [CaptureRecord.of(p.item[0], p.capture, db.blobs.put(
+                p.capture.data, p.capture.file_sha256, p.capture.extension), v, f)
+                for p, v, f in zip(batch, vectors, features)]
+            ids = db.add_captures(records, embedder.model_id, local_features.FEATURE_VERSION, metadata)
             report.enrolled.extend(p.capture.name for p in batch)  # committed: counted even if what follows fails
             found = find_overlaps(db, [(cid, p.item[0], v, f) for cid, p, v, f in zip(ids, batch, vectors, features)])
             pairs = {}  # two new captures of one batch find each other: recorded once
@@ -118,7 +123,6 @@ def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, pro
                 store()
         if batch:
             store()
-        db.save_index()
 
 
 def _usable_name(name: str, paths, report) -> bool:

@@ -13,6 +13,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from typing import Protocol
 
 import numpy as np
 
@@ -20,10 +21,16 @@ from .. import local_features
 from ..errors import ImageRefused
 
 
+class Decoded(Protocol):
+    """What `load` returns: an images.Capture (enrolment), or only pixels (reindex)."""
+
+    pixels: np.ndarray
+
+
 @dataclass
 class Prepared:
     item: object  # what the caller asked for (a path, a capture id…)
-    capture: object = None  # whatever `load` returned; it has `.pixels`
+    capture: Decoded | None = None
     error: ImageRefused | None = None
     features: bytes | None = None  # local features, serialised
     cnn_input: np.ndarray | None = None  # CHW float32, ready for the network

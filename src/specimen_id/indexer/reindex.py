@@ -22,7 +22,7 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
     captures embedded. Nothing changes if any managed image cannot be read."""
     embedder = embedder_for(db, model, weights, check=False)
     with db.writing():
-        files = db.capture_files()
+        files = db.capture_images()
         vectors = np.empty((len(files), embedder.dim), np.float32)
         features, batch = [], []
 
@@ -34,7 +34,7 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
             batch.clear()
 
         with progress_bar(len(files), "reindex", progress) as bar:
-            for prepared in prepare(files, lambda file: _Managed(images.stored_pixels(file[1])), embedder):
+            for prepared in prepare(files, lambda file: _Managed(images.stored_pixels(db.blobs.file(file[1]))), embedder):
                 batch.append(prepared)
                 if len(batch) == BATCH:
                     embed()
@@ -42,7 +42,6 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
                 embed()
         db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors, features,
                               local_features.FEATURE_VERSION, embedder.name, embedder.weights_path)
-        db.save_index()
     return len(files)
 
 
@@ -55,10 +54,10 @@ def reindex_features(db, progress: bool = False) -> int:
     recipe, keeping the CNN vectors and the index, and switch in one transaction; returns the
     number of captures. Nothing changes if any managed image cannot be read."""
     with db.writing():
-        files = db.capture_files()
+        files = db.capture_images()
 
         def extract(file):  # in worker threads: decoding and SIFT release the GIL
-            return local_features.extract(images.stored_pixels(file[1])).to_bytes()
+            return local_features.extract(images.stored_pixels(db.blobs.file(file[1]))).to_bytes()
 
         with progress_bar(len(files), "features", progress) as bar, \
                 ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="features") as pool:

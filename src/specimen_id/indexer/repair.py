@@ -44,9 +44,9 @@ def repair(db) -> RepairReport:
         for cid in sorted(set(stale) & bad_images):
             out.unfixable.append(f"capture id {cid}: embedding or local features cannot be "
                                  "recomputed without its image")
-        index = db.rebuild_index()
+        db.vectors.sync(rebuild=True)
         if any(f.kind == "index" for f in found.findings):
-            out.fixed.append(f"rebuilt index.faiss from the database ({len(index or [])} vectors)")
+            out.fixed.append(f"rebuilt index.faiss from the database ({db.info()['index_vectors']} vectors)")
         fixed, unfixable = db.clean(found, images.rgb8)
         out.fixed += fixed
         out.unfixable += unfixable
@@ -64,11 +64,11 @@ def _recompute(db, ids: list[int], stray: int, out: RepairReport) -> None:
         out.unfixable.append(f"this database's model {db.model_id} is not the one specimen-id now "
                              f"builds ({embedder.model_id}); run `specimen-id reindex`")
         return
-    paths = dict(db.capture_files())
+    keys = dict(db.capture_images())
     done, vectors, features = [], [], []
     for cid in ids:
         try:
-            pixels = images.load(paths[cid]).pixels
+            pixels = images.load(db.blobs.file(keys[cid])).pixels
         except ImageRefused as e:
             out.unfixable.append(f"capture id {cid}: {e}")
             continue

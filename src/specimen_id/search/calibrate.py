@@ -24,7 +24,7 @@ from ..models import embedder_for
 from ..models.preprocess import to_rgb8
 from ..progress import progress_bar
 from ..simulate import Recapture
-from ..store.files import write_atomic
+from ..store import write_atomic
 from .query import rank
 from .score import DEFAULT_THRESHOLD, SCORE_KIND, shows_field
 
@@ -59,7 +59,7 @@ def reviewed_pairs(review: dict) -> tuple[list[float], list[float]]:
 def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | None = None,
               seed: int = 0, progress: bool = False) -> dict:
     embedder = embedder_for(db)
-    files = db.capture_files()
+    files = [(cid, db.blobs.file(key)) for cid, key in db.capture_images()]
     owners = db.capture_owners([cid for cid, _ in files])
     files = [(cid, path) for cid, path in files if cid in owners]  # removed specimens left out
     counts: dict[str, int] = {}

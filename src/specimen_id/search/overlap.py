@@ -23,15 +23,16 @@ def find_overlaps(db, new: list[tuple[int, str, np.ndarray, bytes]]) -> list[dic
     if not new:
         return []
     threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
-    similarities, ids = db.search(np.stack([vector for _, _, vector, _ in new]), 4 * NEAREST)
-    wanted = {int(i) for i in ids.ravel() if i >= 0}
+    hits = db.vectors.search(np.stack([vector for _, _, vector, _ in new]), 4 * NEAREST)
+    wanted = {hit.capture_id for row in hits for hit in row}
     owners = db.capture_owners(wanted)
     stored = {cid: LocalFeatures.from_bytes(blob)
               for cid, blob in db.local_features(wanted, local_features.FEATURE_VERSION).items()}
     found = []
-    for (cid, specimen, _, blob), row_sims, row_ids in zip(new, similarities, ids):
-        nearest = [(float(s), int(i)) for s, i in zip(row_sims, row_ids)
-                   if i >= 0 and int(i) in stored and int(i) in owners and owners[int(i)]["specimen"] != specimen]
+    for (cid, specimen, _, blob), row in zip(new, hits):
+        nearest = [(hit.similarity, hit.capture_id) for hit in row
+                   if hit.capture_id in stored and hit.capture_id in owners
+                   and owners[hit.capture_id]["specimen"] != specimen]
         nearest = nearest[:NEAREST]
         if not nearest:
             continue

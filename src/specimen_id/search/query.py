@@ -33,16 +33,16 @@ def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
     scored: dict[int, dict] = {}  # capture id -> candidate, kept when the search widens
     pattern = []  # the microscope's, from the first shortlist (nearest first)
     while True:
-        similarities, ids = db.search(vector[None], k)
-        found = [(float(s), int(i)) for s, i in zip(similarities[0], ids[0]) if i >= 0]
+        found = [(hit.similarity, hit.capture_id) for hit in db.vectors.search(vector[None], k)[0]]
         _verify(db, features, found, exclude, scored, pattern)
         if views is not None and not any(c["score"] >= threshold and shows_field(c) for c in scored.values()):
             turned = views()
-            similarities, ids = db.search(turned, VIEW_SHORTLIST)
+            hits = db.vectors.search(turned, VIEW_SHORTLIST)
             # the views only admit captures; each is scored with the query's own cosine, as
             # the fusion was fitted (a view's is the best of a dozen tries, higher by chance)
-            admitted = list(dict.fromkeys(int(i) for i in ids.ravel() if i >= 0 and int(i) not in scored))
-            stored = db.vectors_of(admitted, db.model_id, len(vector))
+            admitted = list(dict.fromkeys(hit.capture_id for row in hits for hit in row
+                                          if hit.capture_id not in scored))
+            stored = db.vectors.vectors_of(admitted)
             _verify(db, features, [(float(stored[i] @ vector), i) for i in admitted if i in stored],
                     exclude, scored, pattern)
             views = None  # once

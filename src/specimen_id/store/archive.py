@@ -148,7 +148,7 @@ def _restore(archive: Path, tmp: Path) -> dict:
             db._audit("import", archive=archive.name, source=manifest.get("source"),
                       exported_at=manifest.get("created_at"), counts=counts)
         with db.writing():
-            db.save_index()  # rebuilt from the stored embeddings
+            db.vectors.sync()  # rebuilt from the stored embeddings
     finally:
         db.close()
     return manifest

@@ -34,11 +34,12 @@ from ..errors import (
 from . import renditions
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
-from .embeddings import Embeddings, SharedIndex
-from .files import managed, store_image, tree_size
+from .embeddings import DirectoryVectors, Reembedding, SharedIndex
+from .files import FileBlobs, tree_size
 from .location import default_location, no_backend
 from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
+from .records import CaptureRecord
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import Settings, now
@@ -71,7 +72,7 @@ def lock_timeout() -> float:
     return float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
 
 
-class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog, Overlaps):
+class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLog, Overlaps):
     def __init__(self, root: str | os.PathLike | None = None, shared_index: SharedIndex | None = None):
         """Open (creating or migrating) the database at root; databases opened with one
         `shared_index` (the service's, one per thread) search one loaded index."""
@@ -82,7 +83,11 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             raise DatabaseDamaged(f"{self.root} is a file, not a database directory")
         self.root.mkdir(parents=True, exist_ok=True)
         self._shared = shared_index or SharedIndex()
+        self.vectors = DirectoryVectors(self, self._shared)
+        self.blobs = FileBlobs(self.root)
         self._lock = None
+        self._writers = 0  # writing() depth in this object
+        self._committed: list = []  # what follows the open transaction's commit (after_commit)
         try:
             # SQLite's own wait for another connection's write (an outside tool, a query being
             # logged): as long as the write lock's, one setting for "wait for other writers"
@@ -131,7 +136,8 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
     @contextmanager
     def writing(self):
         """The database's write lock (re-entrant in one process), held across the SQLite
-        transactions and the index file write of one operation."""
+        transactions of one operation (an enrolment holds it across its batches); as the
+        outermost one ends, the index file is written for what was committed."""
         from filelock import Timeout
 
         timeout = lock_timeout()
@@ -140,10 +146,22 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         except Timeout:
             raise DatabaseLocked(f"{self.root} is being written by another process; waited "
                                  f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)") from None
+        self._writers += 1
         try:
             yield self
+            if self._writers == 1 and self.vectors.unsynced:
+                self.vectors.sync()
         finally:
+            self._writers -= 1
             self._lock.release()
+
+    def after_commit(self, action) -> None:
+        """Run `action` once the open transaction commits (at once outside one); dropped if
+        it rolls back. What is loaded in memory follows the database only once it is true."""
+        if self.db.conn.in_transaction and self._writes_allowed:
+            self._committed.append(action)
+        else:
+            action()
 
     @contextmanager
     def unit_of_work(self, append_only: bool = False):
@@ -185,9 +203,13 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
                     yield self
                 conn.execute("COMMIT")
             except BaseException:
+                self._committed.clear()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            committed, self._committed = self._committed, []
+            for action in committed:
+                action()
         finally:
             self._writes_allowed -= 1
 
@@ -260,11 +282,10 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
         return [decoded(r) for r in self.db.query(
             "SELECT * FROM captures WHERE specimen_id = ? ORDER BY id", [specimen_id])]
 
-    def capture_files(self) -> list[tuple[int, Path]]:
-        """(capture id, managed image path) of every capture, removed ones included (reindex
+    def capture_images(self) -> list[tuple[int, str]]:
+        """(capture id, blob key of its image) of every capture, removed ones included (reindex
         re-embeds them too, so a restore finds embeddings of the current model)."""
-        return [(r[0], managed(self.root, r[1])) for r in
-                self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
+        return [(r[0], r[1]) for r in self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
 
     def find_captures(self, file_sha256: str | None = None, pixel_sha256: str | None = None):
         """Enrolled captures with this exact file or these exact pixels, with their specimen."""
@@ -277,45 +298,39 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
     def enrolled_file_hashes(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT file_sha256 FROM captures")}
 
-    def add_captures(self, captures, metadata: dict | None, vectors: np.ndarray, model_id: str,
-                     features: list[bytes], feature_version: str) -> list[int]:
-        """Store (specimen name, capture) pairs (a specimen is created with its first capture)
-        with their embeddings and local features in one transaction, then update the index."""
-        if not captures:
+    def add_captures(self, records: list[CaptureRecord], model_id: str, feature_version: str,
+                     metadata: dict | None = None) -> list[int]:
+        """Store captures (their images already put in blobs) with their vectors and local
+        features in one unit of work; a specimen is created with its first capture, with
+        `metadata`. Returns the new capture ids, in order."""
+        if not records:
             return []
         self.require_model(model_id)
         self.require_features(feature_version)
-        index = self.index()
-        rows, specimens = [], {}
+        ids, specimens = [], {}
         with self.unit_of_work():
-            for (name, capture), vector, blob in zip(captures, vectors, features):
-                if name not in specimens:
-                    specimens[name] = self.ensure_specimen(name, metadata)
-                specimen = specimens[name]
-                path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+            for r in records:
+                if r.specimen not in specimens:
+                    specimens[r.specimen] = self.ensure_specimen(r.specimen, metadata)
+                specimen = specimens[r.specimen]
                 capture_uuid = str(uuid.uuid4())
                 cid = self.db["captures"].insert({
                     "uuid": capture_uuid, "specimen_id": specimen["id"],
-                    "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
-                    "image_path": path, "original_name": os.path.basename(capture.name),
-                    "format": capture.format, "width": capture.width, "height": capture.height,
-                    "dtype": capture.dtype, "channels": capture.channels,
-                    "exif": json.dumps(capture.exif), "created_at": now(),
-                    "quality": json.dumps(capture.quality),
-                    "acquisition": json.dumps(capture.acquisition) if capture.acquisition else None,
+                    "file_sha256": r.file_sha256, "pixel_sha256": r.pixel_sha256,
+                    "image_path": r.image, "original_name": os.path.basename(r.original_name),
+                    "format": r.format, "width": r.width, "height": r.height,
+                    "dtype": r.dtype, "channels": r.channels,
+                    "exif": json.dumps(r.exif), "created_at": now(),
+                    "quality": json.dumps(r.quality),
+                    "acquisition": json.dumps(r.acquisition) if r.acquisition else None,
                 }).last_pk
-                self.db["embeddings"].insert({"capture_id": cid, "model_id": model_id,
-                                              "vector": np.asarray(vector, np.float32).tobytes()})
-                self.db["local_features"].insert({"capture_id": cid, "version": feature_version,
-                                                  "data": blob})
                 self._audit("enrol", specimen, capture_uuid,
-                            after={"original_name": os.path.basename(capture.name),
-                                   "file_sha256": capture.file_sha256, "model_id": model_id})
-                rows.append(cid)
-            self._put_setting("features_version", feature_version)
-            generation = self._bump_generation(model_id, vectors.shape[1])
-        self._advance_index(index, generation, model_id, lambda index: index.add(rows, vectors))
-        return rows
+                            after={"original_name": os.path.basename(r.original_name),
+                                   "file_sha256": r.file_sha256, "model_id": model_id})
+                ids.append(cid)
+            self._put_features(ids, [r.features for r in records], feature_version)
+            self.vectors.add(ids, np.stack([r.vector for r in records]), model_id)
+        return ids
 
     def local_features(self, ids, version: str) -> dict[int, bytes]:
         """capture id -> stored local features of that version."""
@@ -380,7 +395,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
     # -- summary --------------------------------------------------------------------------
 
     def info(self) -> dict:
-        index = self.index()
+        index = self.vectors.loaded()
         return {
             "path": str(self.root.resolve()),
             **self.active_counts(), "queries": self.count("queries"),
@@ -390,6 +405,6 @@ class Database(Settings, Curation, Removal, Audit, Watched, Embeddings, QueryLog
             "index_kind": index.kind if index is not None else None,
             "index_generation": self.generation,
             "bytes": {"sqlite": tree_size(self.root / "specimens.sqlite"),
-                      "index": tree_size(self.index_path), "images": tree_size(self.root / "images"),
+                      "index": tree_size(self.vectors.path), "images": tree_size(self.root / "images"),
                       "renditions": tree_size(self.root / renditions.FOLDER)},
         }

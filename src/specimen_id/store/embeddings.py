@@ -1,5 +1,7 @@
-"""The embeddings and the FAISS index derived from them: a mixin of Database. SQLite holds the
-vectors; the index is rebuilt from them whenever its generation disagrees (see vectors.py)."""
+"""The embeddings and the FAISS index derived from them. SQLite holds the vectors (the source
+of truth); the index file is rebuilt from them whenever its generation disagrees (see
+vectors.py). `DirectoryVectors` is the directory backend's VectorIndex; `Reembedding` is the
+part of Database that swaps vectors and local features wholesale (reindex, repair)."""
 
 from __future__ import annotations
 
@@ -8,65 +10,199 @@ from pathlib import Path
 
 import numpy as np
 
-from .vectors import DEFAULT_KIND, VectorIndex, chosen_kind, rerank
+from .records import Hit
+from .vectors import DEFAULT_KIND, FaissIndex, chosen_kind, rerank
 
 
 class SharedIndex:
-    """The loaded FAISS index of one database, shared by the Database objects a process opens
-    on it (one per thread in the identification service): read once, and again only when the
-    generation changes. Its lock keeps searches off an index a writer is changing in place, and
-    lets one thread load or rebuild it while the others wait for that one."""
+    """The loaded FAISS index of one database, shared by the stores a process opens on it (one
+    per thread in the identification service): read once, and again only when the generation
+    changes. Its lock keeps searches off an index a writer is changing in place, and lets one
+    thread load or rebuild it while the others wait for that one."""
 
     def __init__(self):
-        self.index: VectorIndex | None = None
+        self.index: FaissIndex | None = None
         self.lock = threading.RLock()
 
 
-class Embeddings:
-    _shared: SharedIndex
+class DirectoryVectors:
+    """Vectors kept in SQLite's embeddings table and searched through index.faiss. Changes
+    are made inside the store's unit of work; the loaded index follows once it commits, and
+    the file is written (`sync`) when the store's write lock is let go."""
+
+    def __init__(self, store, shared: SharedIndex):
+        self._store = store
+        self._shared = shared
+        self.unsynced = False  # the generation moved in this process since the file was written
 
     @property
-    def _index(self) -> VectorIndex | None:
-        return self._shared.index
+    def path(self) -> Path:
+        return self._store.root / "index.faiss"
 
-    @_index.setter
-    def _index(self, index: VectorIndex | None) -> None:
-        self._shared.index = index
+    # -- the VectorIndex protocol ---------------------------------------------------------
 
-    def _advance_index(self, index: VectorIndex | None, generation: int, model_id: str, change) -> None:
-        """After a write that moved the generation by one: bring the loaded index along in
-        place with `change(index)` (False: it cannot), else drop it, to be read or rebuilt
-        when next needed."""
+    def add(self, ids, vectors: np.ndarray, model_id: str) -> None:
+        """Store these captures' vectors (replacing any they had), searchable once the unit
+        of work commits."""
+        store, ids = self._store, [int(i) for i in ids]
+        if not ids:
+            return
+        vectors = np.asarray(vectors, np.float32).reshape(len(ids), -1)
+        index = self.loaded()
+        with store.unit_of_work():
+            replaced = self._delete_rows(ids)
+            store.db["embeddings"].insert_all({"capture_id": i, "model_id": model_id, "vector": v.tobytes()}
+                                              for i, v in zip(ids, vectors))
+            generation = self.bump(model_id, vectors.shape[1])
+
+            def change(index):  # (an HNSW index cannot remove: it is then rebuilt)
+                return (not replaced or index.remove(ids) is not False) and index.add(ids, vectors)
+
+            store.after_commit(lambda: self.advance(index, generation, model_id, change))
+
+    def remove(self, ids) -> None:
+        """Forget these captures' vectors (purge)."""
+        store, ids = self._store, [int(i) for i in ids]
+        index = self.loaded()
+        with store.unit_of_work():
+            self._delete_rows(ids)
+            generation = self.bump(store.model_id, None)
+            store.after_commit(lambda: self.advance(index, generation, store.model_id,
+                                                    lambda index: index.remove(ids)))
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """The nearest stored vectors of each query vector, best first (fewer than k where
+        fewer are stored)."""
+        vectors = np.asarray(vectors, np.float32)
         with self._shared.lock:
-            if self._index is not None and self._index.describes(generation, model_id):
-                return  # a reader has loaded the new index meanwhile (from SQLite): keep it
-            if index is not None and index is self._index and index.describes(generation - 1, model_id) \
-                    and change(index) is not False:
-                index.generation = generation
-            else:
-                self._index = None
+            index = self.loaded()
+            if index is None or not len(index):
+                return [[] for _ in vectors]
+            scores, ids = index.search(vectors, index.candidates(k))
+        if not index.exact_scores:  # the compact index estimates; the stored vectors know
+            def stored(found):
+                by_id = self._rows(found, index.model_id, index.dim)
+                return np.array(list(by_id), np.int64), np.array(list(by_id.values())).reshape(-1, index.dim)
 
-    def _bump_generation(self, model_id, dim) -> int:
-        """Inside a write transaction: the embedding set changed, so every index file made
-        before is stale."""
-        generation = self.generation + 1
-        self._put_setting("index_generation", generation)
-        if model_id:
-            self._put_setting("model_id", model_id)
-        if dim:
-            self._put_setting("embedding_dim", int(dim))
-        return generation
+            scores, ids = rerank(vectors, ids, k, stored)
+        return [[Hit(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
+                for row_scores, row_ids in zip(scores, ids)]
 
-    def embeddings(self, model_id: str, dim: int):
+    def vectors_of(self, ids) -> dict[int, np.ndarray]:
+        """capture id -> its stored vector of the database's model."""
+        dim = self._store.setting("embedding_dim")
+        return self._rows(ids, self._store.model_id, int(dim)) if dim else {}
+
+    def sync(self, rebuild: bool = False) -> None:
+        """Write the index file for what is stored now (call under the write lock); an index
+        that has grown past its kind (vectors.chosen_kind) is rebuilt here, by the writer,
+        never by a reader; `rebuild` builds it from the stored vectors whatever the file says."""
+        if rebuild:
+            self._shared.index = self._rebuild() if self._store.model_id else None
+            self.unsynced = False
+            return
+        index = self.loaded()
+        if index is not None and index.kind != chosen_kind(self._store.setting("index", DEFAULT_KIND), len(index)):
+            index = self._shared.index = self._rebuild()
+        if index is not None:
+            index.save(self.path)
+        self.unsynced = False
+
+    # -- for the rest of the directory backend ---------------------------------------------
+
+    def loaded(self) -> FaissIndex | None:
+        """The FAISS index matching the database now: the one loaded, the saved file if its
+        generation and model agree with SQLite, else rebuilt from the stored embeddings (and
+        saved when no other process holds the write lock). None while nothing is enrolled."""
+        store = self._store
+        with self._shared.lock:
+            generation, model_id = store.generation, store.model_id
+            if self._shared.index is not None and self._shared.index.describes(generation, model_id):
+                return self._shared.index
+            if not model_id:
+                return None
+            index = FaissIndex.load(self.path)
+            if index is None or not index.describes(generation, model_id):
+                index = self._rebuild()
+            self._shared.index = index
+            return index
+
+    def stored(self, model_id: str, dim: int):
         """(ids, vectors) of every capture embedded with this model, removed specimens left out
         (the one source the index is built from, so index and database agree): (n,), (n, dim)."""
-        rows = self.db.execute(
+        rows = self._store.db.execute(
             "SELECT e.capture_id, e.vector FROM embeddings e JOIN captures c ON c.id = e.capture_id "
             "JOIN specimens s ON s.id = c.specimen_id WHERE e.model_id = ? AND s.removed_at IS NULL "
             "ORDER BY e.capture_id", [model_id]).fetchall()
         ids = np.array([r[0] for r in rows], np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32)
         return ids, vectors.reshape(len(rows), dim)
+
+    def bump(self, model_id, dim) -> int:
+        """Inside a write transaction: the embedding set changed, so every index file made
+        before is stale."""
+        store = self._store
+        generation = store.generation + 1
+        store._put_setting("index_generation", generation)
+        if model_id:
+            store._put_setting("model_id", model_id)
+        if dim:
+            store._put_setting("embedding_dim", int(dim))
+        self.unsynced = True
+        return generation
+
+    def advance(self, index: FaissIndex | None, generation: int, model_id: str, change) -> None:
+        """After a commit that moved the generation by one: bring the loaded index along in
+        place with `change(index)` (False: it cannot), else drop it, to be read or rebuilt
+        when next needed."""
+        with self._shared.lock:
+            current = self._shared.index
+            if current is not None and current.describes(generation, model_id):
+                return  # a reader has loaded the new index meanwhile (from SQLite): keep it
+            if index is not None and index is current and index.describes(generation - 1, model_id) \
+                    and change(index) is not False:
+                index.generation = generation
+            else:
+                self._shared.index = None
+
+    def forget(self) -> None:
+        """Drop the loaded index (after a wholesale change): read or rebuilt when next needed."""
+        self._shared.index = None
+
+    def _rows(self, ids, model_id: str, dim: int) -> dict[int, np.ndarray]:
+        ids = [int(i) for i in ids if i >= 0]
+        rows = self._store.db.execute(
+            f"SELECT capture_id, vector FROM embeddings WHERE model_id = ? AND capture_id IN "
+            f"({','.join('?' * len(ids))})", [model_id, *ids]).fetchall() if ids else []
+        return {cid: np.frombuffer(blob, np.float32, dim) for cid, blob in rows}
+
+    def _delete_rows(self, ids: list[int]) -> int:
+        """Delete these captures' stored vectors; how many there were."""
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        return self._store.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids).rowcount
+
+    def _rebuild(self) -> FaissIndex:
+        store = self._store
+        with store.db.atomic():  # one snapshot: the generation and the vectors it counts
+            generation, model_id = store.generation, store.model_id
+            dim = int(store.setting("embedding_dim", 1))
+            ids, vectors = self.stored(model_id, dim)
+        index = FaissIndex.build(ids, vectors, generation, model_id, dim, store.setting("index", DEFAULT_KIND))
+        from filelock import Timeout
+
+        try:
+            with store._write_lock().acquire(timeout=0):
+                if store.generation == generation:
+                    index.save(self.path)
+        except Timeout:
+            pass  # another process is writing; it saves its own index when done
+        return index
+
+
+class Reembedding:
+    """Vectors and local features swapped wholesale: a mixin of Database."""
 
     def replace_embeddings(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
                            feature_version: str, model_name: str, weights: Path | None) -> None:
@@ -81,12 +217,9 @@ class Embeddings:
             self.db["embeddings"].insert_all(
                 {"capture_id": int(i), "model_id": model_id, "vector": v.tobytes()}
                 for i, v in zip(ids, np.asarray(vectors, np.float32)))
-            self.db["local_features"].insert_all(
-                {"capture_id": int(i), "version": feature_version, "data": blob}
-                for i, blob in zip(ids, features))
-            self._put_setting("features_version", feature_version)
-            self._bump_generation(model_id, vectors.shape[1] if len(vectors) else None)
-        self._index = None
+            self._put_features(ids, features, feature_version)
+            self.vectors.bump(model_id, vectors.shape[1] if len(vectors) else None)
+            self.after_commit(self.vectors.forget)
 
     def replace_features(self, ids, features: list[bytes], feature_version: str) -> None:
         """Put recomputed local features of every capture in place, in one transaction; the
@@ -95,103 +228,21 @@ class Embeddings:
             self._audit("reindex", before={"features_version": self.setting("features_version")},
                         after={"features_version": feature_version, "captures": len(ids)})
             self.db.execute("DELETE FROM local_features")
-            self.db["local_features"].insert_all(
-                {"capture_id": int(i), "version": feature_version, "data": blob}
-                for i, blob in zip(ids, features))
-            self._put_setting("features_version", feature_version)
+            self._put_features(ids, features, feature_version)
 
     def restore_vectors(self, model_id: str, ids, vectors: np.ndarray, features: list[bytes],
                         feature_version: str) -> None:
         """Put recomputed embeddings and local features of some captures in place of whatever
-        they had, and drop embeddings of any other model, in one transaction (repair; call
-        under `writing()`)."""
-        marks = ",".join("?" * len(ids))
+        they had, and drop embeddings of any other model, in one transaction (repair)."""
         ids = [int(i) for i in ids]
         with self.unit_of_work():
-            self.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids)
-            self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks})", ids)
+            self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({','.join('?' * len(ids))})", ids)
             self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
-            self.db["embeddings"].insert_all(
-                {"capture_id": i, "model_id": model_id, "vector": v.tobytes()}
-                for i, v in zip(ids, np.asarray(vectors, np.float32)))
-            self.db["local_features"].insert_all(
-                {"capture_id": i, "version": feature_version, "data": blob}
-                for i, blob in zip(ids, features))
-            self._put_setting("features_version", feature_version)
-            self._bump_generation(model_id, vectors.shape[1])
-        self._index = None
+            self.vectors.add(ids, vectors, model_id)
+            self._put_features(ids, features, feature_version)
+            self.after_commit(self.vectors.forget)
 
-    def rebuild_index(self) -> VectorIndex | None:
-        """Build the index from the stored embeddings whatever the file says, and save it
-        (call under `writing()`)."""
-        self._index = self._rebuild_index() if self.model_id else None
-        return self._index
-
-    def index(self) -> VectorIndex | None:
-        """The FAISS index matching the database now: the saved file if its generation and
-        model agree with SQLite, else rebuilt from the stored embeddings (and saved when no
-        other process holds the write lock). None while nothing is enrolled."""
-        with self._shared.lock:
-            generation, model_id = self.generation, self.model_id
-            if self._index is not None and self._index.describes(generation, model_id):
-                return self._index
-            if not model_id:
-                return None
-            index = VectorIndex.load(self.index_path)
-            if index is None or not index.describes(generation, model_id):
-                index = self._rebuild_index()
-            self._index = index
-            return index
-
-    def _rebuild_index(self) -> VectorIndex:
-        with self.db.atomic():  # one snapshot: the generation and the vectors it counts
-            generation, model_id = self.generation, self.model_id
-            dim = int(self.setting("embedding_dim", 1))
-            ids, vectors = self.embeddings(model_id, dim)
-        index = VectorIndex.build(ids, vectors, generation, model_id, dim, self.setting("index", DEFAULT_KIND))
-        from filelock import Timeout
-
-        try:
-            with self._write_lock().acquire(timeout=0):
-                if self.generation == generation:
-                    index.save(self.index_path)
-        except Timeout:
-            pass  # another process is writing; it saves its own index when done
-        return index
-
-    def save_index(self) -> None:
-        """Write the current index file (call under `writing()`, after a change); an index
-        that has grown past its kind (see vectors.chosen_kind) is rebuilt here, by the
-        writer, never by a reader."""
-        index = self.index()
-        if index is not None and index.kind != chosen_kind(self.setting("index", DEFAULT_KIND), len(index)):
-            index = self._index = self._rebuild_index()
-        if index is not None:
-            index.save(self.index_path)
-
-    @property
-    def index_path(self) -> Path:
-        return self.root / "index.faiss"
-
-    def search(self, vectors: np.ndarray, k: int):
-        """Nearest captures for each vector: (scores, capture ids), both (n, k')."""
-        with self._shared.lock:
-            index = self.index()
-            if index is None or not len(index):
-                return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
-            scores, ids = index.search(vectors, index.candidates(k))
-        if index.exact_scores:
-            return scores, ids
-
-        def stored(found):  # the compact index estimates; the stored vectors know
-            by_id = self.vectors_of(found, index.model_id, index.dim)
-            return np.array(list(by_id), np.int64), np.array(list(by_id.values())).reshape(-1, index.dim)
-
-        return rerank(np.asarray(vectors, np.float32), ids, k, stored)
-
-    def vectors_of(self, ids, model_id: str, dim: int) -> dict[int, np.ndarray]:
-        ids = [int(i) for i in ids if i >= 0]
-        rows = self.db.execute(
-            f"SELECT capture_id, vector FROM embeddings WHERE model_id = ? AND capture_id IN "
-            f"({','.join('?' * len(ids))})", [model_id, *ids]).fetchall() if ids else []
-        return {cid: np.frombuffer(blob, np.float32, dim) for cid, blob in rows}
+    def _put_features(self, ids, features: list[bytes], feature_version: str) -> None:
+        self.db["local_features"].insert_all(
+            {"capture_id": int(i), "version": feature_version, "data": blob} for i, blob in zip(ids, features))
+        self._put_setting("features_version", feature_version)

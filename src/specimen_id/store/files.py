@@ -92,6 +92,42 @@ def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:
     return rel
 
 
+class FileBlobs:
+    """The directory backend's Blobs: each file kept once under images/, named by its content
+    (a key is that name, images/ab/<sha256>.<ext>; callers treat it as opaque), with its
+    renditions (thumbnails, made on demand) beside them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def put(self, data: bytes, sha256: str, extension: str) -> str:
+        """Keep these bytes (once per content); returns their key."""
+        return store_image(self.root, sha256, extension, data)
+
+    def read(self, key: str) -> bytes:
+        return self.file(key).read_bytes()
+
+    def file(self, key: str) -> Path:
+        """A local file that holds the blob (to stream or decode it); its key is checked to be
+        a managed name, so a damaged row never makes us read outside images/."""
+        return managed(self.root, key)
+
+    def delete(self, key: str) -> None:
+        """Delete the blob and its renditions (purge: once no row refers to it)."""
+        from . import renditions
+
+        path = self.file(key)
+        path.unlink(missing_ok=True)
+        renditions.delete(self.root, path)
+
+    def rendition(self, key: str, size: int, rgb8) -> Path:
+        """A JPEG file of the blob's image that fits `size` (0: the page view), made from
+        `rgb8(file)` (the caller's decode) when missing."""
+        from . import renditions
+
+        return renditions.rendition(self.root, self.file(key), size, rgb8)
+
+
 def tree_size(path: Path) -> int:
     """Bytes in a file, or in all files under a folder (0 when missing)."""
     if path.is_file():

@@ -32,7 +32,7 @@ from ..text import name_problem
 from . import renditions
 from .files import abandoned, image_relpath, managed, working_folders
 from .schema import MIGRATIONS, schema_version
-from .vectors import VectorIndex
+from .vectors import FaissIndex
 
 NORM_TOLERANCE = 1e-3  # stored vectors are L2-normalised float32
 # A query process writes its image copy before it logs the query, without the write lock: a
@@ -167,13 +167,13 @@ def _check_vectors(db, report: Report, feature_version: str) -> dict[int, dict]:
 
 
 def _check_index(db, report: Report) -> None:
-    """The index file against the embeddings it is built from (db.embeddings, the index's own
-    source), id by id and vector by vector."""
-    path = db.index_path
+    """The index file against the embeddings it is built from (the index's own source), id by
+    id and vector by vector."""
+    path = db.vectors.path
     model_id, dim, generation = db.model_id, db.setting("embedding_dim"), db.generation
     if not model_id:
         return
-    index = VectorIndex.load(path)
+    index = FaissIndex.load(path)
     if index is None:
         state = "missing" if not path.exists() else "unreadable"
         report.add("index", f"{path.name} is {state}; it is rebuilt from the database on next "
@@ -185,11 +185,11 @@ def _check_index(db, report: Report) -> None:
                             "rebuilt on next use (or by `repair`)", problem=False, path=path)
         return
     try:
-        ids, vectors = db.embeddings(model_id, int(dim))
+        ids, vectors = db.vectors.stored(model_id, int(dim))
     except ValueError:
         report.add("index", f"{path.name} not compared: the stored embeddings are damaged (above)")
         return
-    held, held_vectors = _index_contents(index)
+    held, held_vectors = index.contents()
     if index.dim != int(dim) or len(held) != len(ids):
         report.add("index", f"{path.name} claims generation {generation} but holds {len(held)} "
                             f"vectors of {index.dim} values; the database has {len(ids)} of {dim}", path=path)
@@ -206,18 +206,6 @@ def _check_index(db, report: Report) -> None:
     if len(differ):
         report.add("index", f"{path.name} holds other vectors than the database for captures "
                             f"{differ.tolist()}", path=path)
-
-
-def _index_contents(index: VectorIndex) -> tuple[np.ndarray, np.ndarray | None]:
-    """(ids, vectors) an index holds, in its own order; vectors only where it keeps them
-    exactly and by position (flat, HNSW), else None."""
-    import faiss
-
-    ids = index.ids_in_order()
-    if index.kind not in ("flat", "hnsw"):
-        return ids, None
-    inner = faiss.downcast_index(index.index.index)
-    return ids, inner.reconstruct_n(0, len(ids)) if len(ids) else np.empty((0, index.dim), np.float32)
 
 
 def _check_images(db, report: Report, captures: dict) -> set[str]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
-from .files import managed, store_image
 from .settings import now
 
 
 class QueryLog:
     def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
                   software_version: str, score_kind: str = "cosine") -> str:
-        image_path = store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+        image_path = self.blobs.put(capture.data, capture.file_sha256, capture.extension)
         query_uuid = str(uuid.uuid4())
         with self.unit_of_work(append_only=True):
             specimen_id = self.specimen(result["specimen"])["id"] if result.get("specimen") else None
@@ -29,7 +27,7 @@ class QueryLog:
                 "warnings": json.dumps(result.get("warnings", [])), "margin": result.get("margin")})
         # A purge running meanwhile (queries do not take the write lock) may have deleted the
         # same content as unreferenced just before this row referenced it: write it again.
-        store_image(self.root, capture.file_sha256, capture.extension, capture.data)
+        self.blobs.put(capture.data, capture.file_sha256, capture.extension)
         return query_uuid
 
     def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
@@ -40,16 +38,16 @@ class QueryLog:
             f"SELECT q.*, s.name AS specimen, {_LATEST_REVIEW} FROM queries q LEFT JOIN specimens s "
             f"ON s.id = q.specimen_id {where} ORDER BY q.id DESC LIMIT ?", [*params, limit])]
 
-    def image_of(self, kind: str, uuid_: str) -> Path:
-        """The managed image of a capture or a logged query, found by its UUID (never by a
-        path from outside, so nothing outside the database directory can be named)."""
+    def image_key(self, kind: str, uuid_: str) -> str:
+        """The blob key of a capture's or a logged query's image, found by its UUID (never by
+        a path from outside, so nothing outside the database can be named)."""
         sql = {"capture": "SELECT image_path FROM captures c JOIN specimens s ON s.id = c.specimen_id "
                           "WHERE c.uuid = ? AND s.removed_at IS NULL",  # removed: not shown
                "query": "SELECT image_path FROM queries WHERE uuid = ?"}[kind]
         row = self.db.execute(sql, [uuid_]).fetchone()
         if row is None or row[0] is None:
             raise KeyError(uuid_)
-        return managed(self.root, row[0])
+        return row[0]
 
     def logged_query(self, uuid_: str) -> dict:
         rows = [decoded(r) for r in self.db.query(

@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecimenIdError
-from . import renditions
-from .files import managed
 from .settings import now
 
 
@@ -30,18 +28,18 @@ class Removal:
         """Set (or clear) removed_at in one audited transaction, then bring the loaded index
         along with `update_index(index, capture ids)` (False: it cannot, so it is rebuilt)."""
         ids = [c["id"] for c in self.captures(specimen["id"])]
-        index = self.index()
+        index = self.vectors.loaded()
         with self.unit_of_work():
             self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [removed_at, specimen["id"]])
             self._audit(action, specimen, before={"removed_at": specimen["removed_at"]},
                         after={"removed_at": removed_at}, captures=len(ids))
-            generation = self._bump_generation(self.model_id, None)
-        self._advance_index(index, generation, self.model_id, lambda index: update_index(index, ids))
-        self.save_index()
+            generation, model_id = self.vectors.bump(self.model_id, None), self.model_id
+            self.after_commit(lambda: self.vectors.advance(index, generation, model_id,
+                                                           lambda index: update_index(index, ids)))
         return len(ids)
 
     def _add_back(self, index, ids) -> bool:
-        stored = self.vectors_of(ids, index.model_id, index.dim)  # this specimen's only
+        stored = self.vectors.vectors_of(ids)  # this specimen's only
         mine = sorted(stored)
         index.add(mine, np.stack([stored[i] for i in mine]) if mine else np.empty((0, index.dim)))
         return True
@@ -92,13 +90,11 @@ class Removal:
         them (content-addressed files are shared; nothing else in images/ is touched), with
         their renditions."""
         deleted = []
-        for path in sorted(paths):
+        for key in sorted(paths):
             used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
-                                   "SELECT 1 FROM queries WHERE image_path = ?", [path, path])
-            file = managed(self.root, path)
-            if used.fetchone() is None and file.exists():
-                file.unlink()
-                renditions.delete(self.root, file)
-                deleted.append(path)
+                                   "SELECT 1 FROM queries WHERE image_path = ?", [key, key])
+            if used.fetchone() is None and self.blobs.file(key).exists():
+                self.blobs.delete(key)
+                deleted.append(key)
         return deleted
 

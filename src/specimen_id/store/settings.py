@@ -22,10 +22,11 @@ class Settings:
         row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
         return json.loads(row[0]) if row else default
 
-    def set_setting(self, key: str, value) -> None:
-        """Change a setting a user chose (audited; internal facts use `_put_setting`)."""
+    def set_setting(self, key: str, value, default=None) -> None:
+        """Change a setting a user chose, audited with what it was before (`default` when it
+        was never set); internal facts use `_put_setting`."""
         with self.unit_of_work():
-            before = self.setting(key)
+            before = self.setting(key, default)
             self._put_setting(key, value)
             self._audit("setting", key=key, before=before, after=value)
 

@@ -83,7 +83,7 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, fetch):
     return scores, ids
 
 
-class VectorIndex:
+class FaissIndex:
     """Inner-product search over L2-normalised vectors keyed by capture id."""
 
     def __init__(self, dim: int, generation: int = 0, model_id: str = "", kind: str = "flat"):
@@ -110,7 +110,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, ids, vectors, generation: int, model_id: str, dim: int,
-              kind: str = "auto") -> "VectorIndex":
+              kind: str = "auto") -> "FaissIndex":
         vectors = np.ascontiguousarray(vectors, np.float32)
         index = cls(dim, generation, model_id, chosen_kind(kind, len(vectors)))
         if index.index is None:
@@ -209,6 +209,17 @@ class VectorIndex:
             faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
             for i in range(lists.nlist) if lists.list_size(i)])
 
+    def contents(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ids, vectors) this index holds, in its own order; vectors only where it keeps them
+        exactly and by position (flat, HNSW), else None."""
+        import faiss
+
+        ids = self.ids_in_order()
+        if self.kind not in ("flat", "hnsw"):
+            return ids, None
+        inner = faiss.downcast_index(self.index.index)
+        return ids, inner.reconstruct_n(0, len(ids)) if len(ids) else np.empty((0, self.dim), np.float32)
+
     def search(self, vectors, k: int):
         """(scores, ids), each (n, k); ids are -1 where fewer than k vectors exist."""
         k = max(1, min(k, len(self))) if len(self) else 1
@@ -232,7 +243,7 @@ class VectorIndex:
         write_atomic(path, MAGIC + header + b"\n" + exact + body)
 
     @classmethod
-    def load(cls, path: Path) -> "VectorIndex | None":
+    def load(cls, path: Path) -> "FaissIndex | None":
         """The saved index, or None when the file is missing or unreadable (then: rebuild)."""
         import faiss
 

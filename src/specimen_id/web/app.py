@@ -21,9 +21,7 @@ from .. import images
 from ..config import setting
 from ..errors import DatabaseUnusable, ImageRefused, LowQuality, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..service import Service
-from ..store.audit import CLIENT
-from ..store.database import database_dir
-from ..store.renditions import rendition
+from ..store import CLIENT, backend_for
 from ..text import name_problem, one_line
 from .curate import curation
 from .pages import done, for_the_page, is_api, needs_review, page, parse_metadata, specimen_names
@@ -82,8 +80,8 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     addresses)."""
     if not is_loopback(host) and not token:
         raise ValueError(f"serving on {host} needs a token (--token or SPECIMEN_ID_TOKEN)")
-    root = database_dir(db_path)
-    service = Service(root, workers=workers)
+    backend_for(db_path)  # a URL no backend serves is refused before the app starts
+    service = Service(db_path, workers=workers)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -106,7 +104,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.exception_handler(sqlite3.Error)
     async def storage_error(request: Request, error: Exception):
         """A full or read-only disk: 507 or 503 with the reason, never a bare 500."""
-        failed = storage_failure(error, root)
+        failed = storage_failure(error, db_path)
         if failed is None:
             raise error
         return await domain_error(request, failed)
@@ -145,28 +143,29 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
     app.include_router(curation(service))
 
-    def managed_image(kind: str, uuid_: str) -> Path:
+    def managed_image(kind: str, uuid_: str) -> str:
+        """The blob key of a capture's or query's image (404 when there is none)."""
         if kind not in ("capture", "query"):
             raise HTTPException(404)
         try:
-            path = database().image_of(kind, uuid_)
+            key = database().image_key(kind, uuid_)
         except KeyError:
             raise HTTPException(404) from None
-        if not path.is_file():
+        if not database().blobs.file(key).is_file():
             raise HTTPException(404, f"the image file of {kind} {uuid_} is missing; run `specimen-id verify`")
-        return path
+        return key
 
     @app.get("/images/{kind}/{uuid_}")
     def image(kind: str, uuid_: str, size: int = Query(0, ge=0)):
         """A capture's or query's image as a JPEG rendition: the page view, or with size > 0
         the smallest thumbnail at least that large (renditions.SIZES)."""
-        path = rendition(root, managed_image(kind, uuid_), size, images.rgb8)
+        path = database().blobs.rendition(managed_image(kind, uuid_), size, images.rgb8)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/images/{kind}/{uuid_}/original")
     def original(kind: str, uuid_: str):
         """The stored file itself, byte for byte, to download (never decoded here)."""
-        path = managed_image(kind, uuid_)
+        path = database().blobs.file(managed_image(kind, uuid_))
         return FileResponse(path, filename=f"{uuid_}{path.suffix}")
 
     async def run_query(upload: UploadFile, threshold: float | None) -> dict:
@@ -262,7 +261,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
 
         from .. import local_features, verification
 
-        tiles = [cv2.imread(str(rendition(root, managed_image(kind, uuid_), 0, images.rgb8)))
+        tiles = [cv2.imread(str(database().blobs.rendition(managed_image(kind, uuid_), 0, images.rgb8)))
                  for kind, uuid_ in (("query", query_uuid), ("capture", capture_uuid))]
         check = verification.verify(*(local_features.extract(cv2.cvtColor(t, cv2.COLOR_BGR2RGB)) for t in tiles))
         for i, t in enumerate(tiles):  # both at the verification's working size, so the points land right
@@ -346,7 +345,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.post("/api/queries/{uuid_}/enrol")
     async def enrol_query(request: Request, uuid_: str, specimen: str = Form()):
         try:
-            path = await service.run(lambda: database().image_of("query", uuid_))
+            path = await service.run(lambda: database().blobs.file(database().image_key("query", uuid_)))
         except KeyError:
             raise HTTPException(404, "no such query") from None
         report = await service.run(service.enrol, [(specimen, [path])])
