@@ -16,10 +16,11 @@ from conftest import QUERIES, SPECIMENS
 from filelock import FileLock, Timeout
 
 from specimen_id.store import Database
+from specimen_id.store.files import image_relpath
 from specimen_id.store.vectors import FaissIndex
 
 TABLES = {"specimens": "id, uuid, name, metadata, notes, created_at, removed_at",
-          "captures": "id, uuid, specimen_id, file_sha256, image_path",
+          "captures": "id, uuid, specimen_id, file_sha256, image_key",
           "embeddings": "capture_id, model_id, vector", "local_features": "capture_id, version, data",
           "queries": "id, uuid, decision, specimen_id, candidates", "reviews": "id, query_id, verdict"}
 
@@ -234,8 +235,8 @@ def test_export_while_another_process_enrols_is_a_consistent_snapshot(run, tmp_p
         assert all(sizes[name] == final_sizes[name] for name in sizes), sizes
         for table in ("embeddings", "local_features"):
             assert con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == captures
-        paths = [r[0] for r in con.execute("SELECT image_path FROM captures")]
-        assert all((target / p).is_file() for p in paths)
+        keys = [r[0] for r in con.execute("SELECT image_key FROM captures")]
+        assert all((target / image_relpath(k)).is_file() for k in keys)
         assert len(FaissIndex.load(target / "index.faiss")) == captures
         seen.add(captures)
     assert len(seen) >= 2  # the snapshots saw the enrolment at different points
@@ -257,7 +258,7 @@ def test_an_archive_whose_rows_point_outside_its_images_is_refused(run, tmp_path
     victim.write_text("precious")
     def hostile(path):
         with sqlite3.connect(path) as con:
-            con.execute("UPDATE captures SET image_path = ?", [os.path.relpath(victim, tmp_path / "target")])
+            con.execute("UPDATE captures SET image_key = ?", [os.path.relpath(victim, tmp_path / "target")])
 
     _with_database(archive, tmp_path / "hostile.tar", hostile)
     result = run("import", tmp_path / "hostile.tar", db=tmp_path / "target")

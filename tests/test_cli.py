@@ -116,12 +116,13 @@ def test_every_query_is_logged_with_what_explains_it(enrolled):
         conn.row_factory = sqlite3.Row
         (row,) = conn.execute("SELECT * FROM queries").fetchall()
     from specimen_id import __version__
+    from specimen_id.store import Database
 
     assert row["decision"] == "match" and row["threshold"] == 0.5
     assert row["model_id"].startswith("efficientnet_lite0:")
     assert row["software_version"] == __version__
     assert json.loads(row["candidates"])[0]["specimen"] == "he-tissue-a"
-    assert (enrolled.db / row["image_path"]).is_file()
+    assert Database(enrolled.db).blobs.file(row["image_key"]).is_file()
 
 
 def test_list_show_remove_info(enrolled):

@@ -79,7 +79,7 @@ def test_a_device_is_not_read_as_an_archive(run, tmp_path):
 
 
 @pytest.mark.parametrize("statement, expected", [
-    ("CREATE TRIGGER steer AFTER INSERT ON audit BEGIN UPDATE captures SET image_path = '../x'; END;",
+    ("CREATE TRIGGER steer AFTER INSERT ON audit BEGIN UPDATE captures SET image_key = '../x'; END;",
      "holds a trigger 'steer'"),
     ("CREATE VIEW peek AS SELECT * FROM captures;", "holds a view 'peek'"),
     ("CREATE TABLE extra (x);", "holds a table 'extra'"),

@@ -13,6 +13,7 @@ import pytest
 from conftest import QUERIES, SPECIMENS
 
 from specimen_id.store import Database
+from specimen_id.store.files import image_relpath
 from specimen_id.store.vectors import FaissIndex
 
 LONG_AGO = time.time() - 3600
@@ -52,12 +53,12 @@ def test_a_sound_database_passes(db_dir):
 
 def test_missing_image_is_named_and_cannot_be_repaired(db_dir):
     capture = _capture(db_dir.db)
-    (db_dir.db / capture["image_path"]).unlink()
+    (db_dir.db / image_relpath(capture["image_key"])).unlink()
     result = db_dir("verify")
     assert result.exit_code == 1
     problems = [line for line in result.output.splitlines() if line.startswith("problem:")]
     assert problems == [f"problem: capture {capture['uuid']} of 'he-tissue-a': image file "
-                        f"{capture['image_path']} is missing"]
+                        f"{image_relpath(capture['image_key'])} is missing"]
     result = db_dir("repair")
     assert result.exit_code == 1
     assert f"cannot fix: capture {capture['uuid']} of 'he-tissue-a'" in result.output
@@ -67,11 +68,11 @@ def test_missing_image_is_named_and_cannot_be_repaired(db_dir):
 
 def test_altered_image_is_named(db_dir):
     capture = _capture(db_dir.db, "brightfield-a")
-    path = db_dir.db / capture["image_path"]
+    path = db_dir.db / image_relpath(capture["image_key"])
     path.write_bytes(path.read_bytes() + b"\0")
     result = db_dir("verify")
     assert result.exit_code == 1
-    assert f"capture {capture['uuid']} of 'brightfield-a': image file {capture['image_path']} was altered" \
+    assert f"capture {capture['uuid']} of 'brightfield-a': image file {image_relpath(capture['image_key'])} was altered" \
         in result.output
     assert "cannot fix" in db_dir("repair").output
 
@@ -79,21 +80,21 @@ def test_altered_image_is_named(db_dir):
 def test_altered_query_image_is_named(db_dir):
     with Database(db_dir.db) as db:
         logged = db.queries(1)[0]
-    (db_dir.db / logged["image_path"]).unlink()
+    (db_dir.db / image_relpath(logged["image_key"])).unlink()
     result = db_dir("verify")
     assert result.exit_code == 1
-    assert f"logged query {logged['uuid']}: image file {logged['image_path']} is missing" in result.output
+    assert f"logged query {logged['uuid']}: image file {image_relpath(logged['image_key'])} is missing" in result.output
 
 
 def test_a_recorded_path_outside_the_images_folder_is_named_not_read(db_dir, tmp_path):
     outside = tmp_path / "private.png"
     outside.write_bytes(b"not the database's")
     capture = _capture(db_dir.db, "fluo-nuclei-a")
-    _sql(db_dir.db, "UPDATE captures SET image_path = ? WHERE uuid = ?", [str(outside), capture["uuid"]])
-    _sql(db_dir.db, "UPDATE queries SET image_path = ?", ["images/../../private.png"])
+    _sql(db_dir.db, "UPDATE captures SET image_key = ? WHERE uuid = ?", [str(outside), capture["uuid"]])
+    _sql(db_dir.db, "UPDATE queries SET image_key = ?", ["../../private.png"])
     result = db_dir("verify")
     assert result.exit_code == 1
-    assert (f"problem: capture {capture['uuid']} of 'fluo-nuclei-a': recorded image path "
+    assert (f"problem: capture {capture['uuid']} of 'fluo-nuclei-a': recorded image key "
             f"'{outside}' is not a managed image name") in result.output
     assert "is not a managed image name" in result.output.split(f"'{outside}'")[1]  # the query's too
     assert "was altered" not in result.output  # named for its path, not hashed

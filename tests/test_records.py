@@ -57,9 +57,9 @@ def test_remove_hides_everywhere_and_restore_brings_back_the_same_records(small)
             info["index_vectors"]) == (2, 2, 1, 2, 2)
     # still in SQLite with its images
     con = sqlite3.connect(small.db / "specimens.sqlite")
-    paths = [r[0] for r in con.execute("SELECT image_path FROM captures c JOIN specimens s "
-                                       "ON s.id = c.specimen_id WHERE s.name = 'he-a'")]
-    assert len(paths) == 2 and all((small.db / p).is_file() for p in paths)
+    keys = [r[0] for r in con.execute("SELECT image_key FROM captures c JOIN specimens s "
+                                      "ON s.id = c.specimen_id WHERE s.name = 'he-a'")]
+    assert len(keys) == 2 and all(Database(small.db).blobs.file(k).is_file() for k in keys)
     # the name stays reserved, with a message saying what to do
     shown = small("show", "he-a")
     assert shown.exit_code == 1 and "was removed" in shown.stderr and "restore he-a" in shown.stderr
@@ -92,11 +92,11 @@ def test_purge_deletes_for_good_but_keeps_files_still_referenced(small):
     assert small("purge", "he-a").exit_code == 1  # only a removed specimen can be purged
     small("remove", "he-a")
     db = Database(small.db)
-    paths = [c["image_path"] for c in db.captures(db.specimen("he-a", removed=True)["id"])]
+    paths = [db.blobs.file(c["image_key"]) for c in db.captures(db.specimen("he-a", removed=True)["id"])]
     purged = small("purge", "he-a")
     assert purged.exit_code == 0, purged.output
     assert "2 capture(s), 1 image file(s) deleted" in purged.stdout
-    assert [(small.db / p).exists() for p in paths] == [True, False]  # the queried one stays
+    assert [p.exists() for p in paths] == [True, False]  # the queried one stays
     con = sqlite3.connect(small.db / "specimens.sqlite")
     assert con.execute("SELECT COUNT(*) FROM specimens WHERE name = 'he-a'").fetchone()[0] == 0
     assert con.execute("SELECT COUNT(*) FROM captures").fetchone()[0] == 2

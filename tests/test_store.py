@@ -72,7 +72,7 @@ def test_managed_copies_are_content_addressed(enrolled):
     db = Database(enrolled.db)
     for specimen in db.specimens():
         for capture in db.captures(specimen["id"]):
-            path = enrolled.db / capture["image_path"]
+            path = db.blobs.file(capture["image_key"])
             assert path.name.startswith(capture["file_sha256"]) and path.suffix == ".png"
             assert path.parent.name == capture["file_sha256"][:2]
             import hashlib
@@ -97,7 +97,7 @@ def test_migration_from_a_version_1_database(tmp_path):
     assert db.specimen("old-slide")["removed_at"] is None and db.audit_trail() == []
     assert db.specimen("old-slide")["metadata"] == {"stain": "DAPI"}
     (query,) = db.queries()
-    assert query["score_kind"] == "cosine" and query["image_path"] is None
+    assert query["score_kind"] == "cosine" and query["image_key"] is None
     db.close()
     # opening again runs no migration twice and keeps the rows
     again = Database(root)
@@ -160,6 +160,9 @@ def test_a_database_with_feature_recipes_inside_its_model_ids_is_migrated_withou
         conn.execute("DROP TABLE overlaps")  # (migration 8's)
         conn.execute("ALTER TABLE queries DROP COLUMN warnings")  # (migration 10's)
         conn.execute("ALTER TABLE queries DROP COLUMN margin")
+        for table in ("captures", "queries"):  # (migration 12's: rows held paths in the directory)
+            conn.execute(f"ALTER TABLE {table} RENAME COLUMN image_key TO image_path")
+            conn.execute(f"UPDATE {table} SET image_path = 'images/' || substr(image_path, 1, 2) || '/' || image_path")
     conn.execute("PRAGMA user_version = 6")
     conn.close()
     db = Database(enrolled.db)
@@ -167,6 +170,12 @@ def test_a_database_with_feature_recipes_inside_its_model_ids_is_migrated_withou
     assert db.setting("threshold")["model_id"] == current
     assert db.setting("threshold")["score_kind"] == "fused-test"  # only model_ids change
     assert _vectors(enrolled.db) == vectors
+    # every image is reached by its key again, and verify finds nothing amiss with them
+    captures = {c["id"]: c for s in db.specimens() for c in db.captures(s["id"])}
+    images = db.capture_images()
+    assert len(images) == 8 and all(db.blobs.file(key).is_file() and key == f"{captures[cid]['file_sha256']}.png"
+                                    for cid, key in images)
+    assert not [f for f in db.verify("sift-4").findings if f.kind == "image"]
     db.close()
 
 

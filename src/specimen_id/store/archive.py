@@ -31,13 +31,13 @@ import zlib
 from pathlib import Path
 
 from ..errors import DatabaseDamaged, DatabaseUnusable, SpecimenIdError
-from .files import IMAGE_NAME, IN_USE, in_use, managed
+from .files import IMAGE_NAME, IN_USE, image_relpath, in_use, managed
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import now
 
 # every image a database records: what an archive must carry
-IMAGE_PATHS = ("SELECT image_path FROM captures UNION "
-               "SELECT image_path FROM queries WHERE image_path IS NOT NULL")
+IMAGE_KEYS = ("SELECT image_key FROM captures UNION "
+              "SELECT image_key FROM queries WHERE image_key IS NOT NULL")
 
 FORMAT = "specimen-id archive"
 FORMAT_VERSION = 1
@@ -68,11 +68,14 @@ def export_archive(db, archive, facts: dict | None = None, software_version: str
     with tempfile.TemporaryDirectory(dir=db.root, prefix=".export-", suffix=".tmp") as tmp, in_use(tmp):
         snapshot = Path(tmp) / SQLITE
         _snapshot(db.db.conn, snapshot)
-        counted, images = _facts(snapshot)
+        counted, keys = _facts(snapshot)
+        for key in keys:
+            managed(db.root, key)  # a key that names no managed image is damage: nothing is written
+        images = [image_relpath(key) for key in keys]
         members = {SQLITE: _file_digest(snapshot)}
         for rel in images:  # hashed before writing: the manifest goes first
             try:
-                members[rel] = _file_digest(managed(db.root, rel))
+                members[rel] = _file_digest(db.root / rel)
             except FileNotFoundError:
                 raise DatabaseDamaged(f"{db.root / rel} is missing (purged meanwhile, or lost): "
                                       "nothing was written; run export again") from None
@@ -155,12 +158,12 @@ def _restore(archive: Path, tmp: Path) -> dict:
 
 
 def _recorded_images(db) -> list[str]:
-    """Every image path the database records, each checked to be a managed name (raises
-    DatabaseDamaged otherwise: never follow a path out of the images/ folder)."""
-    rows = db.db.execute(IMAGE_PATHS).fetchall()
-    for (rel,) in rows:
-        managed(db.root, rel)
-    return [rel for (rel,) in rows]
+    """The file of every image key the database records, each key checked to be a managed
+    name (raises DatabaseDamaged otherwise: never follow a path out of the images/ folder)."""
+    rows = db.db.execute(IMAGE_KEYS).fetchall()
+    for (key,) in rows:
+        managed(db.root, key)
+    return [image_relpath(key) for (key,) in rows]
 
 
 class _BoundedHeaders(tarfile.TarInfo):
@@ -301,7 +304,7 @@ def _snapshot(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _facts(path: Path) -> tuple[dict, list[str]]:
-    """What the manifest says about a snapshot, and the managed images it refers to."""
+    """What the manifest says about a snapshot, and the image keys it records."""
     con = sqlite3.connect(path)
     try:
         def one(sql):
@@ -314,7 +317,7 @@ def _facts(path: Path) -> tuple[dict, list[str]]:
                             "captures": one("SELECT COUNT(*) FROM captures"),
                             "embeddings": one("SELECT COUNT(*) FROM embeddings"),
                             "queries": one("SELECT COUNT(*) FROM queries")}}
-        images = sorted({r[0] for r in con.execute(IMAGE_PATHS)})
+        images = sorted({r[0] for r in con.execute(IMAGE_KEYS)})
     finally:
         con.close()
     return facts, images

@@ -285,7 +285,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
     def capture_images(self) -> list[tuple[int, str]]:
         """(capture id, blob key of its image) of every capture, removed ones included (reindex
         re-embeds them too, so a restore finds embeddings of the current model)."""
-        return [(r[0], r[1]) for r in self.db.execute("SELECT id, image_path FROM captures ORDER BY id")]
+        return [(r[0], r[1]) for r in self.db.execute("SELECT id, image_key FROM captures ORDER BY id")]
 
     def find_captures(self, file_sha256: str | None = None, pixel_sha256: str | None = None):
         """Enrolled captures with this exact file or these exact pixels, with their specimen."""
@@ -317,7 +317,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
                 cid = self.db["captures"].insert({
                     "uuid": capture_uuid, "specimen_id": specimen["id"],
                     "file_sha256": r.file_sha256, "pixel_sha256": r.pixel_sha256,
-                    "image_path": r.image, "original_name": os.path.basename(r.original_name),
+                    "image_key": r.image, "original_name": os.path.basename(r.original_name),
                     "format": r.format, "width": r.width, "height": r.height,
                     "dtype": r.dtype, "channels": r.channels,
                     "exif": json.dumps(r.exif), "created_at": now(),

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from ..errors import DatabaseDamaged
 
-# the only paths a database may record for an image: what image_relpath makes
 IN_USE = ".in-use.lock"
 WORKING_MIN_AGE_S = 60
+# the only keys a database may record for an image (what image_key makes), and the files
+# they name under the database directory (what image_relpath makes)
+IMAGE_KEY = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9]{1,8}$")
 IMAGE_NAME = re.compile(r"^images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[A-Za-z0-9]{1,8}$")
 
 
@@ -69,33 +71,37 @@ def working_folders(root: Path) -> list[Path]:
     return sorted(p for p in found if p.is_dir())
 
 
-def image_relpath(sha256: str, extension: str) -> str:
-    """images/ab/<sha256>.<ext>: two-letter fan-out keeps directories small."""
-    return f"images/{sha256[:2]}/{sha256}.{extension}"
+def image_key(sha256: str, extension: str) -> str:
+    """An image's key: its content, <sha256>.<ext>."""
+    return f"{sha256}.{extension}"
 
 
-def managed(root: Path, rel: str) -> Path:
-    """The file a recorded image path names, refused unless it is a managed name: a database
-    from elsewhere (an imported archive, a hand-edited file) must never make us read, serve or
+def image_relpath(key: str) -> str:
+    """images/ab/<key>: where the directory keeps it (two-letter fan-out keeps folders small)."""
+    return f"images/{key[:2]}/{key}"
+
+
+def managed(root: Path, key: str) -> Path:
+    """The file a recorded image key names, refused unless it is a key: a database from
+    elsewhere (an imported archive, a hand-edited file) must never make us read, serve or
     delete a file outside its images/ folder."""
-    if not isinstance(rel, str) or not IMAGE_NAME.match(rel):
-        raise DatabaseDamaged(f"{root}: recorded image path {rel!r} is not a managed image name; "
+    if not isinstance(key, str) or not IMAGE_KEY.match(key):
+        raise DatabaseDamaged(f"{root}: recorded image key {key!r} is not a managed image name; "
                               "the database is damaged (run verify)")
-    return root / rel
+    return root / image_relpath(key)
 
 
 def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:
-    """Keep a managed copy of an image file (once per content); returns its path under root."""
-    rel = image_relpath(sha256, extension)
-    if not (root / rel).exists():
-        write_atomic(root / rel, data)
-    return rel
+    """Keep a managed copy of an image file (once per content); returns its key."""
+    key = image_key(sha256, extension)
+    if not managed(root, key).exists():
+        write_atomic(managed(root, key), data)
+    return key
 
 
 class FileBlobs:
-    """The directory backend's Blobs: each file kept once under images/, named by its content
-    (a key is that name, images/ab/<sha256>.<ext>; callers treat it as opaque), with its
-    renditions (thumbnails, made on demand) beside them."""
+    """The directory backend's Blobs: each file kept once, by its content (key <sha256>.<ext>,
+    file images/ab/<key>), with its renditions (thumbnails, made on demand) beside them."""
 
     def __init__(self, root: Path):
         self.root = root

@@ -130,7 +130,7 @@ def _check_vectors(db, report: Report, feature_version: str) -> dict[int, dict]:
     """Every capture has one sound embedding of the current model and current local features;
     returns the captures by id."""
     captures = {r["id"]: r for r in db.db.query(
-        "SELECT c.id, c.uuid, c.image_path, c.file_sha256, s.name AS specimen FROM captures c "
+        "SELECT c.id, c.uuid, c.image_key, c.file_sha256, s.name AS specimen FROM captures c "
         "LEFT JOIN specimens s ON s.id = c.specimen_id")}
     report.counts.update(specimens=db.count("specimens"), captures=len(captures),
                          generation=db.generation)
@@ -213,46 +213,46 @@ def _check_images(db, report: Report, captures: dict) -> set[str]:
     and has that content; returns the referenced paths."""
     referenced, hashes = set(), {}
 
-    def digest(path: str) -> str | None:  # each file read once, however many rows share it
-        if path not in hashes:
-            hashes[path] = _sha256(db.root / path)
-        return hashes[path]
+    def digest(rel: str) -> str | None:  # each file read once, however many rows share it
+        if rel not in hashes:
+            hashes[rel] = _sha256(db.root / rel)
+        return hashes[rel]
 
-    def foreign(who: str, path, **facts) -> bool:
-        """A recorded path outside images/ (a hand-edited or foreign database) is named, and
-        never read: verify must not open files the database does not manage."""
+    def foreign(who: str, key, **facts) -> bool:
+        """A recorded key that names no managed image (a hand-edited or foreign database) is
+        named, and never read: verify must not open files the database does not manage."""
         try:
-            managed(db.root, path)  # the one rule for what a database may point at
+            managed(db.root, key)  # the one rule for what a database may point at
             return False
         except DatabaseDamaged:
-            report.add("image", f"{who}: recorded image path {path!r} is not a managed image name", **facts)
+            report.add("image", f"{who}: recorded image key {key!r} is not a managed image name", **facts)
             return True
 
     for cid, row in sorted(captures.items()):
         who = _who(row, cid)
-        if foreign(who, row["image_path"], capture_id=cid):
+        if foreign(who, row["image_key"], capture_id=cid):
             continue
-        referenced.add(row["image_path"])
-        actual = digest(row["image_path"])
+        rel = image_relpath(row["image_key"])
+        referenced.add(rel)
+        actual = digest(rel)
         if actual is None:
-            report.add("image", f"{who}: image file {row['image_path']} is missing", capture_id=cid,
-                       path=db.root / row["image_path"])
+            report.add("image", f"{who}: image file {rel} is missing", capture_id=cid, path=db.root / rel)
         elif actual != row["file_sha256"]:
-            report.add("image", f"{who}: image file {row['image_path']} was altered (its SHA-256 is "
+            report.add("image", f"{who}: image file {rel} was altered (its SHA-256 is "
                                 f"{actual[:12]}…, recorded {row['file_sha256'][:12]}…)", capture_id=cid,
-                       path=db.root / row["image_path"])
-        elif not row["image_path"].startswith(image_relpath(row["file_sha256"], "")):
-            report.add("image", f"{who}: image file {row['image_path']} is not named for its content",
-                       capture_id=cid)
-    for quuid, path, sha in db.db.execute(
-            "SELECT uuid, image_path, file_sha256 FROM queries WHERE image_path IS NOT NULL"):
-        if foreign(f"logged query {quuid}", path):
+                       path=db.root / rel)
+        elif not row["image_key"].startswith(f"{row['file_sha256']}."):
+            report.add("image", f"{who}: image file {rel} is not named for its content", capture_id=cid)
+    for quuid, key, sha in db.db.execute(
+            "SELECT uuid, image_key, file_sha256 FROM queries WHERE image_key IS NOT NULL"):
+        if foreign(f"logged query {quuid}", key):
             continue
-        referenced.add(path)
-        actual = digest(path)
+        rel = image_relpath(key)
+        referenced.add(rel)
+        actual = digest(rel)
         if actual != sha:
             state = "is missing" if actual is None else "was altered"
-            report.add("image", f"logged query {quuid}: image file {path} {state}", path=db.root / path)
+            report.add("image", f"logged query {quuid}: image file {rel} {state}", path=db.root / rel)
     report.counts["files"] = len(referenced)
     return referenced
 
@@ -325,14 +325,19 @@ def remove_leftovers(db, found: Report, rgb8) -> tuple[list[str], list[str]]:
     fixed, unfixable, young = [], [], 0
     for f in found.findings:
         if f.kind == "rendition":  # its image is sound (verify checked): make it again from that
-            sha = renditions.source_sha(f.path)
+            sha, name = renditions.source_sha(f.path), f.path.relative_to(db.root)
             f.path.unlink(missing_ok=True)
+            row = db.db.execute("SELECT image_key FROM captures WHERE file_sha256 = ? UNION "
+                                "SELECT image_key FROM queries WHERE file_sha256 = ? LIMIT 1", [sha, sha]).fetchone()
             try:
-                image = next((db.root / "images" / sha[:2]).glob(f"{sha}.*"))
-                renditions.build(db.root, image, rgb8(image))
-                fixed.append(f"made {f.path.relative_to(db.root)} again")
-            except (StopIteration, ImageRefused) as e:
-                unfixable.append(f"{f.path.relative_to(db.root)}: cannot be made again ({e or 'no image'})")
+                image = managed(db.root, row[0]) if row else None
+                if image is not None:
+                    renditions.build(db.root, image, rgb8(image))
+                    fixed.append(f"made {name} again")
+                else:
+                    unfixable.append(f"{name}: cannot be made again (no capture or query holds its image)")
+            except (DatabaseDamaged, ImageRefused) as e:
+                unfixable.append(f"{name}: cannot be made again ({e})")
         if f.kind not in ("orphan", "temp") or f.path is None:
             continue
         if f.path.is_dir():  # an export's or import's working folder

@@ -12,14 +12,14 @@ from .settings import now
 class QueryLog:
     def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
                   software_version: str, score_kind: str = "cosine") -> str:
-        image_path = self.blobs.put(capture.data, capture.file_sha256, capture.extension)
+        key = self.blobs.put(capture.data, capture.file_sha256, capture.extension)
         query_uuid = str(uuid.uuid4())
         with self.unit_of_work(append_only=True):
             specimen_id = self.specimen(result["specimen"])["id"] if result.get("specimen") else None
             self.db["queries"].insert({
                 "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
                 "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
-                "image_path": image_path, "model_id": model_id, "threshold": threshold,
+                "image_key": key, "model_id": model_id, "threshold": threshold,
                 "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
                 "specimen_id": specimen_id, "score": result["score"],
                 "candidates": json.dumps(result["candidates"]),
@@ -41,9 +41,9 @@ class QueryLog:
     def image_key(self, kind: str, uuid_: str) -> str:
         """The blob key of a capture's or a logged query's image, found by its UUID (never by
         a path from outside, so nothing outside the database can be named)."""
-        sql = {"capture": "SELECT image_path FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+        sql = {"capture": "SELECT image_key FROM captures c JOIN specimens s ON s.id = c.specimen_id "
                           "WHERE c.uuid = ? AND s.removed_at IS NULL",  # removed: not shown
-               "query": "SELECT image_path FROM queries WHERE uuid = ?"}[kind]
+               "query": "SELECT image_key FROM queries WHERE uuid = ?"}[kind]
         row = self.db.execute(sql, [uuid_]).fetchone()
         if row is None or row[0] is None:
             raise KeyError(uuid_)

@@ -62,7 +62,7 @@ class Removal:
                 self.db.execute("DELETE FROM captures WHERE specimen_id = ?", [specimen["id"]])
                 self.db.execute("DELETE FROM specimens WHERE id = ?", [specimen["id"]])
             # after the commit, still under the write lock (no enrolment can reuse a file meanwhile)
-            files = self._delete_unreferenced_images({c["image_path"] for c in captures})
+            files = self._delete_unreferenced_images({c["image_key"] for c in captures})
         return {"captures": len(captures), "files": files}
 
     def removed_specimen(self, name: str) -> dict:
@@ -91,8 +91,8 @@ class Removal:
         their renditions."""
         deleted = []
         for key in sorted(paths):
-            used = self.db.execute("SELECT 1 FROM captures WHERE image_path = ? UNION ALL "
-                                   "SELECT 1 FROM queries WHERE image_path = ?", [key, key])
+            used = self.db.execute("SELECT 1 FROM captures WHERE image_key = ? UNION ALL "
+                                   "SELECT 1 FROM queries WHERE image_key = ?", [key, key])
             if used.fetchone() is None and self.blobs.file(key).exists():
                 self.blobs.delete(key)
                 deleted.append(key)

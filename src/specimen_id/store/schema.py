@@ -189,6 +189,15 @@ MIGRATIONS = [
     """
     ALTER TABLE reviews ADD COLUMN capture_uuid TEXT;
     """,
+    # 12: rows hold an image's key (its content, <sha256>.<ext>), not where the directory keeps
+    # it (images/ab/<key>), so another backend can keep the same rows. A value that was no
+    # managed path stays as it was, and is refused as a key.
+    """
+    ALTER TABLE captures RENAME COLUMN image_path TO image_key;
+    ALTER TABLE queries RENAME COLUMN image_path TO image_key;
+    UPDATE captures SET image_key = substr(image_key, 11) WHERE image_key GLOB 'images/[0-9a-f][0-9a-f]/*';
+    UPDATE queries SET image_key = substr(image_key, 11) WHERE image_key GLOB 'images/[0-9a-f][0-9a-f]/*';
+    """,
 ]
 
 
