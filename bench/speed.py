@@ -206,17 +206,21 @@ def fill_database(db, model: FittedVectors, count: int, embedder, donors) -> Non
     features of a donor field that is not enrolled (so verifying a filler in the shortlist
     costs what a real capture does, and cannot match a query by borrowing its own field's
     features), and shares one enrolled image."""
+    import hashlib
+
     from specimen_id import local_features
     from specimen_id.store import CaptureRecord
 
     key = db.capture_images()[0][1]
+    data = db.blobs.read(key)
+    sha, extension = hashlib.sha256(data).hexdigest(), key.rpartition(".")[2]
     features = [local_features.extract(d).to_bytes() for d in tqdm(donors, desc="donor features", leave=False)]
     with db.writing():
         for start in tqdm(range(0, count, 20_000), desc="filler", leave=False):
             n = min(20_000, count - start)
             vectors = model.chunk(start, n)
             db.add_captures([CaptureRecord(
-                specimen=f"filler-{(start + i) // 4 * 4:07d}", image=key, file_sha256="filler",
+                specimen=f"filler-{(start + i) // 4 * 4:07d}", data=data, extension=extension, file_sha256=sha,
                 pixel_sha256="filler", original_name="filler", format="JPEG", width=0, height=0,
                 dtype="uint8", channels=3, vector=vectors[i], features=features[(start + i) % len(features)])
                 for i in range(n)], embedder.model_id, local_features.FEATURE_VERSION)

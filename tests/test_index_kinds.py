@@ -78,8 +78,7 @@ def test_compact_database_search_reranks_by_the_stored_vectors(tmp_path):
     captures = [images.decode(cv2.imencode(".png", rng.integers(0, 255, (8, 8), np.uint8))[1].tobytes(),
                               f"c{i}.png") for i in range(1200)]
     with db.writing():
-        db.add_captures([CaptureRecord.of("field", c, db.blobs.put(c.data, c.file_sha256, c.extension), v, b"")
-                         for c, v in zip(captures, vectors)], "m", "none")
+        db.add_captures([CaptureRecord.of("field", c, v, b"") for c, v in zip(captures, vectors)], "m", "none")
         db.set_setting("index", "compact")
         db.vectors.sync()
     assert db.vectors.loaded().kind == "compact"

@@ -39,6 +39,18 @@ def test_stale_index_is_detected_and_rebuilt(run):
     assert len(FaissIndex.load(run.db / "index.faiss")) == 2
 
 
+def test_every_change_leaves_the_index_file_of_what_it_committed(enrolled):
+    """No caller saves the index: it is written as each change lets the write lock go."""
+    path = enrolled.db / "index.faiss"
+    with Database(enrolled.db) as db:
+        for change in (lambda: db.remove_specimen("he-tissue-a"), lambda: db.restore_specimen("he-tissue-a"),
+                       lambda: db.vectors.remove([db.captures(db.specimen("he-tissue-b")["id"])[0]["id"]])):
+            change()
+            saved = FaissIndex.load(path)
+            assert saved.describes(db.generation, db.model_id)
+            assert sorted(saved.ids()) == sorted(db.vectors.stored(db.model_id, saved.dim)[0])
+
+
 def test_damaged_index_file_is_rebuilt(enrolled):
     (enrolled.db / "index.faiss").write_bytes(b"specimen-id index 1\n{garbage")
     assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"

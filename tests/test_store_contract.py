@@ -47,7 +47,7 @@ def _records(store, specimen, vectors, tag=""):
     for i, v in enumerate(vectors):
         data = f"{specimen}-{tag}{i}".encode()
         sha = hashlib.sha256(data).hexdigest()
-        out.append(CaptureRecord(specimen=specimen, image=store.blobs.put(data, sha, "bin"), file_sha256=sha,
+        out.append(CaptureRecord(specimen=specimen, data=data, extension="bin", file_sha256=sha,
                                  pixel_sha256=sha, original_name=f"{specimen}-{i}.png", format="PNG", width=8,
                                  height=8, dtype="uint8", channels=3, vector=v, features=f"f{i}".encode()))
     return out
@@ -101,8 +101,6 @@ def test_what_a_store_holds_survives_reopening(location):
     rng = np.random.default_rng(2)
     with open_store(location) as first:
         vectors, ids = _enrolled(first, rng)
-        with first.writing():
-            first.vectors.sync()
     with open_store(location) as again:
         assert [h.capture_id for h in again.vectors.search(vectors["gamma"][:1], 1)[0]] == ids["gamma"][:1]
         assert again.model_id == MODEL and [s["name"] for s in again.specimens()] == ["alpha", "beta", "gamma"]
@@ -115,8 +113,12 @@ def test_a_removed_specimen_is_not_found_until_restored_under_the_same_ids(store
     found = {h.capture_id for row in store.vectors.search(vectors["alpha"], 10) for h in row}
     assert not found & set(ids["alpha"]) and found == set(ids["beta"] + ids["gamma"])
     assert "alpha" not in [s["name"] for s in store.specimens()] and store.removed_specimens() == ["alpha"]
+    # new vectors for a removed specimen's capture are kept, and not searched either
+    store.vectors.add(ids["alpha"][:1], vectors["beta"][:1], MODEL)
+    assert {h.capture_id for h in store.vectors.search(vectors["beta"][:1], 10)[0]} == set(ids["beta"] + ids["gamma"])
     assert store.restore_specimen("alpha") == 2
-    assert [row[0].capture_id for row in store.vectors.search(vectors["alpha"], 1)] == ids["alpha"]
+    assert [row[0].capture_id for row in store.vectors.search(vectors["alpha"][1:], 1)] == ids["alpha"][1:]
+    assert {h.capture_id for h in store.vectors.search(vectors["beta"][:1], 2)[0]} == {ids["alpha"][0], ids["beta"][0]}
 
 
 def test_vectors_removed_or_replaced_are_searched_as_they_are_now(store):
@@ -143,6 +145,25 @@ def test_a_failed_unit_of_work_leaves_nothing_behind(store):
         store.specimen("delta")
     assert store.specimen("alpha")["name"] == "alpha" and len(store.audit_trail()) == trail
     assert {h.capture_id for row in store.vectors.search(_unit(rng, 3), 10) for h in row} == set(ids["alpha"])
+    # and nothing of it comes back with the next change that commits
+    more = store.add_captures(_records(store, "epsilon", _unit(rng, 1)), MODEL, FEATURES)
+    assert {h.capture_id for row in store.vectors.search(_unit(rng, 3), 10) for h in row} == {*ids["alpha"], *more}
+
+
+def test_a_failed_inner_unit_of_work_undoes_only_itself(store):
+    rng = np.random.default_rng(7)
+    vectors, ids = _enrolled(store, rng, ("alpha",))
+    phantom, real = _unit(rng, 1), _unit(rng, 1)
+    with store.unit_of_work():
+        with pytest.raises(RuntimeError):
+            with store.unit_of_work():
+                store.vectors.add(ids["alpha"][:1], phantom, MODEL)
+                raise RuntimeError("undo this part only")
+        store.vectors.add(ids["alpha"][1:], real, MODEL)
+    np.testing.assert_allclose(store.vectors.vectors_of(ids["alpha"])[ids["alpha"][0]], vectors["alpha"][0])
+    assert store.vectors.search(phantom, 1)[0][0].similarity < 0.99
+    top = store.vectors.search(real, 1)[0][0]
+    assert top.capture_id == ids["alpha"][1] and top.similarity == pytest.approx(1)
 
 
 def test_every_change_is_audited_in_order(store):

@@ -60,7 +60,7 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     try:
         _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, progress, report)
     except (OSError, sqlite3.Error) as e:
-        failed = storage_failure(e, getattr(e, "filename", None) or db.root)
+        failed = storage_failure(e, getattr(e, "filename", None) or db.location)
         if failed is None:
             raise
         failed.args = (f"{failed} ({len(report.enrolled)} capture(s) of this run were committed before it "
@@ -80,9 +80,7 @@ def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, pro
 
         def store():
             vectors, features = evidence(embedder, batch)
-            records = [CaptureRecord.of(p.item[0], p.capture, db.blobs.put(
-                p.capture.data, p.capture.file_sha256, p.capture.extension), v, f)
-                for p, v, f in zip(batch, vectors, features)]
+            records = [CaptureRecord.of(p.item[0], p.capture, v, f) for p, v, f in zip(batch, vectors, features)]
             ids = db.add_captures(records, embedder.model_id, local_features.FEATURE_VERSION, metadata)
             report.enrolled.extend(p.capture.name for p in batch)  # committed: counted even if what follows fails
             found = find_overlaps(db, [(cid, p.item[0], v, f) for cid, p, v, f in zip(ids, batch, vectors, features)])

@@ -44,9 +44,9 @@ def repair(db) -> RepairReport:
         for cid in sorted(set(stale) & bad_images):
             out.unfixable.append(f"capture id {cid}: embedding or local features cannot be "
                                  "recomputed without its image")
-        db.vectors.sync(rebuild=True)
+        indexed = db.vectors.sync(rebuild=True)
         if any(f.kind == "index" for f in found.findings):
-            out.fixed.append(f"rebuilt index.faiss from the database ({db.info()['index_vectors']} vectors)")
+            out.fixed.append(f"rebuilt index.faiss from the database ({indexed} vectors)")
         fixed, unfixable = db.clean(found, images.rgb8)
         out.fixed += fixed
         out.unfixable += unfixable

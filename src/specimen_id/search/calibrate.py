@@ -116,7 +116,7 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
     }
     db.set_threshold(threshold, SCORE_KIND, model_id=db.model_id, fmr=fmr,
                      calibration={k: v for k, v in summary.items() if k != "score_kind"})
-    out_dir = Path(out_dir) if out_dir else db.root / "calibration"
+    out_dir = Path(out_dir) if out_dir else Path(db.location) / "calibration"
     write_report(out_dir, summary, genuine, impostor)
     summary["report"] = str(out_dir / "calibration.md")
     return summary

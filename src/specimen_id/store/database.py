@@ -190,8 +190,13 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
         self._writes_allowed += 1
         try:
             if conn.in_transaction:
-                with self.db.atomic():
-                    yield self
+                queued = len(self._committed)
+                try:
+                    with self.db.atomic():
+                        yield self
+                except BaseException:  # the savepoint rolled back: so does what it queued
+                    del self._committed[queued:]
+                    raise
                 return
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -300,9 +305,9 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
 
     def add_captures(self, records: list[CaptureRecord], model_id: str, feature_version: str,
                      metadata: dict | None = None) -> list[int]:
-        """Store captures (their images already put in blobs) with their vectors and local
-        features in one unit of work; a specimen is created with its first capture, with
-        `metadata`. Returns the new capture ids, in order."""
+        """Store captures, their files (as blobs), vectors and local features in one unit of
+        work; a specimen is created with its first capture, with `metadata`. Returns the new
+        capture ids, in order."""
         if not records:
             return []
         self.require_model(model_id)
@@ -317,7 +322,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
                 cid = self.db["captures"].insert({
                     "uuid": capture_uuid, "specimen_id": specimen["id"],
                     "file_sha256": r.file_sha256, "pixel_sha256": r.pixel_sha256,
-                    "image_key": r.image, "original_name": os.path.basename(r.original_name),
+                    "image_key": self.blobs.put(r.data, r.file_sha256, r.extension), "original_name": os.path.basename(r.original_name),
                     "format": r.format, "width": r.width, "height": r.height,
                     "dtype": r.dtype, "channels": r.channels,
                     "exif": json.dumps(r.exif), "created_at": now(),
@@ -353,8 +358,9 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
 
     # -- looking after it: backup, CSV, verify, repair, summary ----------------------------
 
-    def export_archive(self, archive, facts: dict | None = None, software_version: str = "") -> dict:
-        """A backup archive of a consistent snapshot (archive.py); returns its manifest."""
+    def export_archive(self, archive, facts: dict, software_version: str) -> dict:
+        """A backup archive of a consistent snapshot (archive.py), its manifest saying `facts`
+        (what the caller's stored settings mean) and which software wrote it; returns it."""
         from .archive import export_archive
 
         return export_archive(self, archive, facts, software_version)

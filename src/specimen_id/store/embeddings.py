@@ -54,9 +54,12 @@ class DirectoryVectors:
             store.db["embeddings"].insert_all({"capture_id": i, "model_id": model_id, "vector": v.tobytes()}
                                               for i, v in zip(ids, vectors))
             generation = self.bump(model_id, vectors.shape[1])
+            searched = self._active(ids)  # a removed specimen's vectors are kept, not searched
+            kept = [n for n, i in enumerate(ids) if i in searched]
 
             def change(index):  # (an HNSW index cannot remove: it is then rebuilt)
-                return (not replaced or index.remove(ids) is not False) and index.add(ids, vectors)
+                return (not replaced or index.remove(ids) is not False) and index.add(
+                    [ids[n] for n in kept], vectors[kept])
 
             store.after_commit(lambda: self.advance(index, generation, model_id, change))
 
@@ -93,20 +96,22 @@ class DirectoryVectors:
         dim = self._store.setting("embedding_dim")
         return self._rows(ids, self._store.model_id, int(dim)) if dim else {}
 
-    def sync(self, rebuild: bool = False) -> None:
-        """Write the index file for what is stored now (call under the write lock); an index
-        that has grown past its kind (vectors.chosen_kind) is rebuilt here, by the writer,
-        never by a reader; `rebuild` builds it from the stored vectors whatever the file says."""
+    def sync(self, rebuild: bool = False) -> int:
+        """Write the index file for what is stored now (call under the write lock), and say
+        how many vectors it holds; an index that has grown past its kind (vectors.chosen_kind)
+        is rebuilt here, by the writer, never by a reader; `rebuild` builds it from the stored
+        vectors whatever the file says."""
         if rebuild:
-            self._shared.index = self._rebuild() if self._store.model_id else None
-            self.unsynced = False
-            return
-        index = self.loaded()
-        if index is not None and index.kind != chosen_kind(self._store.setting("index", DEFAULT_KIND), len(index)):
-            index = self._shared.index = self._rebuild()
-        if index is not None:
-            index.save(self.path)
+            index = self._shared.index = self._rebuild() if self._store.model_id else None
+        else:
+            index = self.loaded()
+            if index is not None and index.kind != chosen_kind(self._store.setting("index", DEFAULT_KIND),
+                                                               len(index)):
+                index = self._shared.index = self._rebuild()
+            if index is not None:
+                index.save(self.path)
         self.unsynced = False
+        return len(index) if index is not None else 0
 
     # -- for the rest of the directory backend ---------------------------------------------
 
@@ -176,6 +181,13 @@ class DirectoryVectors:
             f"({','.join('?' * len(ids))})", [model_id, *ids]).fetchall() if ids else []
         return {cid: np.frombuffer(blob, np.float32, dim) for cid, blob in rows}
 
+    def _active(self, ids: list[int]) -> set[int]:
+        """Those of these captures whose specimen is not removed."""
+        marks = ",".join("?" * len(ids))
+        return {r[0] for r in self._store.db.execute(
+            f"SELECT c.id FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+            f"WHERE s.removed_at IS NULL AND c.id IN ({marks})", ids)}
+
     def _delete_rows(self, ids: list[int]) -> int:
         """Delete these captures' stored vectors; how many there were."""
         if not ids:
@@ -192,6 +204,8 @@ class DirectoryVectors:
         index = FaissIndex.build(ids, vectors, generation, model_id, dim, store.setting("index", DEFAULT_KIND))
         from filelock import Timeout
 
+        if store.db.conn.in_transaction:
+            return index  # it may count what is not committed yet: the writer saves it after
         try:
             with store._write_lock().acquire(timeout=0):
                 if store.generation == generation:

@@ -327,8 +327,9 @@ def remove_leftovers(db, found: Report, rgb8) -> tuple[list[str], list[str]]:
         if f.kind == "rendition":  # its image is sound (verify checked): make it again from that
             sha, name = renditions.source_sha(f.path), f.path.relative_to(db.root)
             f.path.unlink(missing_ok=True)
-            row = db.db.execute("SELECT image_key FROM captures WHERE file_sha256 = ? UNION "
-                                "SELECT image_key FROM queries WHERE file_sha256 = ? LIMIT 1", [sha, sha]).fetchone()
+            row = db.db.execute(  # the rendition's name is its image's key without the extension
+                "SELECT image_key FROM captures WHERE substr(image_key, 1, 65) = ? UNION ALL SELECT image_key "
+                "FROM queries WHERE substr(image_key, 1, 65) = ? LIMIT 1", [f"{sha}.", f"{sha}."]).fetchone()
             try:
                 image = managed(db.root, row[0]) if row else None
                 if image is not None:

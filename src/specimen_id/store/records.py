@@ -10,11 +10,12 @@ import numpy as np
 
 @dataclass
 class CaptureRecord:
-    """One capture to add: its specimen (created with its first capture), the blob key of its
-    image (Blobs.put), what was read from the file, and its evidence."""
+    """One capture to add: its specimen (created with its first capture), the file's bytes
+    (kept as a blob by add_captures), what was read from the file, and its evidence."""
 
     specimen: str
-    image: str  # blob key
+    data: bytes = field(repr=False)
+    extension: str
     file_sha256: str
     pixel_sha256: str
     original_name: str
@@ -30,9 +31,10 @@ class CaptureRecord:
     acquisition: dict | None = None
 
     @classmethod
-    def of(cls, specimen: str, capture, image: str, vector, features: bytes) -> "CaptureRecord":
-        """The record of a decoded capture (an images.Capture) whose file was put as `image`."""
-        return cls(specimen=specimen, image=image, file_sha256=capture.file_sha256,
+    def of(cls, specimen: str, capture, vector, features: bytes) -> "CaptureRecord":
+        """The record of a decoded capture (an images.Capture)."""
+        return cls(specimen=specimen, data=capture.data, extension=capture.extension,
+                   file_sha256=capture.file_sha256,
                    pixel_sha256=capture.pixel_sha256, original_name=capture.name, format=capture.format,
                    width=capture.width, height=capture.height, dtype=capture.dtype, channels=capture.channels,
                    vector=vector, features=features, exif=capture.exif, quality=capture.quality,

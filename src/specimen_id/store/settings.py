@@ -77,8 +77,8 @@ class Settings:
         before this, what to do about it)."""
         current = self.model_id
         if current and current != model_id and self.count("captures"):
-            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}; run "
-                                "`specimen-id reindex` to re-embed every capture with this one")
+            raise ModelMismatch(f"this database holds embeddings of {current}, not {model_id}: one "
+                                "database holds one model's vectors (`specimen-id reindex` re-embeds them)")
 
     def require_features(self, version: str) -> None:
         """Local features of one recipe only: those of another are recomputed before this
