@@ -166,6 +166,23 @@ def test_a_failed_inner_unit_of_work_undoes_only_itself(store):
     assert top.capture_id == ids["alpha"][1] and top.similarity == pytest.approx(1)
 
 
+def test_what_a_failed_unit_of_work_had_loaded_is_not_searched_after_another_writer(location):
+    rng = np.random.default_rng(8)
+    with open_store(location) as mine, open_store(location) as other:
+        _enrolled(mine, rng, ("alpha",))
+        undone = _unit(rng, 2)
+        with pytest.raises(RuntimeError):
+            with mine.unit_of_work():  # two vector changes: the second loads what the first did
+                mine.add_captures(_records(mine, "beta", undone[:1]), MODEL, FEATURES)
+                mine.add_captures(_records(mine, "gamma", undone[1:]), MODEL, FEATURES)
+                raise RuntimeError("undo both")
+        fresh = _unit(rng, 1)
+        (new,) = other.add_captures(_records(other, "delta", fresh), MODEL, FEATURES)
+        top = mine.vectors.search(fresh, 1)[0][0]
+        assert top.capture_id == new and top.similarity == pytest.approx(1)
+        assert all(row[0].similarity < 0.99 for row in mine.vectors.search(undone, 1))
+
+
 def test_every_change_is_audited_in_order(store):
     rng = np.random.default_rng(6)
     _enrolled(store, rng, ("alpha", "beta"), each=1)

@@ -211,6 +211,8 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
                 self._committed.clear()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                # an index loaded inside it may hold what is now undone: read it again
+                self.vectors.forget()
                 raise
             committed, self._committed = self._committed, []
             for action in committed:

@@ -103,6 +103,8 @@ class DirectoryVectors:
         vectors whatever the file says."""
         if rebuild:
             index = self._shared.index = self._rebuild() if self._store.model_id else None
+            if index is not None:
+                index.save(self.path)
         else:
             index = self.loaded()
             if index is not None and index.kind != chosen_kind(self._store.setting("index", DEFAULT_KIND),

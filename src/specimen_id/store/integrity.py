@@ -323,15 +323,16 @@ def remove_leftovers(db, found: Report, rgb8) -> tuple[list[str], list[str]]:
     `rgb8(image)`, the caller's decode), leftover files and abandoned working folders removed.
     Returns (what was fixed, what was not)."""
     fixed, unfixable, young = [], [], 0
+    keys = None  # content -> image key, read once: a rendition is named for its image's content
     for f in found.findings:
         if f.kind == "rendition":  # its image is sound (verify checked): make it again from that
+            if keys is None:
+                keys = {str(key).partition(".")[0]: key for (key,) in db.db.execute(
+                    "SELECT image_key FROM captures UNION SELECT image_key FROM queries WHERE image_key IS NOT NULL")}
             sha, name = renditions.source_sha(f.path), f.path.relative_to(db.root)
             f.path.unlink(missing_ok=True)
-            row = db.db.execute(  # the rendition's name is its image's key without the extension
-                "SELECT image_key FROM captures WHERE substr(image_key, 1, 65) = ? UNION ALL SELECT image_key "
-                "FROM queries WHERE substr(image_key, 1, 65) = ? LIMIT 1", [f"{sha}.", f"{sha}."]).fetchone()
             try:
-                image = managed(db.root, row[0]) if row else None
+                image = managed(db.root, keys[sha]) if sha in keys else None
                 if image is not None:
                     renditions.build(db.root, image, rgb8(image))
                     fixed.append(f"made {name} again")
