@@ -4,6 +4,8 @@ import json
 import shutil
 import sqlite3
 
+import numpy as np
+import pytest
 import torch
 import torchvision
 from conftest import QUERIES, SPECIMENS
@@ -37,6 +39,33 @@ def test_stale_index_is_detected_and_rebuilt(run):
     answer = _answer(run, QUERIES / "recapture-he-tissue-b.jpg")
     assert answer["specimen"] == "he-tissue-b"
     assert len(FaissIndex.load(run.db / "index.faiss")) == 2
+
+
+def test_a_unit_of_work_that_rolls_back_takes_its_new_image_files_with_it(enrolled):
+    from specimen_id import images
+    from specimen_id.store import CaptureRecord
+
+    def files():
+        return sorted(p.name for p in (enrolled.db / "images").rglob("*") if p.is_file())
+
+    before = files()
+    new, known = images.load(QUERIES / "never-enrolled-1.jpg"), images.load(SPECIMENS / "he-tissue-a" / "capture-1.png")
+    with Database(enrolled.db) as db:
+        vector = np.zeros(db.setting("embedding_dim"), np.float32)
+        vector[0] = 1
+        records = [CaptureRecord.of(name, c, vector, b"") for name, c in (("extra", new), ("another", known))]
+        with db.unit_of_work():
+            with pytest.raises(RuntimeError):
+                with db.unit_of_work():  # a savepoint that rolls back: its new file goes with it
+                    db.add_captures(records[:1], db.model_id, db.setting("features_version"))
+                    raise RuntimeError("undo the inner part")
+            assert files() == before
+        with pytest.raises(RuntimeError):
+            with db.unit_of_work():
+                db.add_captures(records, db.model_id, db.setting("features_version"))
+                assert len(files()) == len(before) + 1  # the new file; the known one was kept already
+                raise RuntimeError("undo it all")
+        assert files() == before  # the enrolled capture's own file stays
 
 
 def test_every_change_leaves_the_index_file_of_what_it_committed(enrolled):

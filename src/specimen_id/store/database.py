@@ -35,7 +35,7 @@ from . import renditions
 from .audit import Audit
 from .curation import Curation, check_metadata, check_name
 from .embeddings import DirectoryVectors, Reembedding, SharedIndex
-from .files import FileBlobs, tree_size
+from .files import FileBlobs, content_key, tree_size
 from .location import default_location, no_backend
 from .overlaps import Overlaps
 from .querylog import QueryLog, decoded
@@ -87,7 +87,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
         self.blobs = FileBlobs(self.root)
         self._lock = None
         self._writers = 0  # writing() depth in this object
-        self._committed: list = []  # what follows the open transaction's commit (after_commit)
+        self._pending: list = []  # (on commit, on rollback) of the open transaction, in order
         try:
             # SQLite's own wait for another connection's write (an outside tool, a query being
             # logged): as long as the write lock's, one setting for "wait for other writers"
@@ -159,9 +159,23 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
         """Run `action` once the open transaction commits (at once outside one); dropped if
         it rolls back. What is loaded in memory follows the database only once it is true."""
         if self.db.conn.in_transaction and self._writes_allowed:
-            self._committed.append(action)
+            self._pending.append((action, None))
         else:
             action()
+
+    def after_rollback(self, action) -> None:
+        """Run `action` if the open transaction (or the savepoint open now) rolls back: what
+        was written outside SQLite for it (a new image file) is undone with it."""
+        if self.db.conn.in_transaction and self._writes_allowed:
+            self._pending.append((None, action))
+
+    def _undo(self, pending: list) -> None:
+        for _, action in reversed(pending):
+            if action is not None:
+                try:
+                    action()
+                except OSError:
+                    pass  # a file left over: verify names it, repair removes it
 
     @contextmanager
     def unit_of_work(self, append_only: bool = False):
@@ -190,12 +204,13 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
         self._writes_allowed += 1
         try:
             if conn.in_transaction:
-                queued = len(self._committed)
+                queued = len(self._pending)
                 try:
                     with self.db.atomic():
                         yield self
                 except BaseException:  # the savepoint rolled back: so does what it queued
-                    del self._committed[queued:]
+                    undone, self._pending[queued:] = self._pending[queued:], []
+                    self._undo(undone)
                     raise
                 return
             try:
@@ -208,15 +223,17 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
                     yield self
                 conn.execute("COMMIT")
             except BaseException:
-                self._committed.clear()
+                undone, self._pending = self._pending, []
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._undo(undone)
                 # an index loaded inside it may hold what is now undone: read it again
                 self.vectors.forget()
                 raise
-            committed, self._committed = self._committed, []
-            for action in committed:
-                action()
+            committed, self._pending = self._pending, []
+            for action, _ in committed:
+                if action is not None:
+                    action()
         finally:
             self._writes_allowed -= 1
 
@@ -324,7 +341,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
                 cid = self.db["captures"].insert({
                     "uuid": capture_uuid, "specimen_id": specimen["id"],
                     "file_sha256": r.file_sha256, "pixel_sha256": r.pixel_sha256,
-                    "image_key": self.blobs.put(r.data, r.file_sha256, r.extension), "original_name": os.path.basename(r.original_name),
+                    "image_key": self._keep(r), "original_name": os.path.basename(r.original_name),
                     "format": r.format, "width": r.width, "height": r.height,
                     "dtype": r.dtype, "channels": r.channels,
                     "exif": json.dumps(r.exif), "created_at": now(),
@@ -338,6 +355,14 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
             self._put_features(ids, [r.features for r in records], feature_version)
             self.vectors.add(ids, np.stack([r.vector for r in records]), model_id)
         return ids
+
+    def _keep(self, record: CaptureRecord) -> str:
+        """Keep a record's file as a blob, to be deleted again if this unit of work rolls back
+        and it was new (and nothing else has come to refer to it meanwhile)."""
+        key = content_key(record.file_sha256, record.extension)
+        if not self.blobs.file(key).exists():
+            self.after_rollback(lambda: self._delete_unreferenced_images({key}))
+        return self.blobs.put(record.data, record.file_sha256, record.extension)
 
     def local_features(self, ids, version: str) -> dict[int, bytes]:
         """capture id -> stored local features of that version."""

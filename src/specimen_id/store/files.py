@@ -13,7 +13,7 @@ from ..errors import DatabaseDamaged
 
 IN_USE = ".in-use.lock"
 WORKING_MIN_AGE_S = 60
-# the only keys a database may record for an image (what image_key makes), and the files
+# the only keys a database may record for an image (what content_key makes), and the files
 # they name under the database directory (what image_relpath makes)
 IMAGE_KEY = re.compile(r"^[0-9a-f]{64}\.[A-Za-z0-9]{1,8}$")
 IMAGE_NAME = re.compile(r"^images/([0-9a-f]{2})/(\1[0-9a-f]{62})\.[A-Za-z0-9]{1,8}$")
@@ -71,7 +71,7 @@ def working_folders(root: Path) -> list[Path]:
     return sorted(p for p in found if p.is_dir())
 
 
-def image_key(sha256: str, extension: str) -> str:
+def content_key(sha256: str, extension: str) -> str:
     """An image's key: its content, <sha256>.<ext>."""
     return f"{sha256}.{extension}"
 
@@ -93,7 +93,7 @@ def managed(root: Path, key: str) -> Path:
 
 def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:
     """Keep a managed copy of an image file (once per content); returns its key."""
-    key = image_key(sha256, extension)
+    key = content_key(sha256, extension)
     if not managed(root, key).exists():
         write_atomic(managed(root, key), data)
     return key
