@@ -174,7 +174,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
             if action is not None:
                 try:
                     action()
-                except OSError:
+                except (OSError, sqlite3.Error):  # never in place of the error that rolled it back
                     pass  # a file left over: verify names it, repair removes it
 
     @contextmanager
