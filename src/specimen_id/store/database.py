@@ -7,8 +7,8 @@ index, and the write lock that serialises writers across processes.
       images/ab/<sha256>.*  content-addressed copies of enrolled and queried images
       write.lock            held by whoever writes
 
-This class is the storage interface that indexer and search use; another backend (PostgreSQL
-with pgvector) would offer the same methods.
+This class is the directory backend of the protocols in store/__init__.py; its units of work
+and write lock are in transactions.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import os
 import sqlite3
 import uuid
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import (
     DatabaseDamaged,
-    DatabaseLocked,
     DatabaseUnusable,
     SpecimenRemoved,
     UnknownSpecimen,
@@ -43,22 +41,8 @@ from .records import CaptureRecord
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
 from .settings import Settings, now
+from .transactions import Transactions, authorizer, lock_timeout
 from .watched import Watched
-
-LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
-
-
-_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_CREATE_TABLE,
-           sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW,
-           sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TRIGGER,
-           sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE}
-
-
-def _authorizer(database):
-    def authorize(action, table, *_):
-        db = database()
-        return db._authorize(action, table) if db is not None else sqlite3.SQLITE_OK
-    return authorize
 
 
 def database_dir(location) -> Path:
@@ -68,11 +52,7 @@ def database_dir(location) -> Path:
     return Path(location)
 
 
-def lock_timeout() -> float:
-    return float(os.environ.get(LOCK_TIMEOUT_ENV, 60))
-
-
-class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLog, Overlaps):
+class Database(Transactions, Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLog, Overlaps):
     def __init__(self, root: str | os.PathLike | None = None, shared_index: SharedIndex | None = None):
         """Open (creating or migrating) the database at root; databases opened with one
         `shared_index` (the service's, one per thread) search one loaded index."""
@@ -110,7 +90,7 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
         self._writes_allowed = 0
         # after migrating: from here on, writes are units of work. Through a weak reference, so
         # that the connection closes as soon as this object goes (a thread's store, its thread)
-        conn.set_authorizer(_authorizer(weakref.ref(self)))
+        conn.set_authorizer(authorizer(weakref.ref(self)))
 
     @property
     def location(self) -> Path:
@@ -130,126 +110,6 @@ class Database(Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLo
 
     def __exit__(self, *exc):
         self.close()
-
-    # -- locking --------------------------------------------------------------------------
-
-    @contextmanager
-    def writing(self):
-        """The database's write lock (re-entrant in one process), held across the SQLite
-        transactions of one operation (an enrolment holds it across its batches); as the
-        outermost one ends, the index file is written for what was committed."""
-        from filelock import Timeout
-
-        timeout = lock_timeout()
-        try:
-            self._write_lock().acquire(timeout=timeout)
-        except Timeout:
-            raise DatabaseLocked(f"{self.root} is being written by another process; waited "
-                                 f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)") from None
-        self._writers += 1
-        try:
-            yield self
-            if self._writers == 1 and self.vectors.unsynced:
-                self.vectors.sync()
-        finally:
-            self._writers -= 1
-            self._lock.release()
-
-    def after_commit(self, action) -> None:
-        """Run `action` once the open transaction commits (at once outside one); dropped if
-        it rolls back. What is loaded in memory follows the database only once it is true."""
-        if self.db.conn.in_transaction and self._writes_allowed:
-            self._pending.append((action, None))
-        else:
-            action()
-
-    def after_rollback(self, action) -> None:
-        """Run `action` if the open transaction (or the savepoint open now) rolls back: what
-        was written outside SQLite for it (a new image file) is undone with it."""
-        if self.db.conn.in_transaction and self._writes_allowed:
-            self._pending.append((None, action))
-
-    def _undo(self, pending: list) -> None:
-        for _, action in reversed(pending):
-            if action is not None:
-                try:
-                    action()
-                except (OSError, sqlite3.Error):  # never in place of the error that rolled it back
-                    pass  # a file left over: verify names it, repair removes it
-
-    @contextmanager
-    def unit_of_work(self, append_only: bool = False):
-        """Every change to what is stored happens inside one: the write lock first (a writer in
-        another process waits its turn), then one SQLite transaction. What a change depends on
-        (the name is free, the specimen exists and is not removed) is read inside it, so no
-        other writer can change it between the check and the write. Re-entrant.
-
-        append_only: a logged query, which must never wait for an enrolment, takes only
-        SQLite's (brief) write lock; it adds a row and changes nothing another writer checks."""
-        if append_only:
-            with self._transaction():
-                yield self
-            return
-        with self.writing(), self._transaction():
-            yield self
-
-    @contextmanager
-    def _transaction(self):
-        """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
-        waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
-        when it reads first (insert() reads the table's columns) and another process commits
-        before its first write (a query being logged), SQLite fails it at once with "database
-        is locked" instead of waiting. Nested, it is a savepoint."""
-        conn = self.db.conn
-        self._writes_allowed += 1
-        try:
-            if conn.in_transaction:
-                queued = len(self._pending)
-                try:
-                    with self.db.atomic():
-                        yield self
-                except BaseException:  # the savepoint rolled back: so does what it queued
-                    undone, self._pending[queued:] = self._pending[queued:], []
-                    self._undo(undone)
-                    raise
-                return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
-                raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
-                                     "it is done") from None
-            try:
-                with self.db.atomic():  # a savepoint inside it
-                    yield self
-                conn.execute("COMMIT")
-            except BaseException:
-                undone, self._pending = self._pending, []
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._undo(undone)
-                # an index loaded inside it may hold what is now undone: read it again
-                self.vectors.forget()
-                raise
-            committed, self._pending = self._pending, []
-            for action, _ in committed:
-                if action is not None:
-                    action()
-        finally:
-            self._writes_allowed -= 1
-
-    def _authorize(self, action, table, *_):
-        """SQLite asks before it prepares each statement: a change to a table outside a unit of
-        work is refused ("not authorized"), whichever code path issued it."""
-        if action in _WRITES and not self._writes_allowed and not (table or "").startswith("sqlite_"):
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
-
-    def _write_lock(self):
-        from filelock import FileLock
-
-        if self._lock is None:
-            self._lock = FileLock(str(self.root / "write.lock"))
-        return self._lock
 
     # -- specimens and captures -----------------------------------------------------------
 
