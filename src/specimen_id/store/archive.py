@@ -69,9 +69,7 @@ def export_archive(db, archive, facts: dict, software_version: str) -> dict:
         snapshot = Path(tmp) / SQLITE
         _snapshot(db.db.conn, snapshot)
         counted, keys = _facts(snapshot)
-        for key in keys:
-            managed(db.root, key)  # a key that names no managed image is damage: nothing is written
-        images = [image_relpath(key) for key in keys]
+        images = _image_files(db.root, keys)  # (a key that names no managed image: nothing is written)
         members = {SQLITE: _file_digest(snapshot)}
         for rel in images:  # hashed before writing: the manifest goes first
             try:
@@ -160,10 +158,15 @@ def _restore(archive: Path, tmp: Path) -> dict:
 def _recorded_images(db) -> list[str]:
     """The file of every image key the database records, each key checked to be a managed
     name (raises DatabaseDamaged otherwise: never follow a path out of the images/ folder)."""
-    rows = db.db.execute(IMAGE_KEYS).fetchall()
-    for (key,) in rows:
-        managed(db.root, key)
-    return [image_relpath(key) for (key,) in rows]
+    return _image_files(db.root, [key for (key,) in db.db.execute(IMAGE_KEYS)])
+
+
+def _image_files(root: Path, keys: list[str]) -> list[str]:
+    """Where these image keys' files lie under root (images/ab/<key>), every key checked first
+    to be a managed name (else DatabaseDamaged: never follow a path out of images/)."""
+    for key in keys:
+        managed(root, key)
+    return [image_relpath(key) for key in keys]
 
 
 class _BoundedHeaders(tarfile.TarInfo):

@@ -94,8 +94,9 @@ def managed(root: Path, key: str) -> Path:
 def store_image(root: Path, sha256: str, extension: str, data: bytes) -> str:
     """Keep a managed copy of an image file (once per content); returns its key."""
     key = content_key(sha256, extension)
-    if not managed(root, key).exists():
-        write_atomic(managed(root, key), data)
+    path = managed(root, key)
+    if not path.exists():
+        write_atomic(path, data)
     return key
 
 
