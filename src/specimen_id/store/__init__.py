@@ -35,7 +35,7 @@ class VectorIndex(Protocol):  # store.vectors
 class Blobs(Protocol):  # store.blobs; rows hold keys
     def put(self, data: bytes, sha256: str, extension: str) -> str: ...  # -> key
     def read(self, key: str) -> bytes: ...
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> bool: ...  # whether it was there
     def file(self, key: str) -> Path: ...  # a local file holding it
     def rendition(self, key: str, size: int, rgb8) -> Path: ...  # a JPEG thumbnail, cached
 

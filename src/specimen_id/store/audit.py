@@ -14,6 +14,7 @@ import socket
 from .settings import now
 
 USER_ENV = "SPECIMEN_ID_USER"
+STATION_ENV = "SPECIMEN_ID_STATION"
 
 # The web app sets this per request (the client's address); the CLI and the Python API leave it
 # unset. A context variable, so concurrent requests in one server never see each other's.
@@ -31,8 +32,14 @@ def current_user() -> str:
         return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
+def current_station() -> str:
+    """$SPECIMEN_ID_STATION (`--station`: one name per microscope station sharing a
+    database), else the host name."""
+    return os.environ.get(STATION_ENV, "").strip() or socket.gethostname()
+
+
 class Audit:
-    """Needs `self.db` (sqlite_utils Database with the `audit` table)."""
+    """Needs `self.db` (a connection with sqlite-utils' calls, holding the `audit` table)."""
 
     def _audit(self, action: str, specimen: dict | None = None, capture_uuid: str | None = None,
                before=None, after=None, **facts) -> None:
@@ -40,7 +47,7 @@ class Audit:
         assert self.db.conn.in_transaction, "audit rows are written with the change they record"
         changes = {k: v for k, v in (("before", before), ("after", after)) if v is not None}
         self.db["audit"].insert({
-            "at": now(), "user": current_user(), "station": socket.gethostname(),
+            "at": now(), "user": current_user(), "station": current_station(),
             "client": CLIENT.get(), "action": action,
             "specimen_uuid": specimen["uuid"] if specimen else None,
             "specimen_name": specimen["name"] if specimen else None,
@@ -57,6 +64,9 @@ class Audit:
             where = (f"WHERE specimen_name = ? OR specimen_uuid IN ({marks}) OR (action = 'move' AND "
                      f"json_extract(changes, '$.before.specimen') IN ({marks}))")
             params = [specimen, *uuids, *uuids]
-        rows = self.db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?",
-                             [*params, -1 if limit is None else limit])
+        if limit is not None:
+            where, params = f"{where} ORDER BY id DESC LIMIT ?", [*params, limit]
+        else:
+            where = f"{where} ORDER BY id DESC"
+        rows = self.db.query(f"SELECT * FROM audit {where}", params)
         return [{**r, "changes": json.loads(r["changes"])} for r in rows]

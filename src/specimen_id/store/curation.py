@@ -149,7 +149,7 @@ class Curation:
             except ValueError:
                 raise CaptureGone(capture_uuid, removed=False) from None
             held = self.db.execute("SELECT 1 FROM captures WHERE uuid = ?", [capture_uuid]).fetchone()
-            purged = self.db.execute("SELECT 1 FROM audit WHERE capture_uuid = ? OR instr(changes, ?) LIMIT 1",
+            purged = self.db.execute("SELECT 1 FROM audit WHERE capture_uuid = ? OR instr(changes, ?) > 0 LIMIT 1",
                                      [capture_uuid, json.dumps(capture_uuid)]).fetchone()
             raise CaptureGone(capture_uuid, removed=bool(held or purged))
         return self.specimen(name)  # (by its own name: names are unique)
@@ -196,7 +196,7 @@ class Curation:
         """Past results name their candidates; keep them pointing at the specimen as it is now
         called (inside the caller's transaction). After a merge two candidates may name one
         specimen: the better one stays, as the query lists one per specimen."""
-        for qid, text in self.db.execute("SELECT id, candidates FROM queries WHERE instr(candidates, ?)",
+        for qid, text in self.db.execute("SELECT id, candidates FROM queries WHERE instr(candidates, ?) > 0",
                                          [json.dumps(old)]).fetchall():
             candidates, seen = [], set()
             for c in json.loads(text):  # best first

@@ -13,35 +13,31 @@ and write lock are in transactions.py.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-import uuid
 import weakref
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import (
     DatabaseDamaged,
+    DatabaseLocked,
     DatabaseUnusable,
-    SpecimenRemoved,
-    UnknownSpecimen,
     storage_failure,
 )
 from . import renditions
 from .audit import Audit
-from .curation import Curation, check_metadata, check_name
+from .captures import Captures
+from .curation import Curation
 from .embeddings import DirectoryVectors, Reembedding, SharedIndex
 from .files import FileBlobs, content_key, tree_size
 from .location import default_location, no_backend
 from .overlaps import Overlaps
-from .querylog import QueryLog, decoded
+from .querylog import QueryLog
 from .records import CaptureRecord
 from .removal import Removal
 from .schema import MIGRATIONS, migrate, schema_version
-from .settings import Settings, now
-from .transactions import Transactions, authorizer, lock_timeout
+from .settings import Settings
+from .transactions import WRITES, Transactions, authorizer, lock_timeout
 from .watched import Watched
 
 
@@ -52,7 +48,7 @@ def database_dir(location) -> Path:
     return Path(location)
 
 
-class Database(Transactions, Settings, Curation, Removal, Audit, Watched, Reembedding, QueryLog, Overlaps):
+class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watched, Reembedding, QueryLog, Overlaps):
     def __init__(self, root: str | os.PathLike | None = None, shared_index: SharedIndex | None = None):
         """Open (creating or migrating) the database at root; databases opened with one
         `shared_index` (the service's, one per thread) search one loaded index."""
@@ -102,6 +98,39 @@ class Database(Transactions, Settings, Curation, Removal, Audit, Watched, Reembe
         """The loaded index this store searches, shared by the stores opened with it."""
         return self._shared
 
+    @property
+    def where(self) -> str:
+        """The store as messages name it."""
+        return str(self.root)
+
+    # -- its units of work (transactions.py): a file lock, SQLite's write lock -------------------
+
+    def _write_lock(self):
+        from filelock import FileLock
+
+        if self._lock is None:
+            self._lock = FileLock(str(self.root / "write.lock"))
+        return self._lock
+
+    def _begin(self) -> None:
+        """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
+        waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
+        when it reads first (insert() reads the table's columns) and another process commits
+        before its first write (a query being logged), SQLite fails it at once with "database
+        is locked" instead of waiting."""
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
+            raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
+                                 "it is done") from None
+
+    def _authorize(self, action, table, *_):
+        """SQLite asks before it prepares each statement: a change to a table outside a unit of
+        work is refused ("not authorized"), whichever code path issued it."""
+        if action in WRITES and not self._writes_allowed and not (table or "").startswith("sqlite_"):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
     def close(self) -> None:
         self.db.conn.close()
 
@@ -111,110 +140,7 @@ class Database(Transactions, Settings, Curation, Removal, Audit, Watched, Reembe
     def __exit__(self, *exc):
         self.close()
 
-    # -- specimens and captures -----------------------------------------------------------
-
-    def count(self, table: str) -> int:
-        return self.db[table].count
-
-    def specimens(self) -> list[dict]:
-        """Every specimen not removed, with its number of captures and the uuid of its first
-        (its cover), in one query."""
-        return [decoded(r) for r in self.db.query(
-            "SELECT s.*, COUNT(c.id) AS captures, (SELECT uuid FROM captures WHERE specimen_id = s.id "
-            "ORDER BY id LIMIT 1) AS cover FROM specimens s LEFT JOIN captures c "
-            "ON c.specimen_id = s.id WHERE s.removed_at IS NULL GROUP BY s.id ORDER BY s.name")]
-
-    def specimen(self, name: str, removed: bool = False) -> dict:
-        """The named specimen; a removed one only when asked for (else SpecimenRemoved). Its
-        uuid serves as its name too: a name that cannot be typed (from before names were
-        checked) can still be reached to rename it."""
-        rows = list(self.db.query("SELECT * FROM specimens WHERE name = ?", [name])) or list(
-            self.db.query("SELECT * FROM specimens WHERE uuid = ?", [name]))
-        if not rows:
-            raise UnknownSpecimen(name)
-        if rows[0]["removed_at"] is not None and not removed:
-            raise SpecimenRemoved(name)
-        return decoded(rows[0])
-
-    def ensure_specimen(self, name: str, metadata: dict | None = None) -> dict:
-        """The named specimen, created if new; metadata given is merged into what it has."""
-        if metadata is not None:
-            check_metadata(metadata)
-        with self.unit_of_work():
-            try:
-                found = self.specimen(name)
-            except SpecimenRemoved:
-                raise
-            except UnknownSpecimen:
-                check_name(name)
-                self.db["specimens"].insert({"uuid": str(uuid.uuid4()), "name": name,
-                                             "metadata": json.dumps(metadata or {}),
-                                             "created_at": now()})
-                created = self.specimen(name)
-                self._audit("create", created, after={"metadata": created["metadata"]})
-                return created
-            merged = {**found["metadata"], **(metadata or {})}
-            if merged != found["metadata"]:
-                self.db.execute("UPDATE specimens SET metadata = ? WHERE id = ?",
-                                [json.dumps(merged), found["id"]])
-                self._audit("edit", found, before={"metadata": found["metadata"]},
-                            after={"metadata": merged})
-                found["metadata"] = merged
-        return found
-
-    def captures(self, specimen_id: int) -> list[dict]:
-        return [decoded(r) for r in self.db.query(
-            "SELECT * FROM captures WHERE specimen_id = ? ORDER BY id", [specimen_id])]
-
-    def capture_images(self) -> list[tuple[int, str]]:
-        """(capture id, blob key of its image) of every capture, removed ones included (reindex
-        re-embeds them too, so a restore finds embeddings of the current model)."""
-        return [(r[0], r[1]) for r in self.db.execute("SELECT id, image_key FROM captures ORDER BY id")]
-
-    def find_captures(self, file_sha256: str | None = None, pixel_sha256: str | None = None):
-        """Enrolled captures with this exact file or these exact pixels, with their specimen."""
-        return list(self.db.query(
-            "SELECT c.id, c.uuid, c.file_sha256, c.pixel_sha256, s.name AS specimen FROM captures c "
-            "JOIN specimens s ON s.id = c.specimen_id WHERE s.removed_at IS NULL "
-            "AND (c.file_sha256 = ? OR c.pixel_sha256 = ?)",
-            [file_sha256, pixel_sha256]))
-
-    def enrolled_file_hashes(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT file_sha256 FROM captures")}
-
-    def add_captures(self, records: list[CaptureRecord], model_id: str, feature_version: str,
-                     metadata: dict | None = None) -> list[int]:
-        """Store captures, their files (as blobs), vectors and local features in one unit of
-        work; a specimen is created with its first capture, with `metadata`. Returns the new
-        capture ids, in order."""
-        if not records:
-            return []
-        self.require_model(model_id)
-        self.require_features(feature_version)
-        ids, specimens = [], {}
-        with self.unit_of_work():
-            for r in records:
-                if r.specimen not in specimens:
-                    specimens[r.specimen] = self.ensure_specimen(r.specimen, metadata)
-                specimen = specimens[r.specimen]
-                capture_uuid = str(uuid.uuid4())
-                cid = self.db["captures"].insert({
-                    "uuid": capture_uuid, "specimen_id": specimen["id"],
-                    "file_sha256": r.file_sha256, "pixel_sha256": r.pixel_sha256,
-                    "image_key": self._keep(r), "original_name": os.path.basename(r.original_name),
-                    "format": r.format, "width": r.width, "height": r.height,
-                    "dtype": r.dtype, "channels": r.channels,
-                    "exif": json.dumps(r.exif), "created_at": now(),
-                    "quality": json.dumps(r.quality),
-                    "acquisition": json.dumps(r.acquisition) if r.acquisition else None,
-                }).last_pk
-                self._audit("enrol", specimen, capture_uuid,
-                            after={"original_name": os.path.basename(r.original_name),
-                                   "file_sha256": r.file_sha256, "model_id": model_id})
-                ids.append(cid)
-            self._put_features(ids, [r.features for r in records], feature_version)
-            self.vectors.add(ids, np.stack([r.vector for r in records]), model_id)
-        return ids
+    # -- the directory's own part of the catalog --------------------------------------------
 
     def _keep(self, record: CaptureRecord) -> str:
         """Keep a record's file as a blob, to be deleted again if this unit of work rolls back
@@ -223,25 +149,6 @@ class Database(Transactions, Settings, Curation, Removal, Audit, Watched, Reembe
         if not self.blobs.file(key).exists():
             self.after_rollback(lambda: self._delete_unreferenced_images({key}))
         return self.blobs.put(record.data, record.file_sha256, record.extension)
-
-    def local_features(self, ids, version: str) -> dict[int, bytes]:
-        """capture id -> stored local features of that version."""
-        ids = [int(i) for i in ids]
-        marks = ",".join("?" * len(ids))
-        return dict(self.db.execute(
-            f"SELECT capture_id, data FROM local_features WHERE version = ? AND capture_id IN ({marks})",
-            [version, *ids]).fetchall()) if ids else {}
-
-    def capture_owners(self, ids) -> dict[int, dict]:
-        """capture id -> {capture uuid, specimen name, specimen id}."""
-        ids = [int(i) for i in ids if i >= 0]
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        return {r["id"]: r for r in self.db.query(
-            f"SELECT c.id, c.uuid, s.name AS specimen, s.id AS specimen_id FROM captures c "
-            f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks}) AND s.removed_at IS NULL",
-            ids)}
 
     # -- looking after it: backup, CSV, verify, repair, summary ----------------------------
 

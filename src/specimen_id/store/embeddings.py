@@ -172,6 +172,34 @@ class DirectoryVectors:
             else:
                 self._shared.index = None
 
+    def searchable(self, ids, shown: bool) -> None:
+        """Inside the unit of work that removes (or restores) their specimen, before its
+        change: these captures' vectors leave (or rejoin) the loaded index once it commits;
+        their rows stay."""
+        store, ids = self._store, [int(i) for i in ids]
+        index, model_id = self.loaded(), store.model_id
+        generation = self.bump(model_id, None)
+
+        def change(index):
+            if not shown:
+                return index.remove(ids)
+            stored = self.vectors_of(ids)  # this specimen's only
+            mine = sorted(stored)
+            index.add(mine, np.stack([stored[i] for i in mine]) if mine else np.empty((0, index.dim)))
+            return True
+
+        store.after_commit(lambda: self.advance(index, generation, model_id, change))
+
+    def replace_all(self, ids, vectors: np.ndarray, model_id: str) -> None:
+        """Inside a unit of work: every stored vector gives way to these (reindex); the loaded
+        index is read again once it commits."""
+        store = self._store
+        store.db.execute("DELETE FROM embeddings")
+        store.db["embeddings"].insert_all({"capture_id": int(i), "model_id": model_id, "vector": v.tobytes()}
+                                          for i, v in zip(ids, np.asarray(vectors, np.float32)))
+        self.bump(model_id, vectors.shape[1] if len(vectors) else None)
+        store.after_commit(self.forget)
+
     def forget(self) -> None:
         """Drop the loaded index (after a wholesale change): read or rebuilt when next needed."""
         self._shared.index = None
@@ -228,14 +256,9 @@ class Reembedding:
             self._audit("reindex", before={"model_id": self.model_id},
                         after={"model_id": model_id, "model": model_name, "captures": len(ids)})
             self._put_model(model_name, weights)
-            self.db.execute("DELETE FROM embeddings")
             self.db.execute("DELETE FROM local_features")
-            self.db["embeddings"].insert_all(
-                {"capture_id": int(i), "model_id": model_id, "vector": v.tobytes()}
-                for i, v in zip(ids, np.asarray(vectors, np.float32)))
+            self.vectors.replace_all(ids, vectors, model_id)
             self._put_features(ids, features, feature_version)
-            self.vectors.bump(model_id, vectors.shape[1] if len(vectors) else None)
-            self.after_commit(self.vectors.forget)
 
     def replace_features(self, ids, features: list[bytes], feature_version: str) -> None:
         """Put recomputed local features of every capture in place, in one transaction; the

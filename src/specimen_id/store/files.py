@@ -119,13 +119,18 @@ class FileBlobs:
         a managed name, so a damaged row never makes us read outside images/."""
         return managed(self.root, key)
 
-    def delete(self, key: str) -> None:
-        """Delete the blob and its renditions (purge: once no row refers to it)."""
+    def delete(self, key: str) -> bool:
+        """Delete the blob and its renditions (purge: once no row refers to it); whether it
+        was there."""
         from . import renditions
 
         path = self.file(key)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
         renditions.delete(self.root, path)
+        return True
 
     def rendition(self, key: str, size: int, rgb8) -> Path:
         """A JPEG file of the blob's image that fits `size` (0: the page view), made from

@@ -9,7 +9,7 @@ from .settings import now
 
 
 class Overlaps:
-    """Needs `self.db` (a sqlite_utils Database with an `overlaps` table) and `unit_of_work()`."""
+    """Needs `self.db` (a connection with sqlite-utils' calls, holding an `overlaps` table)."""
 
     def record_overlaps(self, found: list[dict]) -> None:
         """Store overlaps, each {capture_id, other_id, share_of_capture, share_of_other}."""
@@ -17,8 +17,10 @@ class Overlaps:
             return
         with self.unit_of_work():
             self.db.conn.executemany(
-                "INSERT OR REPLACE INTO overlaps(capture_id, other_id, share_of_capture, share_of_other, found_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO overlaps(capture_id, other_id, share_of_capture, share_of_other, found_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (capture_id, other_id) DO UPDATE SET "
+                "share_of_capture = excluded.share_of_capture, share_of_other = excluded.share_of_other, "
+                "found_at = excluded.found_at",
                 [(f["capture_id"], f["other_id"], f["share_of_capture"], f["share_of_other"], now()) for f in found])
 
     def overlaps_of(self, specimen_id: int) -> list[dict]:

@@ -5,8 +5,6 @@ stays reserved until it is purged. A mixin of Database."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import SpecimenIdError
 from .settings import now
 
@@ -15,34 +13,24 @@ class Removal:
     def remove_specimen(self, name: str) -> int:
         """Hide a specimen and its captures; returns the captures hidden."""
         with self.writing():
-            return self._set_removed(self.specimen(name), now(), "remove",
-                                     lambda index, ids: index.remove(ids))
+            return self._set_removed(self.specimen(name), now(), "remove")
 
     def restore_specimen(self, name: str) -> int:
         """Undo a removal: the specimen, its captures and their index entries come back under
         the same ids and uuids; returns the captures restored."""
         with self.writing():
-            return self._set_removed(self.removed_specimen(name), None, "restore", self._add_back)
+            return self._set_removed(self.removed_specimen(name), None, "restore")
 
-    def _set_removed(self, specimen: dict, removed_at: str | None, action: str, update_index) -> int:
-        """Set (or clear) removed_at in one audited transaction, then bring the loaded index
-        along with `update_index(index, capture ids)` (False: it cannot, so it is rebuilt)."""
+    def _set_removed(self, specimen: dict, removed_at: str | None, action: str) -> int:
+        """Set (or clear) removed_at in one audited transaction, its captures' vectors leaving
+        (or rejoining) those searched with it."""
         ids = [c["id"] for c in self.captures(specimen["id"])]
-        index = self.vectors.loaded()
         with self.unit_of_work():
+            self.vectors.searchable(ids, removed_at is None)  # (first: it sees them as they were)
             self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [removed_at, specimen["id"]])
             self._audit(action, specimen, before={"removed_at": specimen["removed_at"]},
                         after={"removed_at": removed_at}, captures=len(ids))
-            generation, model_id = self.vectors.bump(self.model_id, None), self.model_id
-            self.after_commit(lambda: self.vectors.advance(index, generation, model_id,
-                                                           lambda index: update_index(index, ids)))
         return len(ids)
-
-    def _add_back(self, index, ids) -> bool:
-        stored = self.vectors.vectors_of(ids)  # this specimen's only
-        mine = sorted(stored)
-        index.add(mine, np.stack([stored[i] for i in mine]) if mine else np.empty((0, index.dim)))
-        return True
 
     def purge_specimen(self, name: str) -> dict:
         """Delete a removed specimen for good: its rows, embeddings, local features, and the
@@ -93,8 +81,7 @@ class Removal:
         for key in sorted(paths):
             used = self.db.execute("SELECT 1 FROM captures WHERE image_key = ? UNION ALL "
                                    "SELECT 1 FROM queries WHERE image_key = ?", [key, key])
-            if used.fetchone() is None and self.blobs.file(key).exists():
-                self.blobs.delete(key)
+            if used.fetchone() is None and self.blobs.delete(key):
                 deleted.append(key)
         return deleted
 

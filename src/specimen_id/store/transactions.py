@@ -1,8 +1,10 @@
-"""Units of work on the directory backend's SQLite connection: the write lock that serialises
-writers across processes, one transaction (or a savepoint, nested) for each change, what
-follows its commit or its rollback, and the authorizer that refuses a write outside one. A mixin
-of Database, which holds the state it uses (root, db, vectors, _lock, _writers, _pending,
-_writes_allowed)."""
+"""Units of work, as every backend runs them: the write lock that serialises writers across
+processes (and stations), one transaction (or a savepoint, nested) for each change, and what
+follows its commit or its rollback. A mixin of the backends, which hold its state (db,
+vectors, _writers, _pending, _writes_allowed) and give it three things: `where` (the store, as
+it may be shown), `_write_lock()` (acquire(timeout) raising TimeoutError, release()) and
+`_begin()` (a write transaction). The directory's authorizer, which refuses a write outside a
+unit of work, is here too."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from ..errors import DatabaseLocked
 LOCK_TIMEOUT_ENV = "SPECIMEN_ID_LOCK_TIMEOUT"
 
 
-_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_CREATE_TABLE,
+WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_CREATE_TABLE,
            sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW,
            sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TRIGGER,
            sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE}
@@ -40,13 +42,11 @@ class Transactions:
         """The database's write lock (re-entrant in one process), held across the SQLite
         transactions of one operation (an enrolment holds it across its batches); as the
         outermost one ends, the index file is written for what was committed."""
-        from filelock import Timeout
-
         timeout = lock_timeout()
         try:
             self._write_lock().acquire(timeout=timeout)
-        except Timeout:
-            raise DatabaseLocked(f"{self.root} is being written by another process; waited "
+        except TimeoutError:  # (filelock's Timeout is one)
+            raise DatabaseLocked(f"{self.where} is being written by another process; waited "
                                  f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)") from None
         self._writers += 1
         try:
@@ -76,7 +76,7 @@ class Transactions:
             if action is not None:
                 try:
                     action()
-                except (OSError, sqlite3.Error):  # never in place of the error that rolled it back
+                except Exception:  # never in place of the error that rolled it back
                     pass  # a file left over: verify names it, repair removes it
 
     @contextmanager
@@ -97,11 +97,7 @@ class Transactions:
 
     @contextmanager
     def _transaction(self):
-        """A write transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
-        waiting for it up to the busy timeout. sqlite-utils' atomic() begins a deferred one:
-        when it reads first (insert() reads the table's columns) and another process commits
-        before its first write (a query being logged), SQLite fails it at once with "database
-        is locked" instead of waiting. Nested, it is a savepoint."""
+        """A write transaction (the backend's `_begin`); nested, it is a savepoint."""
         conn = self.db.conn
         self._writes_allowed += 1
         try:
@@ -115,11 +111,7 @@ class Transactions:
                     self._undo(undone)
                     raise
                 return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
-                raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
-                                     "it is done") from None
+            self._begin()
             try:
                 with self.db.atomic():  # a savepoint inside it
                     yield self
@@ -138,17 +130,3 @@ class Transactions:
                     action()
         finally:
             self._writes_allowed -= 1
-
-    def _authorize(self, action, table, *_):
-        """SQLite asks before it prepares each statement: a change to a table outside a unit of
-        work is refused ("not authorized"), whichever code path issued it."""
-        if action in _WRITES and not self._writes_allowed and not (table or "").startswith("sqlite_"):
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
-
-    def _write_lock(self):
-        from filelock import FileLock
-
-        if self._lock is None:
-            self._lock = FileLock(str(self.root / "write.lock"))
-        return self._lock

@@ -7,7 +7,7 @@ from .settings import now
 
 
 class Watched:
-    """Needs `self.db` (a sqlite_utils Database with a `watched` table) and `writing()`."""
+    """Needs `self.db` (a connection with sqlite-utils' calls, holding a `watched` table)."""
 
     def watched(self, file_sha256: str, action: str) -> dict | None:
         """How this content was handled by this action ("query", "enrol:NAME"), or None."""
@@ -19,6 +19,6 @@ class Watched:
         """Record content as handled by an action (the first record wins: once per action).
         Append-only, like a logged query: it never waits for an enrolment to finish."""
         with self.unit_of_work(append_only=True):
-            self.db.execute("INSERT OR IGNORE INTO watched(file_sha256, action, name, outcome, detail, "
-                            "handled_at) VALUES (?, ?, ?, ?, ?, ?)",
+            self.db.execute("INSERT INTO watched(file_sha256, action, name, outcome, detail, handled_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                             [file_sha256, action, name, outcome, detail, now()])
