@@ -11,7 +11,7 @@ import specimen_id
 ROOT = Path(specimen_id.__file__).parent
 # bottom to top; a module may import its own layer and those below
 LAYERS = [
-    {"errors", "text", "threads", "products", "progress"},
+    {"errors", "text", "threads", "products", "progress", "cache"},
     {"store"},
     {"models", "images", "quality", "local_features", "verification", "fixed_pattern", "simulate", "config"},
     {"search", "indexer"},

@@ -19,16 +19,20 @@ MODEL = "contract-model"
 FEATURES = "contract-features"
 
 
-def _directory(tmp_path):
-    return tmp_path / "db"
+def _directory(request):
+    return request.getfixturevalue("tmp_path") / "db"
 
 
-BACKENDS_UNDER_TEST = {"directory": _directory}
+def _postgresql(request):
+    return request.getfixturevalue("pg_url")  # a new database on the session's server
+
+
+BACKENDS_UNDER_TEST = {"directory": _directory, "postgresql": _postgresql}
 
 
 @pytest.fixture(params=sorted(BACKENDS_UNDER_TEST))
-def location(request, tmp_path):
-    return BACKENDS_UNDER_TEST[request.param](tmp_path)
+def location(request):
+    return BACKENDS_UNDER_TEST[request.param](request)
 
 
 @pytest.fixture
@@ -77,8 +81,10 @@ def test_blobs_are_kept_by_content_read_back_and_deleted(store):
     key = store.blobs.put(data, sha, "png")
     assert store.blobs.put(data, sha, "png") == key  # once per content
     assert store.blobs.read(key) == data and store.blobs.file(key).read_bytes() == data
-    store.blobs.delete(key)
-    assert not store.blobs.file(key).exists()
+    assert store.blobs.delete(key) is True
+    with pytest.raises(FileNotFoundError):
+        store.blobs.read(key)
+    assert store.blobs.delete(key) is False  # it says what it held
 
 
 def test_added_captures_are_found_by_their_vectors_best_first_without_padding(store):

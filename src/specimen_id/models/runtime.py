@@ -23,20 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import CACHE_ENV, cache_dir  # noqa: F401  (models' cache, and its variable)
 from ..errors import SpecimenIdError
 from .quantize import INT8_RECIPE
 
-CACHE_ENV = "SPECIMEN_ID_CACHE"
 RUNTIME_ENV = "SPECIMEN_ID_RUNTIME"  # "torch" runs the PyTorch graph itself: the f32 reference
 RUNTIMES = ("openvino", "torch")
 PRECISION_ENV = "SPECIMEN_ID_PRECISION"
 PRECISIONS = ("int8", "f32", "bf16")
-
-
-def cache_dir() -> Path:
-    base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "specimen-id")
-    return Path(base)
 
 
 def compile_trunk(spec, build, runtime: str | None = None):

@@ -114,7 +114,8 @@ class Store(Catalog, Protocol):
 # URL scheme -> "module:Class" of its backend, imported only when a URL of it is opened. The
 # class opens as Database does, `Class(location, shared_index)`, and restores an archive with
 # `Class.import_archive(archive, location)`.
-BACKENDS: dict[str, str] = {}
+BACKENDS: dict[str, str] = {"postgresql": "specimen_id.store.postgres:PostgresStore",
+                             "postgres": "specimen_id.store.postgres:PostgresStore"}
 
 
 def backend_for(location) -> type:

@@ -51,11 +51,11 @@ MAX_HEADER = 65_536  # a long name or pax header is read whole by tarfile: ours 
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 
 
-def export_archive(db, archive, facts: dict, software_version: str) -> dict:
+def export_archive(db, archive, facts: dict, software_version: str, source: str | None = None) -> dict:
     """Write `archive` (.tar, or .tar.gz / .tgz compressed) from a snapshot of `db`, with the
     caller's `facts` (what the stored settings mean: the threshold that applies) in its
-    manifest, which it returns. The archive appears whole or not at all; an existing file is
-    never replaced."""
+    manifest, which it returns (`source`: the database it names, when not this directory). The
+    archive appears whole or not at all; an existing file is never replaced."""
     archive = Path(archive)
     mode = next((m for s, m in SUFFIXES.items() if archive.name.endswith(s)), None)
     if mode is None:
@@ -82,7 +82,7 @@ def export_archive(db, archive, facts: dict, software_version: str) -> dict:
                                       "(damaged): nothing was written")
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "software_version": software_version, "created_at": now(),
-                    "source": str(db.root.resolve()), **counted, **facts, "members": members}
+                    "source": source or str(db.root.resolve()), **counted, **facts, "members": members}
         fd, name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".part")
         os.close(fd)
         part = Path(name)

@@ -172,6 +172,12 @@ class DirectoryVectors:
             else:
                 self._shared.index = None
 
+    def rows(self):
+        """(capture id, model id, vector) of every stored vector (verify; a damaged row gives
+        what whole values it holds)."""
+        for cid, model_id, blob in self._store.db.execute("SELECT capture_id, model_id, vector FROM embeddings"):
+            yield cid, model_id, np.frombuffer(blob[:len(blob) // 4 * 4], np.float32)
+
     def searchable(self, ids, shown: bool) -> None:
         """Inside the unit of work that removes (or restores) their specimen, before its
         change: these captures' vectors leave (or rejoin) the loaded index once it commits;

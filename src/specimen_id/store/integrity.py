@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import DatabaseDamaged, ImageRefused
 from ..text import name_problem
 from . import renditions
-from .files import abandoned, image_relpath, managed, working_folders
+from .files import IMAGE_KEY, abandoned, image_relpath, managed, working_folders
 from .schema import MIGRATIONS, schema_version
 from .vectors import FaissIndex
 
@@ -47,6 +47,7 @@ class Finding:
     problem: bool = True  # False: a notice (harmless, see the module docstring)
     capture_id: int | None = None
     path: Path | None = None
+    key: str | None = None  # an image no row refers to, old enough to delete (a server's)
 
     def __str__(self) -> str:
         return f"{'problem' if self.problem else 'notice'}: {self.message}"
@@ -90,8 +91,15 @@ def verify(db, feature_version: str) -> Report:
         _check_names(conn, report)
         captures = _check_vectors(db, report, feature_version)
         _check_index(db, report)
-        referenced = _check_images(db, report, captures)
-    _check_leftovers(db.root, referenced, report)
+        hashes = {}
+
+        def digest(key: str) -> str | None:  # each file read once, however many rows share it
+            if key not in hashes:
+                hashes[key] = _sha256(db.root / image_relpath(key))
+            return hashes[key]
+
+        referenced = check_images(db, report, captures, digest, lambda key: f"image file {image_relpath(key)}")
+    _check_leftovers(db.root, {image_relpath(key) for key in referenced}, report)
     return report
 
 
@@ -139,16 +147,15 @@ def _check_vectors(db, report: Report, feature_version: str) -> dict[int, dict]:
         report.add("embedding", "captures exist but no model is recorded; run `specimen-id reindex`")
         return captures
     embedded = set()
-    for cid, mid, blob in db.db.execute("SELECT capture_id, model_id, vector FROM embeddings"):
+    for cid, mid, vector in db.vectors.rows():
         who = _who(captures.get(cid), cid)
         if mid != model_id:
             report.add("stray", f"{who}: stray embedding of another model ({mid})")
             continue
         embedded.add(cid)
-        if len(blob) != 4 * int(dim):
-            report.add("embedding", f"{who}: embedding has {len(blob) // 4} values, not {dim}", capture_id=cid)
+        if vector.size != int(dim):
+            report.add("embedding", f"{who}: embedding has {vector.size} values, not {dim}", capture_id=cid)
             continue
-        vector = np.frombuffer(blob, np.float32)
         if not np.all(np.isfinite(vector)):
             report.add("embedding", f"{who}: embedding holds NaN or infinite values", capture_id=cid)
         elif abs(float(np.linalg.norm(vector)) - 1) > NORM_TOLERANCE:
@@ -208,51 +215,43 @@ def _check_index(db, report: Report) -> None:
                             f"{differ.tolist()}", path=path)
 
 
-def _check_images(db, report: Report, captures: dict) -> set[str]:
+def check_images(db, report: Report, captures: dict, digest, named) -> set[str]:
     """Every managed image (of captures and logged queries) is present, named for its content
-    and has that content; returns the referenced paths."""
-    referenced, hashes = set(), {}
-
-    def digest(rel: str) -> str | None:  # each file read once, however many rows share it
-        if rel not in hashes:
-            hashes[rel] = _sha256(db.root / rel)
-        return hashes[rel]
+    and has that content (`digest(key)`: the SHA-256 of what is kept under it, None when
+    nothing is; `named(key)`: the image as messages name it); returns the referenced keys."""
+    referenced = set()
 
     def foreign(who: str, key, **facts) -> bool:
         """A recorded key that names no managed image (a hand-edited or foreign database) is
         named, and never read: verify must not open files the database does not manage."""
-        try:
-            managed(db.root, key)  # the one rule for what a database may point at
+        if isinstance(key, str) and IMAGE_KEY.match(key):  # the one rule for what a database may point at
             return False
-        except DatabaseDamaged:
-            report.add("image", f"{who}: recorded image key {key!r} is not a managed image name", **facts)
-            return True
+        report.add("image", f"{who}: recorded image key {key!r} is not a managed image name", **facts)
+        return True
 
     for cid, row in sorted(captures.items()):
         who = _who(row, cid)
-        if foreign(who, row["image_key"], capture_id=cid):
+        key = row["image_key"]
+        if foreign(who, key, capture_id=cid):
             continue
-        rel = image_relpath(row["image_key"])
-        referenced.add(rel)
-        actual = digest(rel)
+        referenced.add(key)
+        actual = digest(key)
         if actual is None:
-            report.add("image", f"{who}: image file {rel} is missing", capture_id=cid, path=db.root / rel)
+            report.add("image", f"{who}: {named(key)} is missing", capture_id=cid)
         elif actual != row["file_sha256"]:
-            report.add("image", f"{who}: image file {rel} was altered (its SHA-256 is "
-                                f"{actual[:12]}…, recorded {row['file_sha256'][:12]}…)", capture_id=cid,
-                       path=db.root / rel)
-        elif not row["image_key"].startswith(f"{row['file_sha256']}."):
-            report.add("image", f"{who}: image file {rel} is not named for its content", capture_id=cid)
+            report.add("image", f"{who}: {named(key)} was altered (its SHA-256 is "
+                                f"{actual[:12]}…, recorded {row['file_sha256'][:12]}…)", capture_id=cid)
+        elif not key.startswith(f"{row['file_sha256']}."):
+            report.add("image", f"{who}: {named(key)} is not named for its content", capture_id=cid)
     for quuid, key, sha in db.db.execute(
             "SELECT uuid, image_key, file_sha256 FROM queries WHERE image_key IS NOT NULL"):
         if foreign(f"logged query {quuid}", key):
             continue
-        rel = image_relpath(key)
-        referenced.add(rel)
-        actual = digest(rel)
+        referenced.add(key)
+        actual = digest(key)
         if actual != sha:
             state = "is missing" if actual is None else "was altered"
-            report.add("image", f"logged query {quuid}: image file {rel} {state}", path=db.root / rel)
+            report.add("image", f"logged query {quuid}: {named(key)} {state}")
     report.counts["files"] = len(referenced)
     return referenced
 

@@ -9,7 +9,8 @@ from .settings import now
 
 
 class Overlaps:
-    """Needs `self.db` (a connection with sqlite-utils' calls, holding an `overlaps` table)."""
+    """Needs `self.db` (a connection with sqlite-utils' calls, holding an `overlaps` table: a
+    keyword of PostgreSQL, so always quoted)."""
 
     def record_overlaps(self, found: list[dict]) -> None:
         """Store overlaps, each {capture_id, other_id, share_of_capture, share_of_other}."""
@@ -17,7 +18,7 @@ class Overlaps:
             return
         with self.unit_of_work():
             self.db.conn.executemany(
-                "INSERT INTO overlaps(capture_id, other_id, share_of_capture, share_of_other, found_at) "
+                "INSERT INTO \"overlaps\" (capture_id, other_id, share_of_capture, share_of_other, found_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (capture_id, other_id) DO UPDATE SET "
                 "share_of_capture = excluded.share_of_capture, share_of_other = excluded.share_of_other, "
                 "found_at = excluded.found_at",
@@ -28,12 +29,12 @@ class Overlaps:
         this specimen: its capture, the other specimen and capture, and the share of each field
         inside the other."""
         rows = self.db.execute(
-            "SELECT mine.uuid, s.name, theirs.uuid, o.share_of_capture, o.share_of_other FROM overlaps o "
+            "SELECT mine.uuid, s.name, theirs.uuid, o.share_of_capture, o.share_of_other FROM \"overlaps\" o "
             "JOIN captures mine ON mine.id = o.capture_id JOIN captures theirs ON theirs.id = o.other_id "
             "JOIN specimens s ON s.id = theirs.specimen_id "
             "WHERE mine.specimen_id = ? AND theirs.specimen_id != ? AND s.removed_at IS NULL "
             "UNION "
-            "SELECT mine.uuid, s.name, theirs.uuid, o.share_of_other, o.share_of_capture FROM overlaps o "
+            "SELECT mine.uuid, s.name, theirs.uuid, o.share_of_other, o.share_of_capture FROM \"overlaps\" o "
             "JOIN captures mine ON mine.id = o.other_id JOIN captures theirs ON theirs.id = o.capture_id "
             "JOIN specimens s ON s.id = theirs.specimen_id "
             "WHERE mine.specimen_id = ? AND theirs.specimen_id != ? AND s.removed_at IS NULL "

@@ -1,0 +1,120 @@
+"""Moving a lab between backends: an archive (archive.py's format) written from a PostgreSQL
+database, and one restored into it. Both go through a directory database in a temporary folder,
+so that the directory's export and import check everything as they always do; the rows move
+between the two unchanged (the schemas match column for column), with their ids, uuids and the
+counters that keep ids from being handed out twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import SpecimenIdError
+from .. import archive as archives
+from ..files import image_relpath, managed, write_atomic
+from .vectors import as_array
+
+# in the order their references need
+TABLES = ("settings", "specimens", "captures", "embeddings", "local_features", "queries", "reviews", "audit",
+          "watched", "overlaps")
+COUNTED = ("specimens", "captures", "queries", "reviews", "audit")  # ids from a counter
+IMAGE_KEYS = "SELECT image_key FROM captures UNION SELECT image_key FROM queries WHERE image_key IS NOT NULL"
+
+
+def export_archive(store, archive, facts: dict, software_version: str) -> dict:
+    """An archive of one snapshot of the database (a directory database made from it, then
+    archived as the directory's export does); its manifest."""
+    from ..database import Database
+
+    with tempfile.TemporaryDirectory(prefix="specimen-id-export-") as tmp:
+        root = Path(tmp) / "db"
+        Database(root).close()  # the directory's schema, at its latest version
+        con = sqlite3.connect(root / archives.SQLITE)
+        try:
+            with store.db.atomic():  # one snapshot of every table and image
+                for table in TABLES:
+                    cursor = store.db.execute(f"SELECT * FROM {_quoted([table])[0]}")
+                    columns = [c.name for c in cursor.description if c.name != "hidden"]
+                    rows = [_to_sqlite(table, dict(zip([c.name for c in cursor.description], r)), columns)
+                            for r in cursor]
+                    _insert(con, table, columns, rows)
+                for (key,) in store.db.execute(IMAGE_KEYS).fetchall():
+                    write_atomic(managed(root, key), store.blobs.read(key))
+                for table in COUNTED:  # ids handed out (and purged since) stay used in the copy
+                    con.execute("DELETE FROM sqlite_sequence WHERE name = ?", [table])
+                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [table, _counter(store, table)])
+            con.commit()
+        finally:
+            con.close()
+        with Database(root) as copy:
+            return archives.export_archive(copy, archive, facts, software_version, source=store.where)
+
+
+def import_archive(archive, location) -> dict:
+    """Restore an archive (checked whole by the directory's import first) into a new or empty
+    PostgreSQL database, in one transaction; its manifest."""
+    from . import PostgresStore
+
+    with tempfile.TemporaryDirectory(prefix="specimen-id-import-") as tmp:
+        root = Path(tmp) / "db"
+        manifest = archives.import_archive(archive, root)  # migrated to the latest schema
+        store = PostgresStore(location)
+        con = sqlite3.connect(root / archives.SQLITE)
+        try:
+            with store.writing():
+                if store.db.execute(" OR ".join(f"EXISTS (SELECT 1 FROM {_quoted([t])[0]})" for t in TABLES)).fetchone()[0]:
+                    raise SpecimenIdError(f"{store.where} is not empty: import only into a new or empty database")
+                with store.unit_of_work():
+                    for table in TABLES:
+                        cursor = con.execute(f"SELECT * FROM {_quoted([table])[0]}")
+                        columns = [c[0] for c in cursor.description]
+                        rows = [_from_sqlite(table, dict(zip(columns, r))) for r in cursor]
+                        if rows:
+                            store.db.executemany(f"INSERT INTO {_quoted([table])[0]} ({', '.join(_quoted(columns))}) VALUES "
+                                                 f"({', '.join('?' * len(columns))})", rows)
+                    for (key,) in con.execute(IMAGE_KEYS).fetchall():
+                        store.blobs.put((root / image_relpath(key)).read_bytes(), *key.split(".", 1))
+                    counters = dict(con.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+                    for table in COUNTED:
+                        if counters.get(table):
+                            store.db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), ?)",
+                                             [int(counters[table])])
+                    store.db.execute("UPDATE embeddings e SET hidden = true FROM captures c JOIN specimens s "
+                                     "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND s.removed_at IS NOT NULL")
+                store.vectors.sync(rebuild=True)
+        finally:
+            con.close()
+            store.close()
+    return manifest
+
+
+def _counter(store, table: str) -> int:
+    """The last id a table's counter handed out (0 for none)."""
+    sequence = store.db.execute("SELECT pg_get_serial_sequence(?, 'id')", [table]).fetchone()[0]
+    value, called = store.db.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+    return int(value) if called else 0
+
+
+def _to_sqlite(table: str, row: dict, columns: list[str]) -> list:
+    if table == "embeddings":
+        row["vector"] = as_array(row["vector"]).tobytes()
+    return [bytes(v) if isinstance(v, memoryview) else v for v in (row[c] for c in columns)]
+
+
+def _from_sqlite(table: str, row: dict) -> list:
+    if table == "embeddings":
+        row["vector"] = np.frombuffer(row["vector"], np.float32)
+    return list(row.values())
+
+
+def _insert(con, table: str, columns: list[str], rows: list) -> None:
+    if rows:
+        con.executemany(f"INSERT INTO {_quoted([table])[0]} ({', '.join(_quoted(columns))}) VALUES "
+                        f"({', '.join('?' * len(columns))})", rows)
+
+
+def _quoted(columns: list[str]) -> list[str]:
+    return [f'"{c}"' for c in columns]

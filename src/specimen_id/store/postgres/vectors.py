@@ -1,0 +1,190 @@
+"""Vectors in pgvector: the PostgreSQL backend's VectorIndex. The embeddings table holds each
+vector at full precision (the source of truth, and the exact score of every hit); the index the
+setting `index` names is built over it:
+
+    auto, hnsw  HNSW (pgvector) over the vectors: kept up to date as vectors are added
+    compact     HNSW over the vectors as halfvec: half the index's size; scores stay exact
+    ivf         IVFFlat, trained on the vectors when it is built (exact below MIN_TRAINED)
+    flat        no index: an exact scan
+
+HNSW indexes `vector` up to 2,000 dimensions; beyond that (resnet50's 2048) the index is over
+halfvec whatever the kind. Hits are re-scored by the full vectors, so the index only chooses
+candidates. A removed specimen's vectors are kept `hidden`, and skipped by pgvector's iterative
+scan."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..records import Hit
+from ..vectors import DEFAULT_KIND, MIN_TRAINED
+
+INDEX = "embeddings_ann"
+VECTOR_MAX_DIM = 2000  # pgvector: the most dimensions an index over `vector` takes
+EF_SEARCH_MAX = 1000
+
+
+def index_for(kind: str, dim: int, count: int) -> tuple[str, str] | None:
+    """(access method, vector type) of the index for a kind of the setting, None for none."""
+    half = "halfvec" if kind == "compact" or dim > VECTOR_MAX_DIM else "vector"
+    if kind == "flat" or (kind == "ivf" and count < MIN_TRAINED):
+        return None
+    return ("ivfflat" if kind == "ivf" else "hnsw", half)
+
+
+def as_array(vector) -> np.ndarray:
+    """A vector as pgvector's psycopg adapter returns it, as float32 values."""
+    return np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, np.float32)
+
+
+class PgVectors:
+    def __init__(self, store):
+        self._store = store
+        self.unsynced = False  # the vectors changed in this object since the index was checked
+
+    # -- the VectorIndex protocol ---------------------------------------------------------
+
+    def add(self, ids, vectors: np.ndarray, model_id: str) -> None:
+        """Store these captures' vectors (replacing any they had), searched once the unit of
+        work commits; those of a removed specimen hidden."""
+        store, ids = self._store, [int(i) for i in ids]
+        if not ids:
+            return
+        vectors = np.asarray(vectors, np.float32).reshape(len(ids), -1)
+        with store.unit_of_work():
+            self._fits(vectors.shape[1])
+            store.db.execute("DELETE FROM embeddings WHERE capture_id = ANY(?)", [ids])
+            hidden = {r[0] for r in store.db.execute(
+                "SELECT c.id FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                "WHERE s.removed_at IS NOT NULL AND c.id = ANY(?)", [ids])}
+            store.db.executemany("INSERT INTO embeddings (capture_id, model_id, vector, hidden) VALUES (?, ?, ?, ?)",
+                                 [(i, model_id, v, i in hidden) for i, v in zip(ids, vectors)])
+            self.bump(model_id, vectors.shape[1])
+
+    def remove(self, ids) -> None:
+        store = self._store
+        with store.unit_of_work():
+            store.db.execute("DELETE FROM embeddings WHERE capture_id = ANY(?)", [[int(i) for i in ids]])
+            self.bump(store.model_id, None)
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """The nearest searched vectors of each query vector by cosine (inner product of unit
+        vectors), best first, scored by the stored vectors."""
+        store = self._store
+        model_id, dim = store.model_id, store.setting("embedding_dim")
+        vectors = np.asarray(vectors, np.float32)
+        if not model_id or not dim or k <= 0:
+            return [[] for _ in vectors]
+        index = self.current()
+        order = "vector <#> ?" if index is None else f"(vector::{index[1]}({int(dim)})) <#> ?::{index[1]}({int(dim)})"
+        found = []
+        for vector in vectors:
+            if index is not None:  # enough candidates for k hits: the list pgvector keeps
+                store.db.execute(f"SET {'ivfflat.probes' if index[0] == 'ivfflat' else 'hnsw.ef_search'} = "
+                                 f"{self._effort(index[0], k)}")
+            rows = store.db.execute(
+                f"SELECT capture_id, -(vector <#> ?) FROM embeddings WHERE model_id = ? AND NOT hidden "
+                f"ORDER BY {order} LIMIT ?", [vector, model_id, vector, int(k)]).fetchall()
+            rows.sort(key=lambda r: (-r[1], r[0]))
+            found.append([Hit(int(i), float(s)) for i, s in rows])
+        return found
+
+    def vectors_of(self, ids) -> dict[int, np.ndarray]:
+        store = self._store
+        rows = store.db.execute("SELECT capture_id, vector FROM embeddings WHERE model_id = ? AND capture_id = ANY(?)",
+                                [store.model_id, [int(i) for i in ids if i >= 0]]).fetchall()
+        return {int(i): as_array(v) for i, v in rows}
+
+    def sync(self, rebuild: bool = False) -> int:
+        """Build the index the setting `index` names, when the one there is another (or
+        `rebuild`); returns how many vectors are searched."""
+        store = self._store
+        dim, count = store.setting("embedding_dim"), self._searched()
+        wanted = self.planned(count)
+        if rebuild or wanted != self.current():
+            with store.unit_of_work():
+                store.db.execute(f"DROP INDEX IF EXISTS {INDEX}")
+                if wanted is not None:
+                    method, kind = wanted
+                    options = f" WITH (lists = {max(1, int(count ** 0.5))})" if method == "ivfflat" else ""
+                    store.db.execute(f"CREATE INDEX {INDEX} ON embeddings USING {method} "
+                                     f"((vector::{kind}({int(dim)})) {kind}_ip_ops){options}")
+        self.unsynced = False
+        return count
+
+    # -- for the rest of the backend --------------------------------------------------------
+
+    def rows(self):
+        """(capture id, model id, vector) of every stored vector (verify)."""
+        for cid, model_id, vector in self._store.db.execute("SELECT capture_id, model_id, vector FROM embeddings"):
+            yield cid, model_id, as_array(vector)
+
+    def searchable(self, ids, shown: bool) -> None:
+        """Inside the unit of work that removes (or restores) their specimen."""
+        self._store.db.execute("UPDATE embeddings SET hidden = ? WHERE capture_id = ANY(?)",
+                               [not shown, [int(i) for i in ids]])
+
+    def replace_all(self, ids, vectors: np.ndarray, model_id: str) -> None:
+        """Inside a unit of work: every stored vector gives way to these (reindex); the index
+        over the old ones goes with them (another model may have another dimension)."""
+        store = self._store
+        store.db.execute(f"DROP INDEX IF EXISTS {INDEX}")
+        store.db.execute("DELETE FROM embeddings")
+        vectors = np.asarray(vectors, np.float32)
+        store.db.executemany("INSERT INTO embeddings (capture_id, model_id, vector) VALUES (?, ?, ?)",
+                             [(int(i), model_id, v) for i, v in zip(ids, vectors)])
+        store.db.execute("UPDATE embeddings e SET hidden = true FROM captures c JOIN specimens s "
+                         "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND s.removed_at IS NOT NULL")
+        self.bump(model_id, vectors.shape[1] if len(vectors) else None)
+
+    def bump(self, model_id, dim) -> int:
+        """Inside a write transaction: the vectors changed (the generation counts changes)."""
+        store = self._store
+        generation = store.generation + 1
+        store._put_setting("index_generation", generation)
+        if model_id:
+            store._put_setting("model_id", model_id)
+        if dim:
+            store._put_setting("embedding_dim", int(dim))
+        self.unsynced = True
+        return generation
+
+    def forget(self) -> None:
+        """Nothing is loaded in this process: the server holds the index."""
+
+    def planned(self, count: int | None = None) -> tuple[str, str] | None:
+        """The index the setting `index` asks for now."""
+        dim = self._store.setting("embedding_dim")
+        count = self._searched() if count is None else count
+        return index_for(self._store.setting("index", DEFAULT_KIND), int(dim), count) if dim else None
+
+    def _searched(self) -> int:
+        return self._store.db.execute("SELECT COUNT(*) FROM embeddings WHERE model_id = ? AND NOT hidden",
+                                      [self._store.model_id]).fetchone()[0]
+
+    def describe(self) -> str | None:
+        index = self.current()
+        return "flat (exact scan)" if index is None else f"{index[0]} over {index[1]} (pgvector)"
+
+    def current(self) -> tuple[str, str] | None:
+        """(access method, vector type) of the index there is, None for none."""
+        row = self._store.db.execute(
+            "SELECT am.amname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_am am ON am.oid = c.relam WHERE c.relname = ? AND c.relnamespace = "
+            "(SELECT relnamespace FROM pg_class WHERE oid = 'embeddings'::regclass)", [INDEX]).fetchone()
+        if row is None:
+            return None
+        return row[0], "halfvec" if "halfvec" in row[1] else "vector"
+
+    def _fits(self, dim: int) -> None:
+        """An index built for one dimension takes no other: a new model's vectors come in by
+        replace_all, which drops it."""
+        current = self._store.setting("embedding_dim")
+        if current and int(current) != dim and self.current() is not None:
+            self._store.db.execute(f"DROP INDEX IF EXISTS {INDEX}")
+
+    @staticmethod
+    def _effort(method: str, k: int) -> int:
+        if method == "ivfflat":
+            return 10  # lists probed; the iterative scan probes more when too few remain
+        return min(EF_SEARCH_MAX, max(40, 2 * k))
