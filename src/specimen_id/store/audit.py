@@ -32,10 +32,14 @@ def current_user() -> str:
         return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
+# `--station` of the command running now (reset as it ends, so it never outlives it)
+STATION = contextvars.ContextVar("specimen_id_station", default=None)
+
+
 def current_station() -> str:
-    """$SPECIMEN_ID_STATION (`--station`: one name per microscope station sharing a
-    database), else the host name."""
-    return os.environ.get(STATION_ENV, "").strip() or socket.gethostname()
+    """This microscope station's name (`--station`, else $SPECIMEN_ID_STATION: one name per
+    station sharing a database), else the host name."""
+    return (STATION.get() or os.environ.get(STATION_ENV, "")).strip() or socket.gethostname()
 
 
 class Audit:

@@ -65,7 +65,7 @@ def import_archive(archive, location) -> dict:
         con = sqlite3.connect(root / archives.SQLITE)
         try:
             with store.writing():
-                if store.db.execute(" OR ".join(f"EXISTS (SELECT 1 FROM {_quoted([t])[0]})" for t in TABLES)).fetchone()[0]:
+                if store.db.execute("SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {_quoted([t])[0]})" for t in TABLES)).fetchone()[0]:
                     raise SpecimenIdError(f"{store.where} is not empty: import only into a new or empty database")
                 with store.unit_of_work():
                     for table in TABLES:
