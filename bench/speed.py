@@ -2,7 +2,7 @@
 warm query with 100k entries, CLI cold start. Each part prints its figures beside the
 reference it is compared to and writes its own section of bench/RESULTS.md.
 
-    python bench/speed.py [--parts model,enrol,query,cli,index] [--data DIR]
+    python bench/speed.py [--parts model,enrol,query,cli,index,postgres] [--data DIR]
                           [--vectors 1000000] [--compact-vectors 10000000]
 
 The index part builds 1M- and 10M-vector indexes (about 35 min on 2 cores); the others
@@ -28,6 +28,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from results import table, write_section  # noqa: E402
 from speed_index import part_index  # noqa: E402
+from speed_postgres import part_postgres  # noqa: E402
 from speed_web import BURST, pages_during_burst, round_trips, serving  # noqa: E402
 from synthetic import FittedVectors  # noqa: E402
 
@@ -321,6 +322,12 @@ def part_query(args, model: FittedVectors) -> None:
     write_section("speed-query", body)
 
 
+def postgres_section(args, model: FittedVectors) -> None:
+    body = part_postgres(args, model, (usb_jpegs, real_fields, fill_database, table))
+    print(body)
+    write_section("speed-postgres", body)
+
+
 # -- the vector model the query and index parts share (the index part: bench/speed_index.py) --
 
 def fit_model(args) -> FittedVectors:
@@ -351,10 +358,11 @@ def main():
     args = parser.parse_args()
     parts = args.parts.split(",")
     started = time.perf_counter()
-    model = fit_model(args) if {"query", "index"} & set(parts) else None
+    model = fit_model(args) if {"query", "index", "postgres"} & set(parts) else None
     for part in parts:
         {"model": lambda: part_model(args), "enrol": lambda: part_enrol(args),
-         "query": lambda: part_query(args, model), "index": lambda: part_index(args, model)}[part]()
+         "query": lambda: part_query(args, model), "index": lambda: part_index(args, model),
+         "postgres": lambda: postgres_section(args, model)}[part]()
     print(f"bench/speed.py {args.parts}: {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
 
 

@@ -28,7 +28,7 @@ def _cli(db, *args, env=None):
 def _ok(db, *args, env=None):
     result = _cli(db, *args, env=env)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def _answers(db) -> dict:
@@ -118,7 +118,8 @@ def test_two_stations_enrolling_and_curating_at_once_give_what_one_enrolment_giv
     _ok(pg_url, "purge", "extra-renamed")
     _ok(tmp_path / "embedded", "enroll", "--folders", SPECIMENS)
     assert _ok(pg_url, "list") == _ok(tmp_path / "embedded", "list")
-    assert _psql(pg_url, "SELECT COUNT(*), COUNT(DISTINCT file_sha256) FROM captures") == [(8, 8)]  # none lost, none twice
+    # nothing lost, nothing twice
+    assert _psql(pg_url, "SELECT COUNT(*), COUNT(DISTINCT file_sha256) FROM captures") == [(8, 8)]
     _same_answers(_answers(pg_url), _answers(tmp_path / "embedded"))
     stations_seen = {r[0] for r in _psql(pg_url, "SELECT DISTINCT station FROM audit WHERE action = 'enrol'")}
     assert {"scope-0", "scope-1"} <= stations_seen
@@ -225,3 +226,56 @@ def test_the_web_app_serves_a_postgresql_database(pg_url):
                          headers={"Origin": "http://127.0.0.1"}).json()
     assert (result["decision"], result["specimen"]) == ("match", "he-tissue-b")
     assert client.get("/api/history").json()[0]["uuid"] == result["query_id"]
+
+
+def test_a_station_killed_mid_enrolment_leaves_whole_batches_and_a_rerun_finishes(pg_url, tmp_path):
+    import random
+    import signal
+    import time
+
+    import numpy as np
+
+    from specimen_id import images
+    from specimen_id.indexer.enroll import BATCH
+    from specimen_id.models.preprocess import to_rgb8
+    from specimen_id.simulate import Recapture
+
+    rng, sources, files = np.random.default_rng(22), sorted(SPECIMENS.rglob("*.png")), []
+    for i in range(BATCH + 4):  # two batches
+        files.append(tmp_path / f"new-{i:02}.jpg")
+        files[-1].write_bytes(Recapture().jpeg_bytes(to_rgb8(images.load(sources[i % len(sources)]).pixels), rng))
+    _ok(pg_url, "enroll", "--folders", SPECIMENS)
+    args = ["--db", pg_url, "enroll", "-s", "batch", "--allow-low-quality", *map(str, files)]
+    proc = subprocess.Popen([sys.executable, "-m", "specimen_id.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not _psql(pg_url, "SELECT 1 FROM specimens WHERE name = 'batch'"):
+        time.sleep(0.01)  # its first batch is being written
+    time.sleep(random.Random(22).uniform(0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = _psql(pg_url, "SELECT COUNT(*) FROM captures c JOIN specimens s ON s.id = c.specimen_id "
+                           "WHERE s.name = 'batch'")[0][0]
+    assert stored in (0, BATCH, BATCH + 4), stored  # each batch one transaction: whole or nothing
+    assert _psql(pg_url, "SELECT COUNT(*) FROM embeddings") == _psql(pg_url, "SELECT COUNT(*) FROM captures")
+    assert not _psql(pg_url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory'")  # the lock went with it
+    _ok(pg_url, *args[2:])
+    assert _psql(pg_url, "SELECT COUNT(*), COUNT(DISTINCT pixel_sha256) FROM captures c JOIN specimens s "
+                         "ON s.id = c.specimen_id WHERE s.name = 'batch'") == [(BATCH + 4, BATCH + 4)]
+    assert _ok(pg_url, "verify").startswith("ok:")
+
+
+def test_a_watched_folder_feeds_a_postgresql_database_once_per_content(pg_url, tmp_path):
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for n, capture in enumerate(sorted((SPECIMENS / "he-tissue-a").iterdir())):
+        shutil.copy(capture, inbox / f"IMG_{n}.png")
+    first = _ok(pg_url, "watch", inbox, "--enroll", "slide", "--once").splitlines()
+    assert len(first) == 2 and all(line.startswith("enrolled: ") for line in first)
+    again = _ok(pg_url, "watch", inbox, "--enroll", "slide", "--once").splitlines()
+    assert len(again) == 2 and all(line.startswith("skipped: ") for line in again)  # remembered by the server
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(QUERIES / "recapture-he-tissue-a.jpg", queries)
+    assert _ok(pg_url, "watch", queries, "--once").startswith(f"match: {queries / 'recapture-he-tissue-a.jpg'}: slide")

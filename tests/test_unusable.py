@@ -62,18 +62,22 @@ def test_an_archive_of_a_newer_schema_is_not_imported(enrolled, tmp_path):
     assert not (tmp_path / "target").exists() and not list(tmp_path.glob(".target.import-*"))
 
 
-def test_a_database_url_without_a_backend_is_refused(run, tmp_path, monkeypatch):
+def test_a_database_url_no_backend_can_serve_is_refused_in_one_line(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.tar").write_bytes(b"")
-    for url in ("postgresql://user@host:5432/specimens", "postgresql://postgres@/specimens?host=/run/pg",
-                "mysql://db/x"):
-        scheme = url.split(":")[0]
-        line = f"error: {url}: this specimen-id has no backend for {scheme}:// databases; give a database directory"
+    for url, line in (
+            ("postgresql://user@nosuchhost.invalid:5432/specimens",
+             "error: postgresql://user@nosuchhost.invalid:5432/specimens: cannot connect (failed to resolve host "),
+            ("postgresql://postgres@/specimens?host=/nonexistent/pg",
+             "error: postgresql://postgres@/specimens?host=/nonexistent/pg: cannot connect ("),
+            ("mysql://db/x", "error: mysql://db/x: this specimen-id has no backend for mysql:// databases; give a "
+                             "database directory or a postgresql:// URL")):
         for args, env in ((("--db", url, "list"), {}), (("query", QUERIES / "recapture-he-tissue-a.jpg"),
                                                         {"SPECIMEN_ID_DB": url}),
                           (("--db", url, "import", "a.tar"), {})):
             result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
-            assert result.exit_code == 3 and result.stderr.strip().splitlines() == [line], result.output
+            assert result.exit_code == 3 and len(result.stderr.strip().splitlines()) == 1, result.output
+            assert result.stderr.startswith(line), result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["a.tar"]  # no folder named postgresql:
     # a password in the URL is never shown, however it is written
     for url, shown in (("postgresql://lab:s3cret@host/specimens", "postgresql://lab:***@host/specimens"),

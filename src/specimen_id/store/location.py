@@ -22,15 +22,15 @@ def scheme(location) -> str | None:
 
 
 def no_backend(location) -> None:
-    """Refuse a URL or a libpq connection string: no backend here serves it."""
+    """Refuse a URL no backend serves, or a libpq connection string (URLs only)."""
     text = str(location).strip()
     found = URL_SCHEME.match(text)
     if found:
         raise DatabaseUnusable(f"{redacted(text)}: this specimen-id has no backend for "
-                               f"{found.group(1)}:// databases; give a database directory")
+                               f"{found.group(1)}:// databases; give a database directory or a postgresql:// URL")
     if CONNINFO.match(text) and all("=" in token for token in text.split()) and not Path(location).exists():
-        raise DatabaseUnusable(f"{redacted(text)}: this looks like a PostgreSQL connection string, and this "
-                               "specimen-id has no backend for it; give a database directory")
+        raise DatabaseUnusable(f"{redacted(text)}: this looks like a PostgreSQL connection string; give it as a "
+                               "URL (postgresql://user@host:5432/dbname), or give a database directory")
 
 
 def redacted(url: str) -> str:

@@ -159,8 +159,9 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
     def info(self) -> dict:
         size = self.db.execute(  # (the index is the embeddings table's)
             "SELECT COALESCE(SUM(pg_total_relation_size(t)) FILTER (WHERE t <> 'blobs'::regclass), 0), "
-            "pg_total_relation_size('blobs'::regclass) FROM unnest(ARRAY['specimens', 'captures', 'embeddings', "
-            "'settings', 'queries', 'local_features', 'reviews', 'audit', 'watched', '\"overlaps\"', 'blobs']::regclass[]) t"
+            "pg_total_relation_size('blobs'::regclass) FROM unnest(ARRAY['specimens', 'captures', "
+            "'embeddings', 'settings', 'queries', 'local_features', 'reviews', 'audit', 'watched', "
+            "'\"overlaps\"', 'blobs']::regclass[]) t"
         ).fetchone()
         from ..files import tree_size
 

@@ -138,8 +138,9 @@ class Connection:
         try:
             yield
         except errors.DiskFull as e:
-            failed = StorageFailed(f"{self.where}: the database server's disk is full ({scrubbed(e, self.secret)}); "
-                                   "what was committed before stays: free space on the server and run the command again")
+            failed = StorageFailed(f"{self.where}: the database server's disk is full ({scrubbed(e, self.secret)});"
+                                   " what was committed before stays: free space on the server and run the command "
+                                   "again")
             failed.full = True
             raise failed from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:

@@ -36,7 +36,7 @@ def export_archive(store, archive, facts: dict, software_version: str) -> dict:
         try:
             with store.db.atomic():  # one snapshot of every table and image
                 for table in TABLES:
-                    cursor = store.db.execute(f"SELECT * FROM {_quoted([table])[0]}")
+                    cursor = store.db.execute(f"SELECT * FROM {_table(table)}")
                     columns = [c.name for c in cursor.description if c.name != "hidden"]
                     rows = [_to_sqlite(table, dict(zip([c.name for c in cursor.description], r)), columns)
                             for r in cursor]
@@ -45,7 +45,8 @@ def export_archive(store, archive, facts: dict, software_version: str) -> dict:
                     write_atomic(managed(root, key), store.blobs.read(key))
                 for table in COUNTED:  # ids handed out (and purged since) stay used in the copy
                     con.execute("DELETE FROM sqlite_sequence WHERE name = ?", [table])
-                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [table, _counter(store, table)])
+                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                                [table, _counter(store, table)])
             con.commit()
         finally:
             con.close()
@@ -58,37 +59,47 @@ def import_archive(archive, location) -> dict:
     PostgreSQL database, in one transaction; its manifest."""
     from . import PostgresStore
 
-    with tempfile.TemporaryDirectory(prefix="specimen-id-import-") as tmp:
-        root = Path(tmp) / "db"
-        manifest = archives.import_archive(archive, root)  # migrated to the latest schema
-        store = PostgresStore(location)
-        con = sqlite3.connect(root / archives.SQLITE)
-        try:
-            with store.writing():
-                if store.db.execute("SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {_quoted([t])[0]})" for t in TABLES)).fetchone()[0]:
-                    raise SpecimenIdError(f"{store.where} is not empty: import only into a new or empty database")
-                with store.unit_of_work():
-                    for table in TABLES:
-                        cursor = con.execute(f"SELECT * FROM {_quoted([table])[0]}")
-                        columns = [c[0] for c in cursor.description]
-                        rows = [_from_sqlite(table, dict(zip(columns, r))) for r in cursor]
-                        if rows:
-                            store.db.executemany(f"INSERT INTO {_quoted([table])[0]} ({', '.join(_quoted(columns))}) VALUES "
-                                                 f"({', '.join('?' * len(columns))})", rows)
-                    for (key,) in con.execute(IMAGE_KEYS).fetchall():
-                        store.blobs.put((root / image_relpath(key)).read_bytes(), *key.split(".", 1))
-                    counters = dict(con.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
-                    for table in COUNTED:
-                        if counters.get(table):
-                            store.db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), ?)",
-                                             [int(counters[table])])
-                    store.db.execute("UPDATE embeddings e SET hidden = true FROM captures c JOIN specimens s "
-                                     "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND s.removed_at IS NOT NULL")
-                store.vectors.sync(rebuild=True)
-        finally:
-            con.close()
-            store.close()
+    store = PostgresStore(location)  # (an unreachable server is said before any unpacking)
+    try:
+        _refuse_unless_empty(store)
+        with tempfile.TemporaryDirectory(prefix="specimen-id-import-") as tmp:
+            root = Path(tmp) / "db"
+            manifest = archives.import_archive(archive, root)  # migrated to the latest schema
+            con = sqlite3.connect(root / archives.SQLITE)
+            try:
+                _copy_in(store, con, root)
+            finally:
+                con.close()
+    finally:
+        store.close()
     return manifest
+
+
+def _refuse_unless_empty(store) -> None:
+    if store.db.execute("SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {_table(t)})" for t in TABLES)).fetchone()[0]:
+        raise SpecimenIdError(f"{store.where} is not empty: import only into a new or empty database")
+
+
+def _copy_in(store, con, root: Path) -> None:
+    """Every row of a directory database (con) and its images into an empty PostgreSQL one."""
+    with store.writing():
+        _refuse_unless_empty(store)  # (again, under the lock: another station may have begun)
+        with store.unit_of_work():
+            for table in TABLES:
+                cursor = con.execute(f"SELECT * FROM {_table(table)}")
+                columns = [c[0] for c in cursor.description]
+                rows = [_from_sqlite(table, dict(zip(columns, r))) for r in cursor]
+                _insert(store.db, table, columns, rows)
+            for (key,) in con.execute(IMAGE_KEYS).fetchall():
+                store.blobs.put((root / image_relpath(key)).read_bytes(), *key.split(".", 1))
+            counters = dict(con.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+            for table in COUNTED:  # ids the directory handed out (and purged since) stay used
+                if counters.get(table):
+                    store.db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), ?)",
+                                     [int(counters[table])])
+            store.db.execute("UPDATE embeddings e SET hidden = true FROM captures c JOIN specimens s "
+                             "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND s.removed_at IS NOT NULL")
+        store.vectors.sync(rebuild=True)
 
 
 def _counter(store, table: str) -> int:
@@ -111,10 +122,11 @@ def _from_sqlite(table: str, row: dict) -> list:
 
 
 def _insert(con, table: str, columns: list[str], rows: list) -> None:
+    """(either database's connection: both take `?` and quoted names)"""
     if rows:
-        con.executemany(f"INSERT INTO {_quoted([table])[0]} ({', '.join(_quoted(columns))}) VALUES "
+        con.executemany(f"INSERT INTO {_table(table)} ({', '.join(map(_table, columns))}) VALUES "
                         f"({', '.join('?' * len(columns))})", rows)
 
 
-def _quoted(columns: list[str]) -> list[str]:
-    return [f'"{c}"' for c in columns]
+def _table(name: str) -> str:
+    return f'"{name}"'  # quoted: `overlaps` and `user` are keywords of PostgreSQL
