@@ -47,6 +47,39 @@ def _url(server, name: str) -> str:
     return f"postgresql://postgres@/{name}?host={conninfo_to_dict(server.get_uri())['host']}"
 
 
+def _image_storage(server, files) -> dict:
+    """Writing and reading the same image files as bytea rows (what blobs.py keeps) and as
+    large objects, in a scratch database: ms per image, median of 3 passes each."""
+    import psycopg
+
+    with psycopg.connect(_new_database(server, "blobs"), autocommit=True) as c:
+        c.execute("CREATE TABLE b (key text PRIMARY KEY, data bytea NOT NULL)")
+        c.execute("ALTER TABLE b ALTER COLUMN data SET STORAGE EXTERNAL")
+        c.execute("CREATE TABLE lo (key text PRIMARY KEY, oid oid NOT NULL)")
+        blobs = [(f.name, f.read_bytes()) for f in files]
+        ways = {
+            "bytea": ("INSERT INTO b VALUES (%s, %s)", "SELECT data FROM b WHERE key = %s", "TRUNCATE b"),
+            "large object": ("INSERT INTO lo VALUES (%s, lo_from_bytea(0, %s))",
+                             "SELECT lo_get(oid) FROM lo WHERE key = %s",
+                             "SELECT lo_unlink(oid) FROM lo; TRUNCATE lo")}
+        out = {}
+        for way, (write, read, clear) in ways.items():
+            writes, reads = [], []
+            for _ in range(3):
+                c.execute(clear)
+                t = time.perf_counter()
+                with c.transaction():
+                    for key, data in blobs:
+                        c.execute(write, (key, data))
+                writes.append((time.perf_counter() - t) * 1000 / len(blobs))
+                t = time.perf_counter()
+                for key, _ in blobs:
+                    assert len(c.execute(read, (key,)).fetchone()[0])
+                reads.append((time.perf_counter() - t) * 1000 / len(blobs))
+            out[way] = (statistics.median(writes), statistics.median(reads))
+    return out
+
+
 def _timed_queries(stores: dict, queries, rounds: int = 3):
     """Each query on each store in turn, `rounds` times: per store, latencies (ms) and answers."""
     import specimen_id
@@ -71,6 +104,7 @@ def part_postgres(args, model, helpers) -> str:
     from specimen_id.models import load_embedder
 
     usb_jpegs, real_fields, fill_database, table = helpers
+    size_kb = 0.0
     embedder = load_embedder()
     fields = real_fields(args.data, 330)
     fields, donors = fields[:200], fields[200:300]
@@ -89,6 +123,8 @@ def part_postgres(args, model, helpers) -> str:
                         start = time.perf_counter()
                         report = specimen_id.enroll_folders(db, batch, allow_low_quality=True)
                         rates[name].append(len(report.enrolled) / (time.perf_counter() - start))
+            storage = _image_storage(server, enrolled)
+            size_kb = statistics.median(f.stat().st_size for f in enrolled) / 1000
             urls = {r: _url(server, f"bench{r}") for r in range(2)}
             stores = {"embedded": specimen_id.open_database(tmp / "db1"),
                       "postgres": specimen_id.open_database(urls[1])}  # the last round's
@@ -119,6 +155,8 @@ def part_postgres(args, model, helpers) -> str:
              f"{len(enrolled)} files, median of {len(rates['embedded'])} rounds"),
             ("enrolment end to end, PostgreSQL", f"{statistics.median(rates['postgres']):.1f} images/s",
              f"{statistics.median(rates['postgres']) / statistics.median(rates['embedded']):.2f}x the embedded"),
+            *[(f"an image (640x480 JPEG, {size_kb:.0f} kB) as {way}: write, read", f"{w:.2f} ms, {r:.2f} ms",
+               "per image, median of 3 passes over the same files") for way, (w, r) in storage.items()],
             (f"warm query, {len(enrolled)} entries, embedded", f"{ms(small['embedded']):.0f} ms median",
              f"{len(small['embedded'])} queries"),
             (f"warm query, {len(enrolled)} entries, PostgreSQL", f"{ms(small['postgres']):.0f} ms median",

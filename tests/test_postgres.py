@@ -116,6 +116,9 @@ def test_two_stations_enrolling_and_curating_at_once_give_what_one_enrolment_giv
         assert station.returncode == 0, out
     _ok(pg_url, "remove", "extra-renamed")
     _ok(pg_url, "purge", "extra-renamed")
+    trail = _ok(pg_url, "audit", "--specimen", "extra-renamed", "--json").splitlines()
+    purged = [json.loads(line)["action"] for line in trail]
+    assert purged == ["purge", "remove"]  # a purged specimen's trail, by the name it had then
     _ok(tmp_path / "embedded", "enroll", "--folders", SPECIMENS)
     assert _ok(pg_url, "list") == _ok(tmp_path / "embedded", "list")
     # nothing lost, nothing twice
@@ -207,6 +210,9 @@ def test_passwords_stay_out_of_errors_the_audit_and_info_and_libpq_finds_them(pg
         assert _ok(bare, "list", env={"PGPASSFILE": str(pgpass)}).split() == ["a"]
         everything = info + _ok(bare, "audit", env={"PGPASSWORD": "pa55-word"})
         assert "pa55-word" not in everything and "lab:***@" in info
+        services = tmp_path / "pg_service.conf"  # PGSERVICE: the connection named in a file
+        services.write_text(f"[specimens]\nhost={host}\ndbname={name}\nuser=lab\npassword=pa55-word\n")
+        assert _ok("postgresql://?service=specimens", "list", env={"PGSERVICEFILE": str(services)}).split() == ["a"]
     finally:
         with open(hba, "w") as f:
             f.write(original)
@@ -279,3 +285,30 @@ def test_a_watched_folder_feeds_a_postgresql_database_once_per_content(pg_url, t
     queries.mkdir()
     shutil.copy(QUERIES / "recapture-he-tissue-a.jpg", queries)
     assert _ok(pg_url, "watch", queries, "--once").startswith(f"match: {queries / 'recapture-he-tissue-a.jpg'}: slide")
+
+
+def test_vectors_wider_than_pgvector_indexes_are_indexed_as_halfvec_and_scored_exactly(pg_url):
+    """resnet50's 2,048 values: HNSW indexes `vector` only up to 2,000, so the index is over
+    halfvec; scores still come from the full vectors."""
+    import hashlib
+
+    import numpy as np
+
+    from specimen_id.store import CaptureRecord, open_store
+
+    rng = np.random.default_rng(2048)
+    vectors = rng.standard_normal((6, 2048)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with open_store(pg_url) as store:
+        records = []
+        for i, v in enumerate(vectors):
+            data = f"wide-{i}".encode()
+            sha = hashlib.sha256(data).hexdigest()
+            records.append(CaptureRecord(specimen=f"s{i}", data=data, extension="bin", file_sha256=sha,
+                                         pixel_sha256=sha, original_name="x.png", format="PNG", width=8, height=8,
+                                         dtype="uint8", channels=3, vector=v, features=b"f"))
+        ids = store.add_captures(records, "resnet50-like", "features")
+        assert store.info()["index_kind"] == "hnsw over halfvec (pgvector)"
+        hits = store.vectors.search(vectors[2:3], 3)[0]
+        assert hits[0].capture_id == ids[2] and abs(hits[0].similarity - 1) < 1e-6  # not halfvec's rounding
+        assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)

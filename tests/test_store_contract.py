@@ -225,6 +225,39 @@ def test_writers_racing_for_one_name_leave_one_specimen(location):
     assert len(errors) == 3 and all("taken" in e for e in errors)
 
 
+def test_a_query_logged_while_its_specimen_is_merged_away_follows_it(location):
+    """Queries are logged without the write lock: one being logged as a merge begins must
+    end up with the merged specimen, never with none."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(9)
+    with open_store(location) as station:
+        _enrolled(station, rng, ("alpha", "beta"), each=1)
+        data = b"a query's bytes"
+        sha = hashlib.sha256(data).hexdigest()
+        capture = SimpleNamespace(data=data, extension="bin", file_sha256=sha, pixel_sha256=sha, quality={})
+        result = {"query": "q.png", "decision": "match", "specimen": "alpha", "score": 0.9,
+                  "candidates": [{"specimen": "alpha", "score": 0.9}]}
+        failures = []
+
+        def merge():  # another station's curator
+            try:
+                with open_store(location) as curator:
+                    curator.merge_specimens("alpha", "beta")
+            except Exception as e:  # (said by the assertion below)
+                failures.append(e)
+
+        merging = threading.Thread(target=merge)
+        with station.unit_of_work(append_only=True):  # the query's row, not yet committed
+            logged = station.log_query(result, capture, MODEL, 0.5, 5, "test")
+            merging.start()
+            merging.join(0.5)  # the merge begins meanwhile
+        merging.join()
+        assert failures == []
+        row = station.logged_query(logged)
+        assert (row["specimen"], row["candidates"][0]["specimen"]) == ("beta", "beta")
+
+
 def test_a_location_is_dispatched_by_its_form(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatabaseUnusable, match=r"^nosuch://lab:\*\*\*@host/db: this specimen-id has no backend"):

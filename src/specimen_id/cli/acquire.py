@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..store import scheme
 from ..text import name_problem, one_line
 from .base import cli, echo, model_options, open_db
 
@@ -147,7 +148,8 @@ def quality_(ctx, files, as_json):
     from ..errors import ImageRefused
 
     root = ctx.find_root().obj
-    limits = quality.limits(open_db(ctx)) if (Path(root) / "specimens.sqlite").exists() else dict(quality.LIMITS)
+    exists = scheme(root) is not None or (Path(root) / "specimens.sqlite").exists()  # (a server's: opened)
+    limits = quality.limits(open_db(ctx)) if exists else dict(quality.LIMITS)
     failed = False
     for path in files:
         try:

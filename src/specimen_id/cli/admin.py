@@ -119,6 +119,7 @@ def browse(ctx, host, port, token, allowed_hosts, max_connections):
     """Serve a web page to browse specimens, query by upload, and review past queries."""
     import uvicorn
 
+    from ..store import redacted
     from ..web import create_app
 
     try:
@@ -126,7 +127,7 @@ def browse(ctx, host, port, token, allowed_hosts, max_connections):
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     app.state.service.embedder()  # load the model now, so the first query is as fast as the rest
-    echo(f"serving {ctx.find_root().obj} on http://{host}:{port}/", err=True)
+    echo(f"serving {redacted(ctx.find_root().obj)} on http://{host}:{port}/", err=True)
     # idle keep-alive connections are closed after 5 s; request bodies time out in the app
     # (uvicorn counts the connection it is deciding on among those open: hence the 1)
     uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=max_connections + 1,

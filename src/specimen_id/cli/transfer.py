@@ -29,10 +29,11 @@ def export(ctx, archive):
 def import_(ctx, archive):
     """Restore ARCHIVE into the (new or empty) --db directory or PostgreSQL database,
     checking every file's hash."""
-    from ..store import import_archive
+    from ..store import import_archive, redacted
 
     root = ctx.find_root().obj
     manifest = import_archive(archive, root)
+    root = redacted(root)
     counts = manifest["counts"]
     echo(f"imported {counts['specimens']} specimen(s), {counts['captures']} capture(s) and "
                f"{counts['queries']} logged quer(ies) into {root}; every file matched the manifest "

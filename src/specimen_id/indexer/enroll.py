@@ -60,7 +60,7 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
     try:
         _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, progress, report)
     except (OSError, sqlite3.Error) as e:
-        failed = storage_failure(e, getattr(e, "filename", None) or db.location)
+        failed = storage_failure(e, getattr(e, "filename", None) or db.where)
         if failed is None:
             raise
         failed.args = (f"{failed} ({len(report.enrolled)} capture(s) of this run were committed before it "

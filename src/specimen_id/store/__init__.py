@@ -144,6 +144,6 @@ from .database import Database  # noqa: E402  (the directory backend)
 
 # (also for the layers above: the audit's client, the metadata rule, the shared loaded index,
 # an atomic file write, the timestamp format, the --db variable and default, the index kinds)
-__all__ = ["BACKENDS", "CLIENT", "DB_ENV", "STATION", "STATION_ENV", "redacted", "check_metadata", "DEFAULT_DIR",
-           "DEFAULT_KIND", "INDEX_KINDS", "SharedIndex", "now", "write_atomic", "Blobs", "CaptureRecord", "Catalog", "Database", "Hit", "Store", "VectorIndex", "backend_for",
-           "import_archive", "open_store"]
+__all__ = ["BACKENDS", "CLIENT", "DB_ENV", "STATION", "STATION_ENV", "redacted", "scheme", "check_metadata",
+           "DEFAULT_DIR", "DEFAULT_KIND", "INDEX_KINDS", "SharedIndex", "now", "write_atomic", "Blobs", "CaptureRecord",
+           "Catalog", "Database", "Hit", "Store", "VectorIndex", "backend_for", "import_archive", "open_store"]

@@ -66,7 +66,8 @@ class Audit:
             marks = ",".join("?" * len(uuids))
             # a move is recorded on the specimen it went to, and shown on the one it left too
             where = (f"WHERE specimen_name = ? OR specimen_uuid IN ({marks}) OR (action = 'move' AND "
-                     f"json_extract(changes, '$.before.specimen') IN ({marks}))")
+                     f"json_extract(changes, '$.before.specimen') IN ({marks}))" if uuids
+                     else "WHERE specimen_name = ?")  # (purged: known by the name it had; `IN ()` is not SQL)
             params = [specimen, *uuids, *uuids]
         if limit is not None:
             where, params = f"{where} ORDER BY id DESC LIMIT ?", [*params, limit]

@@ -55,6 +55,7 @@ class Curation:
             a, b = self.specimen(source), self.specimen(target)
             if a["id"] == b["id"]:
                 raise SpecimenIdError(f"cannot merge {source!r} into itself")
+            self._hold([a["id"], b["id"]])  # a query or review being logged for them finishes first
             notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
             captures = [r[0] for r in self.db.execute("SELECT uuid FROM captures WHERE specimen_id = ?",
                                                       [a["id"]])]

@@ -124,6 +124,10 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
             raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
                                  "it is done") from None
 
+    def _hold(self, specimen_ids) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already keeps every other writer out (a query being
+        logged included) until this transaction ends."""
+
     def _authorize(self, action, table, *_):
         """SQLite asks before it prepares each statement: a change to a table outside a unit of
         work is refused ("not authorized"), whichever code path issued it."""

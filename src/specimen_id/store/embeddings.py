@@ -281,7 +281,8 @@ class Reembedding:
         they had, and drop embeddings of any other model, in one transaction (repair)."""
         ids = [int(i) for i in ids]
         with self.unit_of_work():
-            self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({','.join('?' * len(ids))})", ids)
+            if ids:  # (none: only strays to drop; `IN ()` is not SQL everywhere)
+                self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({','.join('?' * len(ids))})", ids)
             self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
             self.vectors.add(ids, vectors, model_id)
             self._put_features(ids, features, feature_version)

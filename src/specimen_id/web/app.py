@@ -21,7 +21,7 @@ from .. import images
 from ..config import setting
 from ..errors import DatabaseUnusable, ImageRefused, LowQuality, SpecimenIdError, UnknownSpecimen, storage_failure
 from ..service import Service
-from ..store import CLIENT, backend_for
+from ..store import CLIENT, backend_for, redacted
 from ..text import name_problem, one_line
 from .curate import curation
 from .pages import done, for_the_page, is_api, needs_review, page, parse_metadata, specimen_names
@@ -104,7 +104,7 @@ def create_app(db_path, host: str = "127.0.0.1", token: str | None = None,
     @app.exception_handler(sqlite3.Error)
     async def storage_error(request: Request, error: Exception):
         """A full or read-only disk: 507 or 503 with the reason, never a bare 500."""
-        failed = storage_failure(error, db_path)
+        failed = storage_failure(error, redacted(str(db_path)))
         if failed is None:
             raise error
         return await domain_error(request, failed)

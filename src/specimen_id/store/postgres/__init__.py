@@ -11,6 +11,7 @@ one. Needs `pip install 'specimen-id[postgres]'` (psycopg, pgvector)."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from ...errors import DatabaseUnusable
 from ..audit import Audit
@@ -28,6 +29,25 @@ from ..watched import Watched
 
 WRITE_LOCK = 0x5bec1de1  # the advisory lock every writer of one database takes
 POLL_S = 0.05
+
+
+# What libpq is told unless the URL says otherwise: TCP keepalives both ways (`options` sets the
+# server's side for this session), so that a station that loses power or its network while it
+# holds the write lock is noticed within about a minute instead of the system's two hours, and
+# its lock let go; and a station notices a server that went away.
+DEFAULTS = {"application_name": "specimen-id", "keepalives": "1", "keepalives_idle": "30",
+            "keepalives_interval": "10", "keepalives_count": "3",
+            "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"}
+
+
+def connection_defaults(url: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        given = conninfo_to_dict(url)
+    except Exception:  # unparsable: libpq says so when connecting
+        given = {}
+    return {k: v for k, v in DEFAULTS.items() if k not in given}
 
 
 class AdvisoryLock:
@@ -65,7 +85,7 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
         self._where = redacted(self.url)
         secret = conninfo_secret(self.url)
         try:
-            pg = psycopg.connect(self.url, autocommit=True, application_name="specimen-id")
+            pg = psycopg.connect(self.url, autocommit=True, **connection_defaults(self.url))
         except psycopg.Error as e:
             raise DatabaseUnusable(f"{self._where}: cannot connect ({scrubbed(e, secret)}); check the server, "
                                    "the URL and the credentials (PGPASSWORD, ~/.pgpass)") from None
@@ -118,6 +138,26 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
 
     def _begin(self) -> None:
         self.db.execute("BEGIN READ WRITE")
+
+    @contextmanager
+    def writable(self):
+        """The session may write outside a unit of work meanwhile: for what cannot run inside a
+        transaction (an index built CONCURRENTLY), under the write lock."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("SET default_transaction_read_only = off")
+        try:
+            yield
+        finally:
+            self.db.execute("SET default_transaction_read_only = on")
+
+    def _hold(self, specimen_ids) -> None:
+        """Lock these specimens' rows until the transaction ends: queries and reviews are logged
+        without the write lock, and one being logged for them now (its foreign key holds a share
+        lock on the row) finishes first, so that what follows sees it; one begun after waits,
+        and fails in one line if its specimen is gone (merged away)."""
+        self.db.execute("SELECT 1 FROM specimens WHERE id = ANY(?) FOR UPDATE", [[int(i) for i in specimen_ids]])
 
     def _keep(self, record: CaptureRecord) -> str:
         """A record's file, kept as a row of the same transaction (a rollback takes it too)."""

@@ -130,8 +130,9 @@ class Connection:
 
     @contextmanager
     def failures(self):
-        """The server's errors that are not ours to handle as one line: the connection lost, the
-        server's disk full, a statement cancelled (a timeout set on the server)."""
+        """Every error of the server or the connection as one line (for the CLI and the web app
+        alike): the connection lost, the server's disk full, a row another station changed
+        meanwhile (a foreign key), a statement the server refused."""
         import psycopg
         from psycopg import errors
 
@@ -143,9 +144,11 @@ class Connection:
                                    "again")
             failed.full = True
             raise failed from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if isinstance(e, (errors.LockNotAvailable, errors.SerializationFailure, errors.DeadlockDetected)):
-                raise
+        except psycopg.IntegrityError as e:
+            raise DatabaseUnusable(f"{self.where}: another station changed what this relied on meanwhile "
+                                   f"({scrubbed(e, self.secret)}); nothing of it was stored: run the command "
+                                   "again") from None
+        except psycopg.Error as e:
             raise DatabaseUnusable(f"{self.where}: {scrubbed(e, self.secret)}; what was committed before stays: "
                                    "check the server and the URL, then run the command again") from None
 

@@ -27,10 +27,10 @@ def verify(store, feature_version: str) -> Report:
             report.add("orphan", f"image {key}: no capture or query refers to it", problem=False,
                        key=key if key in old else None)
         wanted = store.vectors.planned()
-        if wanted != store.vectors.current():
+        if not store.vectors.in_place(wanted):
             report.add("index", f"the vector index is {store.vectors.describe()}, the setting `index` asks for "
-                                f"{'no index' if wanted is None else ' over '.join(wanted)}; `repair` builds it",
-                       problem=False)
+                                f"{'no index' if wanted is None else ' over '.join(wanted)} for model "
+                                f"{store.model_id}; `repair` builds it", problem=False)
     return report
 
 

@@ -29,7 +29,9 @@ def export_archive(store, archive, facts: dict, software_version: str) -> dict:
     archived as the directory's export does); its manifest."""
     from ..database import Database
 
-    with tempfile.TemporaryDirectory(prefix="specimen-id-export-") as tmp:
+    # staged beside the archive, as the directory's export stages its file: a whole lab may not
+    # fit the system's temporary folder
+    with tempfile.TemporaryDirectory(dir=Path(archive).parent, prefix=".specimen-id-export-") as tmp:
         root = Path(tmp) / "db"
         Database(root).close()  # the directory's schema, at its latest version
         con = sqlite3.connect(root / archives.SQLITE)
@@ -62,7 +64,9 @@ def import_archive(archive, location) -> dict:
     store = PostgresStore(location)  # (an unreachable server is said before any unpacking)
     try:
         _refuse_unless_empty(store)
-        with tempfile.TemporaryDirectory(prefix="specimen-id-import-") as tmp:
+        staging = store.blobs.root.parent  # (the station's cache: the archive's folder may be read-only)
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging, prefix=".import-") as tmp:
             root = Path(tmp) / "db"
             manifest = archives.import_archive(archive, root)  # migrated to the latest schema
             con = sqlite3.connect(root / archives.SQLITE)

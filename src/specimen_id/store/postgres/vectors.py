@@ -9,10 +9,14 @@ setting `index` names is built over it:
 
 HNSW indexes `vector` up to 2,000 dimensions; beyond that (resnet50's 2048) the index is over
 halfvec whatever the kind. Hits are re-scored by the full vectors, so the index only chooses
-candidates. A removed specimen's vectors are kept `hidden`, and skipped by pgvector's iterative
-scan."""
+candidates. The index is partial: the vectors searched (the database's model, not `hidden`: a
+removed specimen's vectors are kept, marked), so it never holds what a query skips, and
+another model's vectors (a reindex under way) never reach it. It is built CONCURRENTLY beside
+the one in use and then put in its place: stations keep querying meanwhile."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -30,6 +34,12 @@ def index_for(kind: str, dim: int, count: int) -> tuple[str, str] | None:
     if kind == "flat" or (kind == "ivf" and count < MIN_TRAINED):
         return None
     return ("ivfflat" if kind == "ivf" else "hnsw", half)
+
+
+def _literal(text: str) -> str:
+    """A model id as an SQL literal: the partial index names it, and so must the query that
+    uses it (a parameter would not let the planner prove the index applies)."""
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 def as_array(vector) -> np.ndarray:
@@ -52,7 +62,6 @@ class PgVectors:
             return
         vectors = np.asarray(vectors, np.float32).reshape(len(ids), -1)
         with store.unit_of_work():
-            self._fits(vectors.shape[1])
             store.db.execute("DELETE FROM embeddings WHERE capture_id = ANY(?)", [ids])
             hidden = {r[0] for r in store.db.execute(
                 "SELECT c.id FROM captures c JOIN specimens s ON s.id = c.specimen_id "
@@ -76,6 +85,8 @@ class PgVectors:
         if not model_id or not dim or k <= 0:
             return [[] for _ in vectors]
         index = self.current()
+        if index is not None and index[2] != model_id:
+            index = None  # another model's (a reindex's new index is being built): exact
         order = "vector <#> ?" if index is None else f"(vector::{index[1]}({int(dim)})) <#> ?::{index[1]}({int(dim)})"
         found = []
         for vector in vectors:
@@ -83,8 +94,8 @@ class PgVectors:
                 store.db.execute(f"SET {'ivfflat.probes' if index[0] == 'ivfflat' else 'hnsw.ef_search'} = "
                                  f"{self._effort(index[0], k)}")
             rows = store.db.execute(
-                f"SELECT capture_id, -(vector <#> ?) FROM embeddings WHERE model_id = ? AND NOT hidden "
-                f"ORDER BY {order} LIMIT ?", [vector, model_id, vector, int(k)]).fetchall()
+                f"SELECT capture_id, -(vector <#> ?) FROM embeddings WHERE model_id = {_literal(model_id)} "
+                f"AND NOT hidden ORDER BY {order} LIMIT ?", [vector, vector, int(k)]).fetchall()
             rows.sort(key=lambda r: (-r[1], r[0]))
             found.append([Hit(int(i), float(s)) for i, s in rows])
         return found
@@ -96,19 +107,14 @@ class PgVectors:
         return {int(i): as_array(v) for i, v in rows}
 
     def sync(self, rebuild: bool = False) -> int:
-        """Build the index the setting `index` names, when the one there is another (or
-        `rebuild`); returns how many vectors are searched."""
-        store = self._store
-        dim, count = store.setting("embedding_dim"), self._searched()
+        """Build the index the setting `index` names for the database's model, when the one
+        there is another (or `rebuild`); returns how many vectors are searched. Outside a
+        transaction (as the write lock is let go) it is built CONCURRENTLY beside the old one,
+        which then gives way: queries never wait for it."""
+        count = self._searched()
         wanted = self.planned(count)
-        if rebuild or wanted != self.current():
-            with store.unit_of_work():
-                store.db.execute(f"DROP INDEX IF EXISTS {INDEX}")
-                if wanted is not None:
-                    method, kind = wanted
-                    options = f" WITH (lists = {max(1, int(count ** 0.5))})" if method == "ivfflat" else ""
-                    store.db.execute(f"CREATE INDEX {INDEX} ON embeddings USING {method} "
-                                     f"((vector::{kind}({int(dim)})) {kind}_ip_ops){options}")
+        if rebuild or not self.in_place(wanted):
+            self._build(wanted)
         self.unsynced = False
         return count
 
@@ -125,10 +131,9 @@ class PgVectors:
                                [not shown, [int(i) for i in ids]])
 
     def replace_all(self, ids, vectors: np.ndarray, model_id: str) -> None:
-        """Inside a unit of work: every stored vector gives way to these (reindex); the index
-        over the old ones goes with them (another model may have another dimension)."""
+        """Inside a unit of work: every stored vector gives way to these (reindex). The old
+        model's index does not take them (it is partial); sync builds the new one."""
         store = self._store
-        store.db.execute(f"DROP INDEX IF EXISTS {INDEX}")
         store.db.execute("DELETE FROM embeddings")
         vectors = np.asarray(vectors, np.float32)
         store.db.executemany("INSERT INTO embeddings (capture_id, model_id, vector) VALUES (?, ?, ?)",
@@ -166,22 +171,41 @@ class PgVectors:
         index = self.current()
         return "flat (exact scan)" if index is None else f"{index[0]} over {index[1]} (pgvector)"
 
-    def current(self) -> tuple[str, str] | None:
-        """(access method, vector type) of the index there is, None for none."""
+    def in_place(self, wanted: tuple[str, str] | None = None) -> bool:
+        """Whether the index there is the one the setting asks for, for the database's model."""
+        wanted = self.planned() if wanted is None else wanted
+        current = self.current()
+        if wanted is None:
+            return current is None
+        return current is not None and current[:2] == wanted and current[2] == self._store.model_id
+
+    def current(self) -> tuple[str, str, str] | None:
+        """(access method, vector type, model id) of the index in use, None for none."""
         row = self._store.db.execute(
             "SELECT am.amname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_am am ON am.oid = c.relam WHERE c.relname = ? AND c.relnamespace = "
+            "JOIN pg_am am ON am.oid = c.relam WHERE c.relname = ? AND i.indisvalid AND c.relnamespace = "
             "(SELECT relnamespace FROM pg_class WHERE oid = 'embeddings'::regclass)", [INDEX]).fetchone()
         if row is None:
             return None
-        return row[0], "halfvec" if "halfvec" in row[1] else "vector"
+        model = re.search(r"model_id = '((?:[^']|'')*)'", row[1])
+        return (row[0], "halfvec" if "halfvec" in row[1] else "vector",
+                model.group(1).replace("''", "'") if model else None)
 
-    def _fits(self, dim: int) -> None:
-        """An index built for one dimension takes no other: a new model's vectors come in by
-        replace_all, which drops it."""
-        current = self._store.setting("embedding_dim")
-        if current and int(current) != dim and self.current() is not None:
-            self._store.db.execute(f"DROP INDEX IF EXISTS {INDEX}")
+    def _build(self, wanted: tuple[str, str] | None) -> None:
+        store, db = self._store, self._store.db
+        dim, count = store.setting("embedding_dim"), self._searched()
+        concurrently = "" if db.in_transaction else " CONCURRENTLY"  # (not allowed inside one)
+        with store.writable():
+            db.execute(f"DROP INDEX{concurrently} IF EXISTS {INDEX}_next")  # a build that was cut short
+            if wanted is not None:
+                method, kind = wanted
+                options = f" WITH (lists = {max(1, int(count ** 0.5))})" if method == "ivfflat" else ""
+                db.execute(f"CREATE INDEX{concurrently} {INDEX}_next ON embeddings USING {method} "
+                           f"((vector::{kind}({int(dim)})) {kind}_ip_ops){options} "
+                           f"WHERE model_id = {_literal(store.model_id)} AND NOT hidden")
+            db.execute(f"DROP INDEX{concurrently} IF EXISTS {INDEX}")
+            if wanted is not None:
+                db.execute(f"ALTER INDEX {INDEX}_next RENAME TO {INDEX}")
 
     @staticmethod
     def _effort(method: str, k: int) -> int:
