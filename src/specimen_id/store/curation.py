@@ -75,6 +75,18 @@ class Curation:
                         merged_from=a["uuid"], captures=captures)
         return moved
 
+    def export_csv(self, path) -> int:
+        """One row per specimen (csvfile.py); returns how many were written."""
+        from .csvfile import export_csv
+
+        return export_csv(self, path)
+
+    def import_csv(self, path):
+        """Names, notes and metadata updated from a CSV (csvfile.py); returns its report."""
+        from .csvfile import import_csv
+
+        return import_csv(self, path)
+
     def capture_owner(self, capture_uuid: str) -> dict | None:
         """{specimen, original_name} of a capture of a specimen not removed, or None."""
         rows = list(self.db.query(

@@ -170,18 +170,6 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
 
         return import_archive(archive, location)
 
-    def export_csv(self, path) -> int:
-        """One row per specimen (csvfile.py); returns how many were written."""
-        from .csvfile import export_csv
-
-        return export_csv(self, path)
-
-    def import_csv(self, path):
-        """Names, notes and metadata updated from a CSV (csvfile.py); returns its report."""
-        from .csvfile import import_csv
-
-        return import_csv(self, path)
-
     def verify(self, feature_version: str):
         """Every finding about what is stored (integrity.py); local features of another recipe
         than `feature_version` count as stale."""

@@ -148,15 +148,8 @@ class DirectoryVectors:
     def bump(self, model_id, dim) -> int:
         """Inside a write transaction: the embedding set changed, so every index file made
         before is stale."""
-        store = self._store
-        generation = store.generation + 1
-        store._put_setting("index_generation", generation)
-        if model_id:
-            store._put_setting("model_id", model_id)
-        if dim:
-            store._put_setting("embedding_dim", int(dim))
         self.unsynced = True
-        return generation
+        return self._store._vectors_changed(model_id, dim)
 
     def advance(self, index: FaissIndex | None, generation: int, model_id: str, change) -> None:
         """After a commit that moved the generation by one: bring the loaded index along in

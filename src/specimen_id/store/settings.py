@@ -68,6 +68,17 @@ class Settings:
         self.set_setting("threshold", {"value": float(value), "score_kind": score_kind,
                                        "model_id": model_id, "set_at": now(), **facts})
 
+    def _vectors_changed(self, model_id, dim) -> int:
+        """Inside a write transaction: the stored vectors changed (of this model and dimension,
+        when given); the generation that counts such changes moves on. Returns it."""
+        generation = self.generation + 1
+        self._put_setting("index_generation", generation)
+        if model_id:
+            self._put_setting("model_id", model_id)
+        if dim:
+            self._put_setting("embedding_dim", int(dim))
+        return generation
+
     @property
     def generation(self) -> int:
         return int(self.setting("index_generation", 0))

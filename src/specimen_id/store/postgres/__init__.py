@@ -176,16 +176,6 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
 
         return import_archive(archive, location)
 
-    def export_csv(self, path) -> int:
-        from ..csvfile import export_csv
-
-        return export_csv(self, path)
-
-    def import_csv(self, path):
-        from ..csvfile import import_csv
-
-        return import_csv(self, path)
-
     def verify(self, feature_version: str):
         from .integrity import verify
 

@@ -144,15 +144,8 @@ class PgVectors:
 
     def bump(self, model_id, dim) -> int:
         """Inside a write transaction: the vectors changed (the generation counts changes)."""
-        store = self._store
-        generation = store.generation + 1
-        store._put_setting("index_generation", generation)
-        if model_id:
-            store._put_setting("model_id", model_id)
-        if dim:
-            store._put_setting("embedding_dim", int(dim))
         self.unsynced = True
-        return generation
+        return self._store._vectors_changed(model_id, dim)
 
     def forget(self) -> None:
         """Nothing is loaded in this process: the server holds the index."""
