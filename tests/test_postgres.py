@@ -263,7 +263,10 @@ def test_a_station_killed_mid_enrolment_leaves_whole_batches_and_a_rerun_finishe
                            "WHERE s.name = 'batch'")[0][0]
     assert stored in (0, BATCH, BATCH + 4), stored  # each batch one transaction: whole or nothing
     assert _psql(pg_url, "SELECT COUNT(*) FROM embeddings") == _psql(pg_url, "SELECT COUNT(*) FROM captures")
-    assert not _psql(pg_url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory'")  # the lock went with it
+    deadline = time.monotonic() + 10  # the lock goes with its session, as the server sees it end
+    while _psql(pg_url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory'") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _psql(pg_url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory'")
     _ok(pg_url, *args[2:])
     assert _psql(pg_url, "SELECT COUNT(*), COUNT(DISTINCT pixel_sha256) FROM captures c JOIN specimens s "
                          "ON s.id = c.specimen_id WHERE s.name = 'batch'") == [(BATCH + 4, BATCH + 4)]
@@ -309,6 +312,44 @@ def test_vectors_wider_than_pgvector_indexes_are_indexed_as_halfvec_and_scored_e
                                          dtype="uint8", channels=3, vector=v, features=b"f"))
         ids = store.add_captures(records, "resnet50-like", "features")
         assert store.info()["index_kind"] == "hnsw over halfvec (pgvector)"
+        store.db.execute("SET enable_seqscan = off")  # (so small a table: a scan would do as well)
+        assert "Index Scan using embeddings_ann" in store.vectors.explain(vectors[2], 3)
         hits = store.vectors.search(vectors[2:3], 3)[0]
         assert hits[0].capture_id == ids[2] and abs(hits[0].similarity - 1) < 1e-6  # not halfvec's rounding
         assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+
+
+def test_each_index_kind_is_built_and_used_by_the_search(pg_url):
+    """Past 1,024 vectors (where `ivf` is built too): the server searches through the index
+    each kind names, and finds a stored vector first with its exact score."""
+    import hashlib
+
+    import numpy as np
+
+    from specimen_id.store import CaptureRecord, open_store
+
+    rng = np.random.default_rng(1100)
+    vectors = rng.standard_normal((1100, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with open_store(pg_url) as store:
+        records = []
+        for i, v in enumerate(vectors):
+            sha = hashlib.sha256(f"many-{i}".encode()).hexdigest()
+            records.append(CaptureRecord(specimen=f"s{i // 100}", data=b"x", extension="bin", file_sha256=sha,
+                                         pixel_sha256=sha, original_name="x.png", format="PNG", width=8, height=8,
+                                         dtype="uint8", channels=3, vector=v, features=b"f"))
+        ids = store.add_captures(records, "many", "features")
+        store.db.execute("SET enable_seqscan = off")  # (so small a table: a scan would do as well)
+        for kind, method, over in (("hnsw", "hnsw", "vector"), ("compact", "hnsw", "halfvec"),
+                                   ("ivf", "ivfflat", "vector")):
+            with store.writing():
+                store.set_setting("index", kind)
+                store.vectors.sync()
+            assert store.info()["index_kind"] == f"{method} over {over} (pgvector)"
+            assert "Index Scan using embeddings_ann" in store.vectors.explain(vectors[7], 10)
+            hit = store.vectors.search(vectors[7:8], 10)[0][0]
+            assert hit.capture_id == ids[7] and abs(hit.similarity - 1) < 1e-6
+        with store.writing():
+            store.set_setting("index", "flat")
+            store.vectors.sync()
+        assert "embeddings_ann" not in store.vectors.explain(vectors[7], 10)

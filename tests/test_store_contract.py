@@ -225,37 +225,43 @@ def test_writers_racing_for_one_name_leave_one_specimen(location):
     assert len(errors) == 3 and all("taken" in e for e in errors)
 
 
-def test_a_query_logged_while_its_specimen_is_merged_away_follows_it(location):
-    """Queries are logged without the write lock: one being logged as a merge begins must
-    end up with the merged specimen, never with none."""
+def test_queries_logged_while_their_specimen_is_merged_or_renamed_follow_it(location):
+    """Queries are logged without the write lock: those being logged as a merge or a rename
+    begins (decided for the specimen, or listing it as a candidate) must end up naming it as
+    it is afterwards, never as nothing or by a name that is free again."""
     from types import SimpleNamespace
 
     rng = np.random.default_rng(9)
     with open_store(location) as station:
         _enrolled(station, rng, ("alpha", "beta"), each=1)
-        data = b"a query's bytes"
-        sha = hashlib.sha256(data).hexdigest()
-        capture = SimpleNamespace(data=data, extension="bin", file_sha256=sha, pixel_sha256=sha, quality={})
-        result = {"query": "q.png", "decision": "match", "specimen": "alpha", "score": 0.9,
-                  "candidates": [{"specimen": "alpha", "score": 0.9}]}
-        failures = []
+        for n, (change, old, new) in enumerate((("merge_specimens", "alpha", "beta"),
+                                                ("rename_specimen", "beta", "gamma"))):
+            data = f"query {n}".encode()
+            sha = hashlib.sha256(data).hexdigest()
+            capture = SimpleNamespace(data=data, extension="bin", file_sha256=sha, pixel_sha256=sha, quality={})
+            decided = {"query": "q.png", "decision": "match", "specimen": old, "score": 0.9,
+                       "candidates": [{"specimen": old, "score": 0.9}]}
+            listed = {"query": "q.png", "decision": "no_match", "specimen": None, "score": 0.1,
+                      "candidates": [{"specimen": old, "score": 0.1}]}
+            failures = []
 
-        def merge():  # another station's curator
-            try:
-                with open_store(location) as curator:
-                    curator.merge_specimens("alpha", "beta")
-            except Exception as e:  # (said by the assertion below)
-                failures.append(e)
+            def curate(change=change, old=old, new=new):  # another station's curator
+                try:
+                    with open_store(location) as curator:
+                        getattr(curator, change)(old, new)
+                except Exception as e:  # (said by the assertion below)
+                    failures.append(e)
 
-        merging = threading.Thread(target=merge)
-        with station.unit_of_work(append_only=True):  # the query's row, not yet committed
-            logged = station.log_query(result, capture, MODEL, 0.5, 5, "test")
-            merging.start()
-            merging.join(0.5)  # the merge begins meanwhile
-        merging.join()
-        assert failures == []
-        row = station.logged_query(logged)
-        assert (row["specimen"], row["candidates"][0]["specimen"]) == ("beta", "beta")
+            curating = threading.Thread(target=curate)
+            with station.unit_of_work(append_only=True):  # the queries' rows, not yet committed
+                logged = [station.log_query(r, capture, MODEL, 0.5, 5, "test") for r in (decided, listed)]
+                curating.start()
+                curating.join(0.5)
+                assert curating.is_alive()  # it waits for them
+            curating.join()
+            assert failures == []
+            rows = [station.logged_query(uuid_) for uuid_ in logged]
+            assert [(r["specimen"], r["candidates"][0]["specimen"]) for r in rows] == [(new, new), (None, new)]
 
 
 def test_a_location_is_dispatched_by_its_form(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from ..errors import SpecimenRemoved, UnknownSpecimen
 from .curation import check_metadata, check_name
 from .querylog import decoded
 from .records import CaptureRecord
-from .settings import now
+from .settings import chunks, marks, now
 
 
 class Captures:
@@ -124,20 +124,20 @@ class Captures:
 
     def local_features(self, ids, version: str) -> dict[int, bytes]:
         """capture id -> stored local features of that version."""
-        ids = [int(i) for i in ids]
-        marks = ",".join("?" * len(ids))
-        return dict(self.db.execute(
-            f"SELECT capture_id, data FROM local_features WHERE version = ? AND capture_id IN ({marks})",
-            [version, *ids]).fetchall()) if ids else {}
+        found = {}
+        for chunk in chunks(int(i) for i in ids):
+            found.update(self.db.execute(
+                f"SELECT capture_id, data FROM local_features WHERE version = ? AND capture_id IN ({marks(chunk)})",
+                [version, *chunk]).fetchall())
+        return found
 
     def capture_owners(self, ids) -> dict[int, dict]:
         """capture id -> {capture uuid, specimen name, specimen id}."""
-        ids = [int(i) for i in ids if i >= 0]
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        return {r["id"]: r for r in self.db.query(
-            f"SELECT c.id, c.uuid, s.name AS specimen, s.id AS specimen_id FROM captures c "
-            f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks}) AND s.removed_at IS NULL",
-            ids)}
+        found = {}
+        for chunk in chunks(int(i) for i in ids if i >= 0):
+            found.update((r["id"], r) for r in self.db.query(
+                f"SELECT c.id, c.uuid, s.name AS specimen, s.id AS specimen_id FROM captures c "
+                f"JOIN specimens s ON s.id = c.specimen_id WHERE c.id IN ({marks(chunk)}) AND s.removed_at IS NULL",
+                chunk))
+        return found
 

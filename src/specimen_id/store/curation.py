@@ -12,7 +12,7 @@ import uuid
 from ..errors import CaptureGone, SpecimenIdError, SpecimenRemoved
 from ..text import name_problem
 from .querylog import decoded
-from .settings import now
+from .settings import chunks, marks, now
 
 VERDICTS = ("specimen", "none", "confirmed", "rejected")
 
@@ -42,6 +42,7 @@ def check_metadata(metadata) -> None:
 class Curation:
     def rename_specimen(self, name: str, new_name: str) -> None:
         with self.unit_of_work():  # checked under the lock: nobody takes the name meanwhile
+            self._hold_log()  # queries and reviews being logged name it too
             specimen = self.specimen(name)
             self._free(new_name)
             self.db.execute("UPDATE specimens SET name = ? WHERE id = ?", [new_name, specimen["id"]])
@@ -55,7 +56,7 @@ class Curation:
             a, b = self.specimen(source), self.specimen(target)
             if a["id"] == b["id"]:
                 raise SpecimenIdError(f"cannot merge {source!r} into itself")
-            self._hold([a["id"], b["id"]])  # a query or review being logged for them finishes first
+            self._hold_log()  # a query or review being logged for them finishes first
             notes = "\n".join(n for n in (b["notes"], a["notes"]) if n)
             captures = [r[0] for r in self.db.execute("SELECT uuid FROM captures WHERE specimen_id = ?",
                                                       [a["id"]])]
@@ -197,12 +198,11 @@ class Curation:
 
     def _holders(self, capture_uuids) -> dict[str, str]:
         """capture uuid -> the name of the enrolled specimen that holds it now."""
-        found, uuids = {}, list(capture_uuids)
-        for i in range(0, len(uuids), 500):
-            chunk = uuids[i:i + 500]
+        found = {}
+        for chunk in chunks(capture_uuids):
             found.update(self.db.execute(
                 f"SELECT c.uuid, s.name FROM captures c JOIN specimens s ON s.id = c.specimen_id "
-                f"WHERE s.removed_at IS NULL AND c.uuid IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+                f"WHERE s.removed_at IS NULL AND c.uuid IN ({marks(chunk)})", chunk).fetchall())
         return found
 
     def _rename_in_logged_candidates(self, old: str, new: str) -> None:

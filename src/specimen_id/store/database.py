@@ -124,7 +124,7 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
             raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
                                  "it is done") from None
 
-    def _hold(self, specimen_ids) -> None:
+    def _hold_log(self) -> None:
         """Nothing to do: BEGIN IMMEDIATE already keeps every other writer out (a query being
         logged included) until this transaction ends."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .records import Hit
+from .settings import chunks, marks
 from .vectors import DEFAULT_KIND, FaissIndex, chosen_kind, rerank
 
 
@@ -166,10 +167,14 @@ class DirectoryVectors:
                 self._shared.index = None
 
     def rows(self):
-        """(capture id, model id, vector) of every stored vector (verify; a damaged row gives
-        what whole values it holds)."""
+        """(capture id, model id, vector) of every stored vector (verify; a row of a length no
+        float32 vector has counts its partial value as one, so that it never passes for whole)."""
         for cid, model_id, blob in self._store.db.execute("SELECT capture_id, model_id, vector FROM embeddings"):
-            yield cid, model_id, np.frombuffer(blob[:len(blob) // 4 * 4], np.float32)
+            yield cid, model_id, np.frombuffer(blob + b"\0" * (-len(blob) % 4), np.float32)
+
+    def warm(self) -> None:
+        """Load (or rebuild) the index now, before a write transaction that will change it."""
+        self.loaded()
 
     def searchable(self, ids, shown: bool) -> None:
         """Inside the unit of work that removes (or restores) their specimen, before its
@@ -212,17 +217,14 @@ class DirectoryVectors:
 
     def _active(self, ids: list[int]) -> set[int]:
         """Those of these captures whose specimen is not removed."""
-        marks = ",".join("?" * len(ids))
-        return {r[0] for r in self._store.db.execute(
+        return {r[0] for chunk in chunks(ids) for r in self._store.db.execute(
             f"SELECT c.id FROM captures c JOIN specimens s ON s.id = c.specimen_id "
-            f"WHERE s.removed_at IS NULL AND c.id IN ({marks})", ids)}
+            f"WHERE s.removed_at IS NULL AND c.id IN ({marks(chunk)})", chunk)}
 
     def _delete_rows(self, ids: list[int]) -> int:
         """Delete these captures' stored vectors; how many there were."""
-        if not ids:
-            return 0
-        marks = ",".join("?" * len(ids))
-        return self._store.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks})", ids).rowcount
+        return sum(self._store.db.execute(f"DELETE FROM embeddings WHERE capture_id IN ({marks(chunk)})",
+                                          chunk).rowcount for chunk in chunks(ids))
 
     def _rebuild(self) -> FaissIndex:
         store = self._store
@@ -274,8 +276,8 @@ class Reembedding:
         they had, and drop embeddings of any other model, in one transaction (repair)."""
         ids = [int(i) for i in ids]
         with self.unit_of_work():
-            if ids:  # (none: only strays to drop; `IN ()` is not SQL everywhere)
-                self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({','.join('?' * len(ids))})", ids)
+            for chunk in chunks(ids):
+                self.db.execute(f"DELETE FROM local_features WHERE capture_id IN ({marks(chunk)})", chunk)
             self.db.execute("DELETE FROM embeddings WHERE model_id != ?", [model_id])
             self.vectors.add(ids, vectors, model_id)
             self._put_features(ids, features, feature_version)

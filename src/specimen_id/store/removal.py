@@ -25,6 +25,7 @@ class Removal:
         """Set (or clear) removed_at in one audited transaction, its captures' vectors leaving
         (or rejoining) those searched with it."""
         ids = [c["id"] for c in self.captures(specimen["id"])]
+        self.vectors.warm()  # (a slow load or rebuild, outside the write transaction)
         with self.unit_of_work():
             self.vectors.searchable(ids, removed_at is None)  # (first: it sees them as they were)
             self.db.execute("UPDATE specimens SET removed_at = ? WHERE id = ?", [removed_at, specimen["id"]])

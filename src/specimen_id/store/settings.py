@@ -10,6 +10,18 @@ from pathlib import Path
 
 from ..errors import FeaturesStale, ModelMismatch
 
+CHUNK = 500  # ids a statement lists at most (PostgreSQL takes 65,535 parameters, whatever SQLite does)
+
+
+def chunks(items) -> list[list]:
+    """`items` in lists of CHUNK, for `IN (?, ...)` statements (none for none)."""
+    items = list(items)
+    return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+
+def marks(items) -> str:
+    return ",".join("?" * len(items))
+
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -152,12 +152,12 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
         finally:
             self.db.execute("SET default_transaction_read_only = on")
 
-    def _hold(self, specimen_ids) -> None:
-        """Lock these specimens' rows until the transaction ends: queries and reviews are logged
-        without the write lock, and one being logged for them now (its foreign key holds a share
-        lock on the row) finishes first, so that what follows sees it; one begun after waits,
-        and fails in one line if its specimen is gone (merged away)."""
-        self.db.execute("SELECT 1 FROM specimens WHERE id = ANY(?) FOR UPDATE", [[int(i) for i in specimen_ids]])
+    def _hold_log(self) -> None:
+        """Keep queries and reviews being logged out until this transaction ends, as SQLite's
+        BEGIN IMMEDIATE does: they are logged without the write lock, and a rename or merge
+        rewrites them (their specimen, the names among their candidates). One being logged now
+        finishes first, so that what follows sees it; one begun after waits for the commit."""
+        self.db.execute("LOCK TABLE queries, reviews IN SHARE MODE")
 
     def _keep(self, record: CaptureRecord) -> str:
         """A record's file, kept as a row of the same transaction (a rollback takes it too)."""

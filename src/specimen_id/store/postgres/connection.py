@@ -89,6 +89,14 @@ class Connection:
             cursor.execute(translated(sql), tuple(params))
         return iter(cursor.fetchall())
 
+    def stream(self, sql: str, params=(), size: int = 1000):
+        """(column names, rows) in batches of `size`, from a server-side cursor: a table larger
+        than memory (inside a transaction, as a server-side cursor must be)."""
+        with self.failures(), self.pg.cursor(name="specimen_id_stream") as cursor:
+            cursor.execute(translated(sql), tuple(params))
+            while rows := cursor.fetchmany(size):
+                yield [c.name for c in cursor.description], rows
+
     def __getitem__(self, table: str) -> Table:
         return Table(self, table)
 

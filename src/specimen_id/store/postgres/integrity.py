@@ -7,8 +7,9 @@ its row)."""
 
 from __future__ import annotations
 
-from ..integrity import LEFTOVER_MIN_AGE_S, Report, _check_names, _check_vectors, check_images
+from ..integrity import LEFTOVER_MIN_AGE_S, Report, _check_names, _check_vectors, _who, check_images
 from .schema import MIGRATIONS, schema_version
+from .vectors import MISHIDDEN
 
 
 def verify(store, feature_version: str) -> Report:
@@ -26,6 +27,9 @@ def verify(store, feature_version: str) -> Report:
         for key in sorted(set(digests) - referenced):
             report.add("orphan", f"image {key}: no capture or query refers to it", problem=False,
                        key=key if key in old else None)
+        for cid, hidden in store.db.execute(MISHIDDEN).fetchall():
+            state = "left out of searches, its specimen not removed" if hidden else "searched, its specimen removed"
+            report.add("index", f"{_who(captures.get(cid), cid)}: its vector is {state}; `repair` puts that right")
         wanted = store.vectors.planned()
         if not store.vectors.in_place(wanted):
             report.add("index", f"the vector index is {store.vectors.describe()}, the setting `index` asks for "

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import SpecimenIdError
 from .. import archive as archives
 from ..files import image_relpath, managed, write_atomic
-from .vectors import as_array
+from .vectors import FIX_HIDDEN, as_array
 
 # in the order their references need
 TABLES = ("settings", "specimens", "captures", "embeddings", "local_features", "queries", "reviews", "audit",
@@ -37,12 +37,10 @@ def export_archive(store, archive, facts: dict, software_version: str) -> dict:
         con = sqlite3.connect(root / archives.SQLITE)
         try:
             with store.db.atomic():  # one snapshot of every table and image
-                for table in TABLES:
-                    cursor = store.db.execute(f"SELECT * FROM {_table(table)}")
-                    columns = [c.name for c in cursor.description if c.name != "hidden"]
-                    rows = [_to_sqlite(table, dict(zip([c.name for c in cursor.description], r)), columns)
-                            for r in cursor]
-                    _insert(con, table, columns, rows)
+                for table in TABLES:  # in batches: a lab may not fit in memory
+                    for names, rows in store.db.stream(f"SELECT * FROM {_table(table)}"):
+                        columns = [n for n in names if n != "hidden"]
+                        _insert(con, table, columns, [_to_sqlite(table, dict(zip(names, r)), columns) for r in rows])
                 for (key,) in store.db.execute(IMAGE_KEYS).fetchall():
                     write_atomic(managed(root, key), store.blobs.read(key))
                 for table in COUNTED:  # ids handed out (and purged since) stay used in the copy
@@ -92,17 +90,17 @@ def _copy_in(store, con, root: Path) -> None:
             for table in TABLES:
                 cursor = con.execute(f"SELECT * FROM {_table(table)}")
                 columns = [c[0] for c in cursor.description]
-                rows = [_from_sqlite(table, dict(zip(columns, r))) for r in cursor]
-                _insert(store.db, table, columns, rows)
+                while rows := cursor.fetchmany(1000):  # in batches: a lab may not fit in memory
+                    _insert(store.db, table, columns, [_from_sqlite(table, dict(zip(columns, r))) for r in rows])
             for (key,) in con.execute(IMAGE_KEYS).fetchall():
                 store.blobs.put((root / image_relpath(key)).read_bytes(), *key.split(".", 1))
             counters = dict(con.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
             for table in COUNTED:  # ids the directory handed out (and purged since) stay used
-                if counters.get(table):
-                    store.db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), ?)",
-                                     [int(counters[table])])
-            store.db.execute("UPDATE embeddings e SET hidden = true FROM captures c JOIN specimens s "
-                             "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND s.removed_at IS NOT NULL")
+                top = max(int(counters.get(table) or 0),
+                          store.db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_table(table)}").fetchone()[0])
+                if top:
+                    store.db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), ?)", [top])
+            store.db.execute(FIX_HIDDEN)
         store.vectors.sync(rebuild=True)
 
 

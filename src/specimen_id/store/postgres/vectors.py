@@ -36,10 +36,20 @@ def index_for(kind: str, dim: int, count: int) -> tuple[str, str] | None:
     return ("ivfflat" if kind == "ivf" else "hnsw", half)
 
 
+# embeddings whose `hidden` disagrees with their specimen's removal, and the statement that
+# makes them agree (import, reindex and repair derive it again)
+MISHIDDEN = ("SELECT e.capture_id, e.hidden FROM embeddings e JOIN captures c ON c.id = e.capture_id "
+             "JOIN specimens s ON s.id = c.specimen_id WHERE e.hidden <> (s.removed_at IS NOT NULL)")
+FIX_HIDDEN = ("UPDATE embeddings e SET hidden = (s.removed_at IS NOT NULL) FROM captures c JOIN specimens s "
+              "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND e.hidden <> (s.removed_at IS NOT NULL)")
+
+
 def _literal(text: str) -> str:
     """A model id as an SQL literal: the partial index names it, and so must the query that
-    uses it (a parameter would not let the planner prove the index applies)."""
-    return "'" + str(text).replace("'", "''") + "'"
+    uses it (a parameter would not let the planner prove the index applies). A Unicode-escaped
+    literal, so that no `?` in it is taken for a parameter."""
+    escaped = str(text).replace("\\", "\\\\").replace("'", "''").replace("?", "\\003F")
+    return f"U&'{escaped}'"
 
 
 def as_array(vector) -> np.ndarray:
@@ -48,9 +58,12 @@ def as_array(vector) -> np.ndarray:
 
 
 class PgVectors:
+    # every writer checks the index as it lets the write lock go (one catalog query): an index
+    # another station's build left missing or half made is rebuilt by the next writer
+    unsynced = True
+
     def __init__(self, store):
         self._store = store
-        self.unsynced = False  # the vectors changed in this object since the index was checked
 
     # -- the VectorIndex protocol ---------------------------------------------------------
 
@@ -79,26 +92,39 @@ class PgVectors:
     def search(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """The nearest searched vectors of each query vector by cosine (inner product of unit
         vectors), best first, scored by the stored vectors."""
+        vectors = np.asarray(vectors, np.float32)
+        statement = self._statement(k)
+        if statement is None:
+            return [[] for _ in vectors]
+        found = []
+        for vector in vectors:
+            rows = self._store.db.execute(statement, [vector, vector, int(k)]).fetchall()
+            rows.sort(key=lambda r: (-r[1], r[0]))
+            found.append([Hit(int(i), float(s)) for i, s in rows])
+        return found
+
+    def explain(self, vector: np.ndarray, k: int) -> str:
+        """How the server runs a search for this vector (EXPLAIN): which index it uses."""
+        statement = self._statement(k)
+        return "\n".join(r[0] for r in self._store.db.execute(
+            f"EXPLAIN {statement}", [np.asarray(vector, np.float32)] * 2 + [int(k)])) if statement else ""
+
+    def _statement(self, k: int) -> str | None:
+        """The search's SQL (parameters: the vector twice, k), with the index's search effort
+        set for k; None while nothing is stored."""
         store = self._store
         model_id, dim = store.model_id, store.setting("embedding_dim")
-        vectors = np.asarray(vectors, np.float32)
         if not model_id or not dim or k <= 0:
-            return [[] for _ in vectors]
+            return None
         index = self.current()
         if index is not None and index[2] != model_id:
             index = None  # another model's (a reindex's new index is being built): exact
         order = "vector <#> ?" if index is None else f"(vector::{index[1]}({int(dim)})) <#> ?::{index[1]}({int(dim)})"
-        found = []
-        for vector in vectors:
-            if index is not None:  # enough candidates for k hits: the list pgvector keeps
-                store.db.execute(f"SET {'ivfflat.probes' if index[0] == 'ivfflat' else 'hnsw.ef_search'} = "
-                                 f"{self._effort(index[0], k)}")
-            rows = store.db.execute(
-                f"SELECT capture_id, -(vector <#> ?) FROM embeddings WHERE model_id = {_literal(model_id)} "
-                f"AND NOT hidden ORDER BY {order} LIMIT ?", [vector, vector, int(k)]).fetchall()
-            rows.sort(key=lambda r: (-r[1], r[0]))
-            found.append([Hit(int(i), float(s)) for i, s in rows])
-        return found
+        if index is not None:  # enough candidates for k hits: the list pgvector keeps
+            store.db.execute(f"SET {'ivfflat.probes' if index[0] == 'ivfflat' else 'hnsw.ef_search'} = "
+                             f"{self._effort(index[0], k)}")
+        return (f"SELECT capture_id, -(vector <#> ?) FROM embeddings WHERE model_id = {_literal(model_id)} "
+                f"AND NOT hidden ORDER BY {order} LIMIT ?")
 
     def vectors_of(self, ids) -> dict[int, np.ndarray]:
         store = self._store
@@ -111,11 +137,14 @@ class PgVectors:
         there is another (or `rebuild`); returns how many vectors are searched. Outside a
         transaction (as the write lock is let go) it is built CONCURRENTLY beside the old one,
         which then gives way: queries never wait for it."""
+        store = self._store
+        if rebuild:  # what `hidden` derives from: the specimens removed (repair)
+            with store.unit_of_work():
+                store.db.execute(FIX_HIDDEN)
         count = self._searched()
         wanted = self.planned(count)
         if rebuild or not self.in_place(wanted):
             self._build(wanted)
-        self.unsynced = False
         return count
 
     # -- for the rest of the backend --------------------------------------------------------
@@ -124,6 +153,9 @@ class PgVectors:
         """(capture id, model id, vector) of every stored vector (verify)."""
         for cid, model_id, vector in self._store.db.execute("SELECT capture_id, model_id, vector FROM embeddings"):
             yield cid, model_id, as_array(vector)
+
+    def warm(self) -> None:
+        """Nothing to load: the server holds the index."""
 
     def searchable(self, ids, shown: bool) -> None:
         """Inside the unit of work that removes (or restores) their specimen."""
@@ -138,13 +170,11 @@ class PgVectors:
         vectors = np.asarray(vectors, np.float32)
         store.db.executemany("INSERT INTO embeddings (capture_id, model_id, vector) VALUES (?, ?, ?)",
                              [(int(i), model_id, v) for i, v in zip(ids, vectors)])
-        store.db.execute("UPDATE embeddings e SET hidden = true FROM captures c JOIN specimens s "
-                         "ON s.id = c.specimen_id WHERE c.id = e.capture_id AND s.removed_at IS NOT NULL")
+        store.db.execute(FIX_HIDDEN)
         self.bump(model_id, vectors.shape[1] if len(vectors) else None)
 
     def bump(self, model_id, dim) -> int:
         """Inside a write transaction: the vectors changed (the generation counts changes)."""
-        self.unsynced = True
         return self._store._vectors_changed(model_id, dim)
 
     def forget(self) -> None:
@@ -187,7 +217,9 @@ class PgVectors:
     def _build(self, wanted: tuple[str, str] | None) -> None:
         store, db = self._store, self._store.db
         dim, count = store.setting("embedding_dim"), self._searched()
-        concurrently = "" if db.in_transaction else " CONCURRENTLY"  # (not allowed inside one)
+        if db.in_transaction:  # (where it would block every station's searches until the commit)
+            raise RuntimeError("the vector index is built outside a transaction (CONCURRENTLY)")
+        concurrently = " CONCURRENTLY"
         with store.writable():
             db.execute(f"DROP INDEX{concurrently} IF EXISTS {INDEX}_next")  # a build that was cut short
             if wanted is not None:
