@@ -99,7 +99,8 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
             register_vector(pg)
             # outside a unit of work nothing may write (as the directory's authorizer has it)
             pg.execute("SET default_transaction_read_only = on")
-            # a removed specimen's vectors are skipped: keep scanning the index past them
+            # the index is partial (what searches take), so nothing is filtered after it; should a
+            # filter ever be, the scan goes on past what it drops instead of returning fewer hits
             pg.execute("SET hnsw.iterative_scan = relaxed_order")
             pg.execute("SET ivfflat.iterative_scan = relaxed_order")
         except BaseException:
