@@ -49,6 +49,29 @@ def _same_answers(a: dict, b: dict) -> None:
         assert a[name][3] == pytest.approx(b[name][3], abs=1e-3), name
 
 
+def _unit_vectors(n: int, dim: int, seed: int):
+    import numpy as np
+
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _records(vectors, specimen_of) -> list:
+    """Capture records of these vectors, each with its own content, of specimen `specimen_of(i)`."""
+    import hashlib
+
+    from specimen_id.store import CaptureRecord
+
+    records = []
+    for i, v in enumerate(vectors):
+        data = f"capture-{i}".encode()
+        sha = hashlib.sha256(data).hexdigest()
+        records.append(CaptureRecord(specimen=specimen_of(i), data=data, extension="bin", file_sha256=sha,
+                                     pixel_sha256=sha, original_name="x.png", format="PNG", width=8, height=8,
+                                     dtype="uint8", channels=3, vector=v, features=b"f"))
+    return records
+
+
 def _psql(url, sql, *params):
     with psycopg.connect(url, autocommit=True) as c:
         return c.execute(sql, params or None).fetchall() if sql.lstrip().upper().startswith("SELECT") \
@@ -293,24 +316,11 @@ def test_a_watched_folder_feeds_a_postgresql_database_once_per_content(pg_url, t
 def test_vectors_wider_than_pgvector_indexes_are_indexed_as_halfvec_and_scored_exactly(pg_url):
     """resnet50's 2,048 values: HNSW indexes `vector` only up to 2,000, so the index is over
     halfvec; scores still come from the full vectors."""
-    import hashlib
+    from specimen_id.store import open_store
 
-    import numpy as np
-
-    from specimen_id.store import CaptureRecord, open_store
-
-    rng = np.random.default_rng(2048)
-    vectors = rng.standard_normal((6, 2048)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = _unit_vectors(6, 2048, seed=2048)
     with open_store(pg_url) as store:
-        records = []
-        for i, v in enumerate(vectors):
-            data = f"wide-{i}".encode()
-            sha = hashlib.sha256(data).hexdigest()
-            records.append(CaptureRecord(specimen=f"s{i}", data=data, extension="bin", file_sha256=sha,
-                                         pixel_sha256=sha, original_name="x.png", format="PNG", width=8, height=8,
-                                         dtype="uint8", channels=3, vector=v, features=b"f"))
-        ids = store.add_captures(records, "resnet50-like", "features")
+        ids = store.add_captures(_records(vectors, lambda i: f"s{i}"), "resnet50-like", "features")
         assert store.info()["index_kind"] == "hnsw over halfvec (pgvector)"
         store.db.execute("SET enable_seqscan = off")  # (so small a table: a scan would do as well)
         assert "Index Scan using embeddings_ann" in store.vectors.explain(vectors[2], 3)
@@ -322,23 +332,11 @@ def test_vectors_wider_than_pgvector_indexes_are_indexed_as_halfvec_and_scored_e
 def test_each_index_kind_is_built_and_used_by_the_search(pg_url):
     """Past 1,024 vectors (where `ivf` is built too): the server searches through the index
     each kind names, and finds a stored vector first with its exact score."""
-    import hashlib
+    from specimen_id.store import open_store
 
-    import numpy as np
-
-    from specimen_id.store import CaptureRecord, open_store
-
-    rng = np.random.default_rng(1100)
-    vectors = rng.standard_normal((1100, 16)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = _unit_vectors(1100, 16, seed=1100)
     with open_store(pg_url) as store:
-        records = []
-        for i, v in enumerate(vectors):
-            sha = hashlib.sha256(f"many-{i}".encode()).hexdigest()
-            records.append(CaptureRecord(specimen=f"s{i // 100}", data=b"x", extension="bin", file_sha256=sha,
-                                         pixel_sha256=sha, original_name="x.png", format="PNG", width=8, height=8,
-                                         dtype="uint8", channels=3, vector=v, features=b"f"))
-        ids = store.add_captures(records, "many", "features")
+        ids = store.add_captures(_records(vectors, lambda i: f"s{i // 100}"), "many", "features")
         store.db.execute("SET enable_seqscan = off")  # (so small a table: a scan would do as well)
         for kind, method, over in (("hnsw", "hnsw", "vector"), ("compact", "hnsw", "halfvec"),
                                    ("ivf", "ivfflat", "vector")):
