@@ -99,8 +99,8 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
             register_vector(pg)
             # outside a unit of work nothing may write (as the directory's authorizer has it)
             pg.execute("SET default_transaction_read_only = on")
-            # the index is partial (what searches take), so nothing is filtered after it; should a
-            # filter ever be, the scan goes on past what it drops instead of returning fewer hits
+            # an index scan that yields fewer than k (IVF's probed lists, HNSW's ef_search) goes on
+            # scanning instead of returning fewer hits
             pg.execute("SET hnsw.iterative_scan = relaxed_order")
             pg.execute("SET ivfflat.iterative_scan = relaxed_order")
         except BaseException:
@@ -201,7 +201,7 @@ class PostgresStore(Transactions, Settings, Captures, Curation, Removal, Audit, 
             **self.active_counts(), "queries": self.count("queries"),
             "model_id": self.model_id, "model": self.setting("model_name"),
             "features_version": self.setting("features_version"),
-            "index_vectors": self.db.execute("SELECT COUNT(*) FROM embeddings WHERE NOT hidden").fetchone()[0],
+            "index_vectors": self.vectors.searched(),
             "index_kind": self.vectors.describe(),
             "index_generation": self.generation,
             "bytes": {"tables": int(size[0]), "images": int(size[1]), "local copies": tree_size(self.blobs.root)},

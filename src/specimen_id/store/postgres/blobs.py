@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...cache import cache_dir
 from .. import renditions
-from ..files import managed, write_atomic
+from ..files import content_key, managed, write_atomic
 
 
 class PgBlobs:
@@ -23,7 +23,8 @@ class PgBlobs:
         """Keep these bytes once per content (a row; inside the caller's unit of work, else its
         own); returns their key."""
         store = self._store
-        key = managed(self.root, f"{sha256}.{extension}").name  # (the one rule for keys)
+        key = content_key(sha256, extension)
+        managed(self.root, key)  # (the one rule for keys)
         if store.db.execute("SELECT 1 FROM blobs WHERE key = ?", [key]).fetchone() is None:
             with store.unit_of_work(append_only=True):
                 store.db.execute("INSERT INTO blobs (key, data) VALUES (?, ?) ON CONFLICT DO NOTHING", [key, data])

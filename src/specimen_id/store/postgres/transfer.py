@@ -114,7 +114,7 @@ def _counter(store, table: str) -> int:
 def _to_sqlite(table: str, row: dict, columns: list[str]) -> list:
     if table == "embeddings":
         row["vector"] = as_array(row["vector"]).tobytes()
-    return [bytes(v) if isinstance(v, memoryview) else v for v in (row[c] for c in columns)]
+    return [row[c] for c in columns]
 
 
 def _from_sqlite(table: str, row: dict) -> list:

@@ -141,10 +141,10 @@ class PgVectors:
         if rebuild:  # what `hidden` derives from: the specimens removed (repair)
             with store.unit_of_work():
                 store.db.execute(FIX_HIDDEN)
-        count = self._searched()
+        count = self.searched()
         wanted = self.planned(count)
         if rebuild or not self.in_place(wanted):
-            self._build(wanted)
+            self._build(wanted, count)
         return count
 
     # -- for the rest of the backend --------------------------------------------------------
@@ -183,10 +183,11 @@ class PgVectors:
     def planned(self, count: int | None = None) -> tuple[str, str] | None:
         """The index the setting `index` asks for now."""
         dim = self._store.setting("embedding_dim")
-        count = self._searched() if count is None else count
+        count = self.searched() if count is None else count
         return index_for(self._store.setting("index", DEFAULT_KIND), int(dim), count) if dim else None
 
-    def _searched(self) -> int:
+    def searched(self) -> int:
+        """How many vectors a search takes (the database's model, not hidden)."""
         return self._store.db.execute("SELECT COUNT(*) FROM embeddings WHERE model_id = ? AND NOT hidden",
                                       [self._store.model_id]).fetchone()[0]
 
@@ -214,21 +215,21 @@ class PgVectors:
         return (row[0], "halfvec" if "halfvec" in row[1] else "vector",
                 model.group(1).replace("''", "'") if model else None)
 
-    def _build(self, wanted: tuple[str, str] | None) -> None:
+    def _build(self, wanted: tuple[str, str] | None, count: int) -> None:
+        """Build `wanted` (over `count` vectors) beside the index in use, then put it in its place."""
         store, db = self._store, self._store.db
-        dim, count = store.setting("embedding_dim"), self._searched()
         if db.in_transaction:  # (where it would block every station's searches until the commit)
             raise RuntimeError("the vector index is built outside a transaction (CONCURRENTLY)")
-        concurrently = " CONCURRENTLY"
         with store.writable():
-            db.execute(f"DROP INDEX{concurrently} IF EXISTS {INDEX}_next")  # a build that was cut short
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}_next")  # a build that was cut short
             if wanted is not None:
                 method, kind = wanted
+                dim = int(store.setting("embedding_dim"))
                 options = f" WITH (lists = {max(1, int(count ** 0.5))})" if method == "ivfflat" else ""
-                db.execute(f"CREATE INDEX{concurrently} {INDEX}_next ON embeddings USING {method} "
-                           f"((vector::{kind}({int(dim)})) {kind}_ip_ops){options} "
+                db.execute(f"CREATE INDEX CONCURRENTLY {INDEX}_next ON embeddings USING {method} "
+                           f"((vector::{kind}({dim})) {kind}_ip_ops){options} "
                            f"WHERE model_id = {_literal(store.model_id)} AND NOT hidden")
-            db.execute(f"DROP INDEX{concurrently} IF EXISTS {INDEX}")
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}")
             if wanted is not None:
                 db.execute(f"ALTER INDEX {INDEX}_next RENAME TO {INDEX}")
 
