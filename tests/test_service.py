@@ -169,25 +169,37 @@ def test_a_page_change_while_another_writer_holds_on_is_503_not_a_form_error(enr
     assert client.get("/api/specimens/he-tissue-a").status_code == 200  # nothing changed
 
 
-def test_many_files_answered_ahead_give_what_each_file_alone_gives(enrolled, tmp_path):
-    """`query FILE...` prepares the next files in a thread while one is verified: the answers,
-    in order, are those of each file answered on its own, and a refused file among them is
-    refused in its place."""
+def test_many_files_answered_as_a_pipeline_give_what_each_file_alone_gives(enrolled, tmp_path):
+    """`query FILE...` prepares files ahead in workers and embeds, searches and logs them in
+    batches: the answers, in order, are those of each file answered on its own (decisions and
+    ranks alike, scores within 1e-6), a refused file among them is refused in its place, and
+    every answer is logged as it was given."""
     from specimen_id.models import embedder_for
-    from specimen_id.search.query import answer, query
+    from specimen_id.search.query import BATCH, answer, query
 
     (tmp_path / "not-an-image.png").write_bytes(b"hello")
-    files = [*sorted(QUERIES.glob("*.jpg")), tmp_path / "not-an-image.png", QUERIES / "recapture-he-tissue-a.jpg"]
+    queries = sorted(QUERIES.glob("*.jpg"))
+    files = [*queries, tmp_path / "not-an-image.png", *queries]  # more than a batch
+    assert len(files) > BATCH
 
-    def shown(result):
-        return result["decision"], result.get("specimen"), [(c["capture"], c["score"]) for c in result.get(
-            "candidates", [])]
+    def ranks(result):
+        return result["decision"], result.get("specimen"), [c["capture"] for c in result.get("candidates", [])]
+
+    def scores(result):
+        return [result.get("score") or 0.0, *(c["score"] for c in result.get("candidates", []))]
 
     with Database(enrolled.db) as db:
-        together = list(query(db, files, log=False))
+        together = list(query(db, files))
         embedder = embedder_for(db)
         alone = [answer(db, images.load(f), embedder, log=False) if f.suffix == ".jpg" else None for f in files]
+        logged = {r["query_id"]: db.logged_query(r["query_id"]) for r in together if "query_id" in r}
     assert [r["query"] for r in together] == [str(f) for f in files]
-    assert together[-2]["decision"] == "refused" and "not-an-image.png" in together[-2]["error"]
-    assert [shown(r) for r, a in zip(together, alone) if a] == [shown(a) for a in alone if a]
+    refused = files.index(tmp_path / "not-an-image.png")
+    assert together[refused]["decision"] == "refused" and "not-an-image.png" in together[refused]["error"]
+    pairs = [(r, a) for r, a in zip(together, alone) if a]
+    assert [ranks(r) for r, _ in pairs] == [ranks(a) for _, a in pairs]
+    for r, a in pairs:
+        assert np.allclose(scores(r), scores(a), rtol=0, atol=1e-6), (r["query"], scores(r), scores(a))
     assert sum(r["decision"] == "match" for r in together) >= 5
+    assert len(logged) == len(pairs)  # one row each, as answered
+    assert all(logged[r["query_id"]]["decision"] == r["decision"] for r, _ in pairs)

@@ -239,9 +239,9 @@ def test_queries_logged_while_their_specimen_is_merged_or_renamed_follow_it(loca
             data = f"query {n}".encode()
             sha = hashlib.sha256(data).hexdigest()
             capture = SimpleNamespace(data=data, extension="bin", file_sha256=sha, pixel_sha256=sha, quality={})
-            decided = {"query": "q.png", "decision": "match", "specimen": old, "score": 0.9,
+            decided = {"query": "q.png", "decision": "match", "specimen": old, "score": 0.9, "threshold": 0.5,
                        "candidates": [{"specimen": old, "score": 0.9}]}
-            listed = {"query": "q.png", "decision": "no_match", "specimen": None, "score": 0.1,
+            listed = {"query": "q.png", "decision": "no_match", "specimen": None, "score": 0.1, "threshold": 0.5,
                       "candidates": [{"specimen": old, "score": 0.1}]}
             failures = []
 
@@ -254,7 +254,7 @@ def test_queries_logged_while_their_specimen_is_merged_or_renamed_follow_it(loca
 
             curating = threading.Thread(target=curate)
             with station.unit_of_work(append_only=True):  # the queries' rows, not yet committed
-                logged = [station.log_query(r, capture, MODEL, 0.5, 5, "test") for r in (decided, listed)]
+                logged = station.log_queries([(decided, capture), (listed, capture)], MODEL, 5, "test")
                 curating.start()
                 curating.join(0.5)
                 assert curating.is_alive()  # it waits for them

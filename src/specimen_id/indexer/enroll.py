@@ -15,7 +15,7 @@ from ..progress import progress_bar
 from ..search.overlap import find_overlaps
 from ..store import CaptureRecord, check_metadata
 from ..text import name_problem
-from .pipeline import evidence, prepare
+from .pipeline import evidence, load_measured, prepare
 
 BATCH = 16  # captures per transaction: a kill loses at most this much work
 
@@ -93,7 +93,7 @@ def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, pro
             bar.update(len(batch))
             batch.clear()
 
-        for prepared in prepare(items, lambda item: _load_and_measure(item[1]), embedder,
+        for prepared in prepare(items, lambda item: load_measured(item[1]), embedder,
                                 wanted=lambda c: c.file_sha256 not in known):
             name, capture = prepared.item[0], prepared.capture
             if capture is not None and any(p.capture.pixel_sha256 == capture.pixel_sha256 for p in batch):
@@ -145,14 +145,6 @@ def _open_specimen(db, name, paths, metadata, report, bar) -> bool:
     except UnknownSpecimen:
         pass  # created with its first capture, in the same transaction
     return True
-
-
-def _load_and_measure(source):
-    """A file decoded (or a capture decoded already, e.g. by `watch`), its quality measured
-    here, in a worker thread, not in the writer's."""
-    capture = source if isinstance(source, images.Capture) else images.load(source)
-    capture.quality  # noqa: B018
-    return capture
 
 
 def _already_enrolled(db, capture, name, seen, allow_duplicate) -> str | None:

@@ -1,5 +1,6 @@
-"""The enrolment pipeline: while the caller embeds one batch and writes it to the database,
-worker threads read, decode, hash and extract the local features of the captures ahead.
+"""The pipeline of enrolment and of batch queries: while the caller embeds one batch and
+stores (or answers) it, worker threads read, decode, hash, measure and extract the local
+features and CNN input of the captures ahead.
 
 Threads rather than processes: OpenCV (decode, SIFT, resize), hashlib and OpenVINO release the
 GIL for their heavy work, and captures need not be pickled between processes. Results come
@@ -32,13 +33,13 @@ class Prepared:
     item: object  # what the caller asked for (a path, a capture id…)
     capture: Decoded | None = None
     error: ImageRefused | None = None
-    features: bytes | None = None  # local features, serialised
+    features: local_features.LocalFeatures | None = None
     cnn_input: np.ndarray | None = None  # CHW float32, ready for the network
 
     def complete(self, embedder) -> "Prepared":
         """Compute what a worker skipped (see `wanted` in `prepare`)."""
         if self.features is None:
-            self.features = local_features.extract(self.capture.pixels).to_bytes()
+            self.features = local_features.extract(self.capture.pixels)
         if self.cnn_input is None:
             self.cnn_input = embedder.preprocess(self.capture.pixels)
         return self
@@ -70,7 +71,17 @@ def prepare(items, load, embedder, wanted=lambda capture: True, workers: int | N
 
 
 def evidence(embedder, batch: list[Prepared]) -> tuple[np.ndarray, list[bytes]]:
-    """Embeddings and local features of a batch of prepared captures."""
+    """Embeddings and local features (serialised, to store) of a batch of prepared captures."""
     for p in batch:
         p.complete(embedder)
-    return embedder.embed_inputs(np.stack([p.cnn_input for p in batch])), [p.features for p in batch]
+    return embedder.embed_inputs(np.stack([p.cnn_input for p in batch])), [p.features.to_bytes() for p in batch]
+
+
+def load_measured(source):
+    """A file decoded (or a capture decoded already, e.g. by `watch`), its quality measured
+    here, in a worker thread, not in the caller's."""
+    from .. import images
+
+    capture = source if isinstance(source, images.Capture) else images.load(source)
+    capture.quality  # noqa: B018
+    return capture

@@ -8,7 +8,9 @@ own."""
 
 from __future__ import annotations
 
-from .. import __version__, fixed_pattern, images, local_features, quality
+import numpy as np
+
+from .. import __version__, fixed_pattern, local_features, quality
 from ..config import setting
 from ..errors import ImageRefused
 from ..local_features import LocalFeatures
@@ -22,18 +24,23 @@ VIEW_SHORTLIST = 8
 
 
 def rank(db, vector, features: LocalFeatures, top_k: int, shortlist: int,
-         exclude: set[int] = frozenset(), views=None, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+         exclude: set[int] = frozenset(), views=None, threshold: float = DEFAULT_THRESHOLD,
+         searched=None) -> list[dict]:
     """The specimens in the shortlist (at least top_k of them, where there are), best fused
     score first, with their evidence (captures in `exclude` left out: calibration queries a
     capture against the others). Each specimen is represented by its best capture among those
     the query shows (score.SHOWS), else by its best capture. `views` (a function giving the query's turned and zoomed vectors,
     models/views.py) widens the shortlist when none of it is a field the query shows at the
-    threshold."""
+    threshold. `searched`: the vector's hits for max(shortlist, top_k), when made already (a
+    batch's vectors are searched at once)."""
     k = max(shortlist, top_k)
     scored: dict[int, dict] = {}  # capture id -> candidate, kept when the search widens
     pattern = []  # the microscope's, from the first shortlist (nearest first)
     while True:
-        found = [(hit.similarity, hit.capture_id) for hit in db.vectors.search(vector[None], k)[0]]
+        if searched is None:
+            searched = db.vectors.search(vector[None], k)[0]
+        found = [(hit.similarity, hit.capture_id) for hit in searched]
+        searched = None  # a widened search is made again
         _verify(db, features, found, exclude, scored, pattern)
         if views is not None and not any(c["score"] >= threshold and shows_field(c) for c in scored.values()):
             turned = views()
@@ -96,70 +103,52 @@ def exact_copies(db, capture) -> list[dict]:
             for row in db.find_captures(capture.file_sha256, capture.pixel_sha256)]
 
 
+# Files answered together: their CNN inputs go through the network in one call and their
+# vectors through one search, and their log rows commit at once. The first answer waits for
+# the batch, which a person at the microscope (one file) never sees.
+BATCH = 8
+
+
 def query(db, paths, top_k: int | None = None, threshold: float | None = None, *, model=None,
           weights=None, embedder=None, log: bool = True):
     """Yield one result dict per file, in order; a refused file yields a `refused` result and
     the rest go on. Every answered query is logged with what it takes to explain it later.
-    The next file is read, decoded, measured, given its local features and embedded in a
-    thread (PREFETCH) while this one is searched and verified: the same work, the same
-    answers, overlapped. `paths` is read that far ahead."""
+    A pipeline (indexer/pipeline.py): worker threads read, decode, measure and extract the
+    local features and CNN input of the files ahead while this thread answers a BATCH; each
+    is verified on all cores (verification.verify_many). The answers are those of answering
+    each file on its own. `paths` is read a few batches ahead."""
+    from ..indexer.pipeline import load_measured, prepare as pipeline
+
     embedder = embedder or embedder_for(db, model, weights)
-
-    def load_and_prepare(path):
-        capture = images.load(path)
-        return capture, prepare(capture, embedder)
-
-    for path, loaded in prefetched(paths, load_and_prepare, PREFETCH):
-        if isinstance(loaded, ImageRefused):
-            yield {"query": str(path), "decision": "refused", "error": str(loaded)}
-            continue
-        capture, prepared = loaded
-        yield answer(db, capture, embedder, top_k, threshold, log=log, prepared=prepared)
+    pending = []
+    for prepared in pipeline(paths, load_measured, embedder):
+        pending.append(prepared)
+        if len(pending) == BATCH:
+            yield from _answer_batch(db, pending, embedder, top_k, threshold, log)
+            pending = []
+    yield from _answer_batch(db, pending, embedder, top_k, threshold, log)
 
 
-# Files prepared ahead of the one being answered: one keeps the preparing thread busy while
-# this one is verified; more would only hold more captures (file bytes and pixels) in memory.
-PREFETCH = 1
-
-
-def prefetched(items, work, ahead: int):
-    """(item, work(item)) in order, with work done up to `ahead` items early in one thread; an
-    ImageRefused from it is the item's result."""
-    import contextvars
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    def guarded(item):
-        try:
-            return work(item)
-        except ImageRefused as e:
-            return e
-
-    items = iter(items)
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending, failed = deque(), None
-        try:
-            while True:
-                try:
-                    item = next(items)
-                except StopIteration:
-                    break
-                except BaseException as e:  # the items themselves failed: answer what came before first
-                    failed = e
-                    break
-                # (the caller's context goes along, as the service's pool does)
-                pending.append((item, pool.submit(contextvars.copy_context().run, guarded, item)))
-                if len(pending) > ahead:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-            if failed is not None:
-                raise failed
-        finally:  # a caller that stops early: what is queued is dropped, not done
-            for _, future in pending:
-                future.cancel()
+def _answer_batch(db, batch: list, embedder, top_k, threshold, log: bool) -> list[dict]:
+    """The results of a batch of prepared files (indexer.pipeline.Prepared), logged at once."""
+    ready = [p for p in batch if p.error is None]
+    answered = {}
+    top_k = int(top_k or setting(db, "top_k"))
+    if ready:
+        vectors = embedder.embed_inputs(np.stack([p.cnn_input for p in ready]))
+        k = max(int(setting(db, "shortlist")), top_k)
+        hits = db.vectors.search(vectors, k)
+        for p, vector, found in zip(ready, vectors, hits):
+            answered[id(p)] = answer(db, p.capture, embedder, top_k, threshold, log=False,
+                                     prepared=(p.features, vector), hits=found)
+    if log and answered:
+        results = [answered[id(p)] for p in ready]
+        ids = db.log_queries([(r, p.capture) for r, p in zip(results, ready)], embedder.model_id,
+                             top_k, __version__, SCORE_KIND)
+        for result, query_id in zip(results, ids):
+            result["query_id"] = query_id
+    return [answered[id(p)] if p.error is None else
+            {"query": str(p.item), "decision": "refused", "error": str(p.error)} for p in batch]
 
 
 def prepare(capture, embedder) -> tuple:
@@ -170,9 +159,9 @@ def prepare(capture, embedder) -> tuple:
 
 
 def answer(db, capture, embedder, top_k: int | None = None, threshold: float | None = None,
-           log: bool = True, prepared: tuple | None = None) -> dict:
+           log: bool = True, prepared: tuple | None = None, hits=None) -> dict:
     """The result for one decoded capture (files and uploads alike); `prepared`, this capture's
-    `prepare(capture, embedder)`, when made already."""
+    `prepare(capture, embedder)`, and `hits`, its vector's search (see rank), when made already."""
     notes = []
     if threshold is None:
         threshold = db.threshold(SCORE_KIND, DEFAULT_THRESHOLD)
@@ -181,7 +170,7 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
     top_k = int(top_k or setting(db, "top_k"))
     features, vector = prepared or prepare(capture, embedder)
     ranked = rank(db, vector, features, top_k, int(setting(db, "shortlist")),
-                  views=lambda: embedder.embed(views(capture.pixels)), threshold=threshold)
+                  views=lambda: embedder.embed(views(capture.pixels)), threshold=threshold, searched=hits)
     decided = decide(ranked, threshold, margin)  # over every specimen verified, not only those listed
     if decided["specimen"]:  # the answer leads the list, ahead of a neighbour that verified as well
         ranked = sorted(ranked, key=lambda c: c["specimen"] != decided["specimen"])
@@ -191,6 +180,6 @@ def answer(db, capture, embedder, top_k: int | None = None, threshold: float | N
               "quality": capture.quality,
               "warnings": [*capture.warnings, *quality.problems(capture.quality, quality.limits(db)), *notes]}
     if log:
-        result["query_id"] = db.log_query(result, capture, embedder.model_id, threshold, top_k,
-                                          __version__, SCORE_KIND)
+        result["query_id"] = db.log_queries([(result, capture)], embedder.model_id, top_k, __version__,
+                                            SCORE_KIND)[0]
     return result

@@ -10,25 +10,31 @@ from .settings import now
 
 
 class QueryLog:
-    def log_query(self, result: dict, capture, model_id: str, threshold: float, top_k: int,
-                  software_version: str, score_kind: str = "cosine") -> str:
-        key = self.blobs.put(capture.data, capture.file_sha256, capture.extension)
-        query_uuid = str(uuid.uuid4())
+    def log_queries(self, answered: list[tuple[dict, object]], model_id: str, top_k: int,
+                    software_version: str, score_kind: str = "cosine") -> list[str]:
+        """Log answered (result, capture) pairs, each at its result's threshold, in one unit of
+        work: a batch of files commits once. Returns their query UUIDs, in order."""
+        def keep():
+            return [self.blobs.put(capture.data, capture.file_sha256, capture.extension) for _, capture in answered]
+
+        keys = keep()
+        uuids = [str(uuid.uuid4()) for _ in answered]
         with self.unit_of_work(append_only=True):
-            specimen_id = self.specimen(result["specimen"])["id"] if result.get("specimen") else None
-            self.db["queries"].insert({
-                "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
-                "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
-                "image_key": key, "model_id": model_id, "threshold": threshold,
-                "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
-                "specimen_id": specimen_id, "score": result["score"],
-                "candidates": json.dumps(result["candidates"]),
-                "software_version": software_version, "quality": json.dumps(capture.quality),
-                "warnings": json.dumps(result.get("warnings", [])), "margin": result.get("margin")})
+            for (result, capture), key, query_uuid in zip(answered, keys, uuids):
+                specimen_id = self.specimen(result["specimen"])["id"] if result.get("specimen") else None
+                self.db["queries"].insert({
+                    "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
+                    "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
+                    "image_key": key, "model_id": model_id, "threshold": result["threshold"],
+                    "score_kind": score_kind, "top_k": top_k, "decision": result["decision"],
+                    "specimen_id": specimen_id, "score": result["score"],
+                    "candidates": json.dumps(result["candidates"]),
+                    "software_version": software_version, "quality": json.dumps(capture.quality),
+                    "warnings": json.dumps(result.get("warnings", [])), "margin": result.get("margin")})
         # A purge running meanwhile (queries do not take the write lock) may have deleted the
-        # same content as unreferenced just before this row referenced it: write it again.
-        self.blobs.put(capture.data, capture.file_sha256, capture.extension)
-        return query_uuid
+        # same content as unreferenced just before a row referenced it: write it again.
+        keep()
+        return uuids
 
     def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
         """Logged queries, newest first (only those decided for one specimen, if given)."""
