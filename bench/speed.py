@@ -209,7 +209,8 @@ def part_enrol(args) -> None:
             ("enrolment end to end (640x480 JPEG files)", f"{enrol_rate:.1f} images/s",
              f"{enrol_rate / reference:.2f}x the reference (target 1.5x); {enrol_rate / dedup:.2f}x imagededup"),
             ("what the stage costs below allow on all cores", f"{ceiling:.1f} images/s",
-             f"enrolment reached {enrol_rate / ceiling:.0%} of it (target 85%)"),
+             f"enrolment reached {enrol_rate / ceiling:.0%} of it (target 85%): the share of all cores "
+             "it kept busy, as storing is measured as the rest of its CPU time"),
             ("batch identification (`query FILE...`, shortlist 100)", f"{identify:.1f} images/s",
              f"{identify / reference:.2f}x the reference (target 0.33x); {right} of {len(queries)} matched "
              "to their field"),

@@ -203,3 +203,24 @@ def test_many_files_answered_as_a_pipeline_give_what_each_file_alone_gives(enrol
     assert sum(r["decision"] == "match" for r in together) >= 5
     assert len(logged) == len(pairs)  # one row each, as answered
     assert all(logged[r["query_id"]]["decision"] == r["decision"] for r, _ in pairs)
+
+
+def test_files_listed_before_a_listing_fails_are_answered_first(enrolled):
+    """A list of files that fails part way (a folder that went away): the files listed before
+    it are answered, then the failure is raised."""
+    from specimen_id.search.query import query
+
+    def listing():
+        yield from sorted(QUERIES.glob("*.jpg"))[:3]
+        raise OSError("the folder went away")
+
+    answered = []
+    with Database(enrolled.db) as db:
+        try:
+            for result in query(db, listing(), log=False):
+                answered.append(result)
+        except OSError as e:
+            failure = str(e)
+    assert failure == "the folder went away"
+    assert [r["query"] for r in answered] == [str(f) for f in sorted(QUERIES.glob("*.jpg"))[:3]]
+    assert all(r["decision"] in ("match", "no_match", "ambiguous") for r in answered)

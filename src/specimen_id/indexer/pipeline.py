@@ -63,11 +63,15 @@ def prepare(items, load, embedder, wanted=lambda capture: True, workers: int | N
     with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
         items = iter(items)
         pending = deque(pool.submit(work, item) for item in islice(items, ahead))
-        while pending:
-            result = pending.popleft().result()
-            for item in islice(items, 1):
-                pending.append(pool.submit(work, item))
-            yield result
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in islice(items, 1):
+                    pending.append(pool.submit(work, item))
+                yield result
+        finally:  # a caller that stops early: what is queued is dropped, not done
+            for future in pending:
+                future.cancel()
 
 
 def evidence(embedder, batch: list[Prepared]) -> tuple[np.ndarray, list[bytes]]:

@@ -12,7 +12,6 @@ import numpy as np
 
 from .. import __version__, fixed_pattern, local_features, quality
 from ..config import setting
-from ..errors import ImageRefused
 from ..local_features import LocalFeatures
 from ..models import embedder_for
 from ..models.views import views
@@ -116,17 +115,29 @@ def query(db, paths, top_k: int | None = None, threshold: float | None = None, *
     A pipeline (indexer/pipeline.py): worker threads read, decode, measure and extract the
     local features and CNN input of the files ahead while this thread answers a BATCH; each
     is verified on all cores (verification.verify_many). The answers are those of answering
-    each file on its own. `paths` is read a few batches ahead."""
-    from ..indexer.pipeline import load_measured, prepare as pipeline
+    each file on its own. `paths` is read a few batches ahead; a batch is logged before its
+    first answer is given."""
+    from ..indexer.pipeline import load_measured
+    from ..indexer.pipeline import prepare as pipeline
 
     embedder = embedder or embedder_for(db, model, weights)
+    failed = []
+
+    def listed():  # paths that fail while listed: the files before are answered first
+        try:
+            yield from paths
+        except Exception as e:
+            failed.append(e)
+
     pending = []
-    for prepared in pipeline(paths, load_measured, embedder):
+    for prepared in pipeline(listed(), load_measured, embedder):
         pending.append(prepared)
         if len(pending) == BATCH:
             yield from _answer_batch(db, pending, embedder, top_k, threshold, log)
             pending = []
     yield from _answer_batch(db, pending, embedder, top_k, threshold, log)
+    if failed:
+        raise failed[0]
 
 
 def _answer_batch(db, batch: list, embedder, top_k, threshold, log: bool) -> list[dict]:

@@ -21,7 +21,7 @@ class QueryLog:
         uuids = [str(uuid.uuid4()) for _ in answered]
         with self.unit_of_work(append_only=True):
             for (result, capture), key, query_uuid in zip(answered, keys, uuids):
-                specimen_id = self.specimen(result["specimen"])["id"] if result.get("specimen") else None
+                specimen_id = self._decided_for(result)
                 self.db["queries"].insert({
                     "uuid": query_uuid, "created_at": now(), "query_name": result["query"],
                     "file_sha256": capture.file_sha256, "pixel_sha256": capture.pixel_sha256,
@@ -35,6 +35,19 @@ class QueryLog:
         # same content as unreferenced just before a row referenced it: write it again.
         keep()
         return uuids
+
+    def _decided_for(self, result: dict) -> int | None:
+        """The id of the specimen a result was decided for; a specimen renamed or removed
+        since it was answered (a batch is logged after all of it is answered) is logged by
+        none, as the result's own text still names it."""
+        from ..errors import SpecimenRemoved, UnknownSpecimen
+
+        if not result.get("specimen"):
+            return None
+        try:
+            return self.specimen(result["specimen"], removed=True)["id"]
+        except (UnknownSpecimen, SpecimenRemoved):
+            return None
 
     def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
         """Logged queries, newest first (only those decided for one specimen, if given)."""
