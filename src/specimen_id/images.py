@@ -125,11 +125,17 @@ def stored_pixels(path: str | os.PathLike) -> np.ndarray:
                               "or remove its specimen)") from None
 
 
+# catch_warnings is not thread-safe: the pipelines decode on several threads, and one thread
+# leaving it restores the filters under another, whose Pillow warning then reaches stderr. So
+# Pillow's warnings are silenced for the process, once.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+
+
 def decode(data: bytes, name: str) -> Capture:
     """Decode one file's content; raises an ImageRefused subclass naming it, whatever is wrong
     inside (a batch goes on without the file)."""
     # Pillow warns (on stderr) about odd EXIF in damaged files; the refusal or the decoded
-    # pixels are what a user is told.
+    # pixels are what a user is told (and see the filter above).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
