@@ -37,16 +37,16 @@ class QueryLog:
         return uuids
 
     def _decided_for(self, result: dict) -> int | None:
-        """The id of the specimen a result was decided for; a specimen renamed or removed
+        """The id of the specimen a result was decided for (removed since, too); one renamed
         since it was answered (a batch is logged after all of it is answered) is logged by
         none, as the result's own text still names it."""
-        from ..errors import SpecimenRemoved, UnknownSpecimen
+        from ..errors import UnknownSpecimen
 
         if not result.get("specimen"):
             return None
         try:
             return self.specimen(result["specimen"], removed=True)["id"]
-        except (UnknownSpecimen, SpecimenRemoved):
+        except UnknownSpecimen:
             return None
 
     def queries(self, limit: int = 100, specimen_id: int | None = None) -> list[dict]:
