@@ -234,6 +234,21 @@ def test_int8_by_default_identifies_the_sample_as_f32_does(monkeypatch):
     assert nearest_fields(fast) == nearest_fields(reference)
 
 
+def test_int8_vectors_are_the_same_on_a_cpu_without_vnni(tmp_path):
+    """A lab's machines share one database, so each must embed a capture to the same vector.
+    ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU run the int8 network as a CPU without VNNI units does
+    (16-bit partial sums): its vectors must be this process's, not merely close."""
+    paths = _sample_paths()
+    here = load_embedder().embed(_sample_pixels())
+    code = ("import sys, cv2, numpy as np; from specimen_id.models import load_embedder\n"
+            "np.save(sys.argv[1], load_embedder().embed([cv2.imread(p) for p in sys.argv[2:]]))")
+    out = tmp_path / "avx2.npy"
+    done = subprocess.run([sys.executable, "-c", code, str(out), *map(str, paths)], capture_output=True,
+                          text=True, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr
+    assert np.abs(np.load(out) - here).max() < 1e-6
+
+
 def test_bfloat16_on_request_is_a_model_of_its_own(monkeypatch):
     """bf16 moves every vector a little, and only CPUs with bfloat16 units run it: its
     embeddings carry their own model_id, so a database never mixes them with f32 ones."""

@@ -363,3 +363,23 @@ def test_reviews_from_before_they_named_a_specimen_are_kept(tmp_path):
     assert db.logged_query("q-1")["review"]["verdict"] == "confirmed"
     assert db.logged_query("q-1")["warnings"] == []
     db.close()
+
+
+def test_int8_vectors_of_an_earlier_quantization_are_reindexed_not_read(enrolled):
+    """int8 vectors quantized by an earlier recipe (q2 depended on the CPU) are not this
+    version's int8: the tool points to `reindex`, not to a precision setting that would read them."""
+    current = Database(enrolled.db).model_id
+    old = current.rsplit("-", 1)[0] + "-q2"
+    assert old != current
+    conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
+    with conn:
+        conn.execute("UPDATE settings SET value = ? WHERE key = 'model_id'", [json.dumps(old)])
+        conn.execute("UPDATE embeddings SET model_id = ?", [old])
+    conn.close()
+    refused = enrolled("query", QUERIES / "recapture-he-tissue-a.jpg")
+    assert refused.exit_code == 3
+    assert f"holds embeddings of {old}, not {current}" in refused.stderr
+    assert "run `specimen-id reindex` to re-embed every capture" in refused.stderr
+    assert "SPECIMEN_ID_PRECISION" not in refused.stderr
+    assert enrolled("reindex").exit_code == 0
+    assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"

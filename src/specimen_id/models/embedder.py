@@ -117,13 +117,13 @@ def require_model(db, model_id: str) -> None:
 
     current = db.model_id
     if current and current != model_id and db.count("captures"):
-        (recipe, precision), (wanted, _) = split_precision(current), split_precision(model_id)
-        if recipe == wanted:  # only the arithmetic differs, e.g. f32 vectors from before int8
+        (recipe, precision), (wanted, asked) = split_precision(current), split_precision(model_id)
+        if recipe == wanted and precision != asked:  # e.g. f32 vectors from before int8
             fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
                    "reindex` to re-embed every capture in this precision")
         elif current.split(":")[0] == model_id.split(":")[0]:
-            # the same network under another id: this version prepares images or local
-            # features differently from the one that filled the database
+            # the same network under another id: this version prepares images or quantizes
+            # the network differently from the one that filled the database
             fix = "run `specimen-id reindex` to re-embed every capture as this version does"
         else:
             fix = "run `specimen-id reindex --model NAME` to re-embed every capture with another model"
