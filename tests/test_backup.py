@@ -15,6 +15,7 @@ import time
 from conftest import QUERIES, SPECIMENS
 from filelock import FileLock, Timeout
 
+from specimen_id.search.score import DEFAULT_THRESHOLD
 from specimen_id.store import Database
 from specimen_id.store.files import image_relpath
 from specimen_id.store.vectors import FaissIndex
@@ -61,7 +62,7 @@ def test_an_imported_archive_is_the_same_database_and_gives_the_same_answers(enr
     assert manifest["format"] == "specimen-id archive" and manifest["format_version"] == 1
     assert manifest["schema_version"] == sqlite3.connect(enrolled.db / "specimens.sqlite").execute(
         "PRAGMA user_version").fetchone()[0]
-    assert manifest["model_id"] == Database(enrolled.db).model_id and manifest["threshold"] == 0.5
+    assert manifest["model_id"] == Database(enrolled.db).model_id and manifest["threshold"] == DEFAULT_THRESHOLD
     assert manifest["counts"]["captures"] == 8 and manifest["counts"]["queries"] == 9
     assert set(manifest["members"]) == set(members) and "index.faiss" not in members
     for name, data in members.items():

@@ -33,16 +33,18 @@ from ..local_features import FEATURE_VERSION
 
 # Fitted by `python bench/accuracy.py` (real sets and the DSB tuning half; the default model,
 # int8); see bench/RESULTS.md. Other models keep these weights; `calibrate` fits their threshold.
-FUSION = {"bias": -27.38, "cnn_similarity": 24.55, "log_spread_above_chance": 9.45,
-          "correlation_above_knee": 39.93, "correlation_x_details": 1.76}
+FUSION = {"bias": -26.73, "cnn_similarity": 23.84, "log_spread_above_chance": 9.94,
+          "correlation_above_knee": 41.67, "correlation_x_details": 1.83}
 CORRELATION_KNEE = 0.6
 CHANCE_SPREAD = 5  # cells that verified pairs of unrelated fields reach by chance
 # Named after the weights themselves, so any refit is a new kind of score.
 SCORE_KIND = "fused-{}+{}".format(
     hashlib.sha256(json.dumps(FUSION, sort_keys=True).encode()).hexdigest()[:8], FEATURE_VERSION)
-# Default threshold on the fused probability: even odds, which the fit on real and simulated
-# pairs makes a calibrated 50% (bench/RESULTS.md); `specimen-id calibrate` fits a database's own.
-DEFAULT_THRESHOLD = 0.5
+# Default threshold on the fused score, P(same field) for one pair. Not even odds: a query
+# weighs a whole shortlist, so its best impostor is the best of many tries, and a false match
+# names the wrong specimen where a no_match only sends a person to look: a match must be 9 to 1.
+# bench/RESULTS.md shows what other thresholds cost; `specimen-id calibrate` fits a database's own.
+DEFAULT_THRESHOLD = 0.9
 # No evidence makes two captures certainly one field: the score stays under 1, so that a
 # threshold of 1 refuses every match.
 MAX_LOGIT = 20.0
