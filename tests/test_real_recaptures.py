@@ -84,7 +84,9 @@ def test_one_field_under_two_names_stays_ambiguous_under_a_microscopes_pattern(r
     # a field that SIFT pairs only by chance here: its thumbnails' correlation decides
     assert run("enroll", "-s", "fluo-nuclei-c-again", "--allow-duplicate", "--allow-low-quality",
                enrolled["fluo-nuclei-c"]).exit_code == 0
-    (answer,) = _answers(run, queries["fluo-nuclei-c"])
+    # at even odds: this dim field scores under the default threshold through the pattern, and
+    # the question here is whether its two names stay rivals, not whether it clears 0.9
+    (answer,) = _answers(run, "--threshold", "0.5", queries["fluo-nuclei-c"])
     assert answer["candidates"][0]["spread"] <= 5
     assert answer["decision"] == "ambiguous", answer
     assert {c["specimen"] for c in answer["contenders"]} == {"fluo-nuclei-c", "fluo-nuclei-c-again"}
