@@ -1,5 +1,6 @@
 """The database directory: migrations, the derived index, stable ids, one model per database."""
 
+import base64
 import json
 import shutil
 import sqlite3
@@ -383,3 +384,56 @@ def test_int8_vectors_of_an_earlier_quantization_are_reindexed_not_read(enrolled
     assert "SPECIMEN_ID_PRECISION" not in refused.stderr
     assert enrolled("reindex").exit_code == 0
     assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+
+
+def _probe(root) -> dict:
+    db = Database(root)
+    try:
+        return db.setting("probe")
+    finally:
+        db.close()
+
+
+def _store_probe(root, probe: dict | None) -> None:
+    conn = sqlite3.connect(root / "specimens.sqlite")
+    with conn:
+        if probe is None:
+            conn.execute("DELETE FROM settings WHERE key = 'probe'")
+        else:
+            conn.execute("UPDATE settings SET value = ? WHERE key = 'probe'", [json.dumps(probe)])
+    conn.close()
+
+
+def test_a_machine_that_embeds_otherwise_is_refused_before_it_mixes_its_vectors_in(enrolled):
+    """A lab's machines share one database. One whose libraries make other vectors under the
+    same model_id (another OpenVINO or NNCF, a CPU that rounds int8 otherwise) must not add
+    them, nor answer from them: here the stored probe is made another machine's, its vectors
+    moved by about a hundredth and its versions named."""
+    probe = _probe(enrolled.db)
+    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(4, -1).copy()
+    vectors[:, :10] += 0.05
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    _store_probe(enrolled.db, {**probe, "vectors": base64.b64encode(vectors.tobytes()).decode(),
+                               "libraries": {"nncf": "2.10.0", "openvino": "2024.0.0"}})
+    before = _vectors(enrolled.db)
+    for refused in (enrolled("query", QUERIES / "recapture-he-tissue-a.jpg"),
+                    enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg")):
+        assert refused.exit_code == 3
+        (line,) = refused.stderr.strip().splitlines()
+        assert "this machine embeds differently from the machine that filled this database" in line
+        assert "there nncf 2.10.0, openvino 2024.0.0, here nncf " in line
+        assert "run `specimen-id reindex` to re-embed every capture here" in line
+    assert _vectors(enrolled.db) == before
+    assert enrolled("reindex").exit_code == 0  # every vector made here: the probe is this machine's
+    assert _probe(enrolled.db)["libraries"] == probe["libraries"]
+    assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+
+
+def test_a_database_from_before_the_probe_gets_one_at_its_next_enrolment(enrolled):
+    probe = _probe(enrolled.db)
+    assert probe["model_id"] == Database(enrolled.db).model_id and probe["libraries"]["openvino"]
+    _store_probe(enrolled.db, None)
+    assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+    assert _probe(enrolled.db) is None  # a query takes no write lock, so it stores nothing
+    assert enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg").exit_code == 0
+    assert _probe(enrolled.db) == probe

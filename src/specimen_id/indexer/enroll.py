@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import images, local_features, quality
 from ..errors import DuplicateContent, ImageRefused, SpecimenRemoved, UnknownSpecimen, storage_failure
-from ..models import embedder_for
+from ..models import embedder_for, probe
 from ..progress import progress_bar
 from ..search.overlap import find_overlaps
 from ..store import CaptureRecord, check_metadata
@@ -72,6 +72,7 @@ def enroll_folders(db, jobs, metadata: dict | None = None, *, model=None, weight
 def _enrol(db, jobs, metadata, embedder, allow_duplicate, allow_low_quality, progress, report) -> None:
     with db.writing(), progress_bar(sum(len(f) for _, f in jobs), "enrol", progress) as bar:
         db.use_model(embedder.name, embedder.weights_path, embedder.model_id)
+        probe.record(db, embedder)
         items = [(name, path) for name, paths in jobs if _open_specimen(db, name, paths, metadata, report, bar)
                  for path in paths]
         known = db.enrolled_file_hashes()  # a re-run skips these without extracting features

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import images, local_features
-from ..models import embedder_for
+from ..models import embedder_for, probe
 from ..progress import progress_bar
 from .enroll import BATCH
 from .pipeline import evidence, prepare
@@ -40,8 +40,10 @@ def reindex(db, model: str | None = None, weights=None, progress: bool = False) 
                     embed()
             if batch:
                 embed()
-        db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors, features,
-                              local_features.FEATURE_VERSION, embedder.name, embedder.weights_path)
+        with db.unit_of_work():  # every vector is this machine's now, and so is the probe
+            db.replace_embeddings(embedder.model_id, [i for i, _ in files], vectors, features,
+                                  local_features.FEATURE_VERSION, embedder.name, embedder.weights_path)
+            probe.record(db, embedder, replace=True)
     return len(files)
 
 

@@ -103,8 +103,10 @@ def embedder_for(db, model: str | None = None, weights=None, check: bool = True)
     embedder = load_embedder(name, weights)
     if check:
         from ..local_features import FEATURE_VERSION
+        from .probe import require_same
 
         require_model(db, embedder.model_id)
+        require_same(db, embedder)  # the same model_id, but does this machine embed alike?
         db.require_features(FEATURE_VERSION)
     return embedder
 

@@ -119,6 +119,12 @@ class Settings:
         with self.unit_of_work():
             self._put_model(name, weights)
 
+    def record_probe(self, probe: dict) -> None:
+        """How this database's model embeds fixed fields (models/probe.py): a fact of the
+        machines that fill it, not a user's choice, so not audited."""
+        with self.unit_of_work():
+            self._put_setting("probe", probe)
+
     def _put_model(self, name: str, weights) -> None:
         self._put_setting("model_name", name)
         self._put_setting("weights_path", str(Path(weights).resolve()) if weights else None)
