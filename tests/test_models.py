@@ -1,8 +1,10 @@
 """Backbones load real weights (never random), embeddings are unit vectors with a model_id."""
 
 import os
+import shutil
 import subprocess
 import sys
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -179,7 +181,7 @@ def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monk
     image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     first = Embedder(backbone).embed([image])
     f32, int8 = sorted((tmp_path / "openvino").glob("*.xml"), key=lambda p: "int8" in p.name)
-    assert int8.name == f32.stem + f"-int8{INT8_RECIPE}.xml"
+    assert int8.name == f32.stem + f"-int8{INT8_RECIPE}-nncf{metadata.version('nncf')}.xml"
     assert f32.with_suffix(".bin").stat().st_size > 12e6  # float32 weights (3.4M), not fp16
     assert int8.with_suffix(".bin").stat().st_size < 6e6  # one byte per weight
     stamps = [xml.stat().st_mtime_ns for xml in (f32, int8)]
@@ -234,19 +236,34 @@ def test_int8_by_default_identifies_the_sample_as_f32_does(monkeypatch):
     assert nearest_fields(fast) == nearest_fields(reference)
 
 
-def test_int8_vectors_are_the_same_on_a_cpu_without_vnni(tmp_path):
-    """A lab's machines share one database, so each must embed a capture to the same vector.
-    ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU run the int8 network as a CPU without VNNI units does
-    (16-bit partial sums): its vectors must be this process's, not merely close."""
+def test_int8_model_and_vectors_are_the_same_on_a_cpu_without_vnni(tmp_path):
+    """A lab's machines share one database, so each must make the same int8 model and embed a
+    capture to the same vector. ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU's convolutions run as on a
+    CPU without VNNI units (16-bit partial sums): starting from the f32 conversion alone, it
+    quantizes the network to the very bytes this process uses, and embeds to the same vectors
+    (to float rounding)."""
+    from specimen_id.cache import cache_dir
+
     paths = _sample_paths()
-    here = load_embedder().embed(_sample_pixels())
+    here = load_embedder()
+    vectors = here.embed(_sample_pixels())
+    mine = {p.name: p for p in (cache_dir() / "openvino").iterdir()}
+    (tmp_path / "openvino").mkdir()
+    for name, path in mine.items():
+        if "-int8" not in name:
+            shutil.copy(path, tmp_path / "openvino" / name)
     code = ("import sys, cv2, numpy as np; from specimen_id.models import load_embedder\n"
-            "np.save(sys.argv[1], load_embedder().embed([cv2.imread(p) for p in sys.argv[2:]]))")
+            "e = load_embedder(); print(e.model_id)\n"
+            "np.save(sys.argv[1], e.embed([cv2.imread(p) for p in sys.argv[2:]]))")
     out = tmp_path / "avx2.npy"
-    done = subprocess.run([sys.executable, "-c", code, str(out), *map(str, paths)], capture_output=True,
-                          text=True, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    done = subprocess.run([sys.executable, "-c", code, str(out), *map(str, paths)], capture_output=True, text=True,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "SPECIMEN_ID_CACHE": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    assert np.abs(np.load(out) - here).max() < 1e-6
+    assert done.stdout.split() == [here.model_id] and here.model_id.endswith(f"+int8-{INT8_RECIPE}")
+    (made,) = (tmp_path / "openvino").glob("*-int8*.bin")
+    assert made.read_bytes() == mine[made.name].read_bytes()
+    # the int8 arithmetic is exact; float steps around it (pooling) may round in another order
+    np.testing.assert_allclose(np.load(out), vectors, rtol=0, atol=1e-6)
 
 
 def test_bfloat16_on_request_is_a_model_of_its_own(monkeypatch):

@@ -382,6 +382,10 @@ def test_int8_vectors_of_an_earlier_quantization_are_reindexed_not_read(enrolled
     assert f"holds embeddings of {old}, not {current}" in refused.stderr
     assert "run `specimen-id reindex` to re-embed every capture" in refused.stderr
     assert "SPECIMEN_ID_PRECISION" not in refused.stderr
+    # asked in f32, it is not told to set int8 either: int8 no longer makes those vectors
+    refused = enrolled("query", QUERIES / "recapture-he-tissue-a.jpg", env={"SPECIMEN_ID_PRECISION": "f32"})
+    assert refused.exit_code == 3 and "SPECIMEN_ID_PRECISION" not in refused.stderr
+    assert "run `specimen-id reindex` to re-embed every capture" in refused.stderr
     assert enrolled("reindex").exit_code == 0
     assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
 
@@ -404,24 +408,31 @@ def _store_probe(root, probe: dict | None) -> None:
     conn.close()
 
 
+def _another_machines_probe(root) -> dict:
+    """The stored probe made another machine's (vectors moved by about a hundredth, versions
+    named); this machine's is returned."""
+    probe = _probe(root)
+    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(4, -1).copy()
+    vectors[:, :10] += 0.05
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    _store_probe(root, {**probe, "vectors": base64.b64encode(vectors.tobytes()).decode(),
+                        "libraries": {"nncf": "2.10.0", "openvino": "2024.0.0"}})
+    return probe
+
+
 def test_a_machine_that_embeds_otherwise_is_refused_before_it_mixes_its_vectors_in(enrolled):
     """A lab's machines share one database. One whose libraries make other vectors under the
     same model_id (another OpenVINO or NNCF, a CPU that rounds int8 otherwise) must not add
     them, nor answer from them: here the stored probe is made another machine's, its vectors
     moved by about a hundredth and its versions named."""
-    probe = _probe(enrolled.db)
-    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(4, -1).copy()
-    vectors[:, :10] += 0.05
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    _store_probe(enrolled.db, {**probe, "vectors": base64.b64encode(vectors.tobytes()).decode(),
-                               "libraries": {"nncf": "2.10.0", "openvino": "2024.0.0"}})
+    probe = _another_machines_probe(enrolled.db)
     before = _vectors(enrolled.db)
     for refused in (enrolled("query", QUERIES / "recapture-he-tissue-a.jpg"),
                     enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg")):
         assert refused.exit_code == 3
         (line,) = refused.stderr.strip().splitlines()
-        assert "this machine embeds differently from the machine that filled this database" in line
-        assert "there nncf 2.10.0, openvino 2024.0.0, here nncf " in line
+        assert "embeds differently from the machine that filled this database" in line
+        assert "there nncf 2.10.0, openvino 2024.0.0 on " in line and ", here nncf " in line
         assert "run `specimen-id reindex` to re-embed every capture here" in line
     assert _vectors(enrolled.db) == before
     assert enrolled("reindex").exit_code == 0  # every vector made here: the probe is this machine's
@@ -437,3 +448,36 @@ def test_a_database_from_before_the_probe_gets_one_at_its_next_enrolment(enrolle
     assert _probe(enrolled.db) is None  # a query takes no write lock, so it stores nothing
     assert enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg").exit_code == 0
     assert _probe(enrolled.db) == probe
+
+
+def test_repair_does_not_recompute_vectors_on_a_machine_that_embeds_otherwise(enrolled):
+    _another_machines_probe(enrolled.db)
+    conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
+    with conn:
+        conn.execute("DELETE FROM embeddings WHERE capture_id = (SELECT MIN(capture_id) FROM embeddings)")
+    conn.close()
+    before = _vectors(enrolled.db)
+    repaired = enrolled("repair")
+    assert repaired.exit_code == 1
+    assert "embeds differently from the machine that filled this database" in repaired.output
+    assert _vectors(enrolled.db) == before
+
+
+def test_a_database_from_before_the_probe_is_not_stamped_by_a_machine_that_embeds_otherwise(enrolled):
+    """Without a probe, the first machine to enrol would stamp its own: it must first give a
+    few stored captures their stored vectors back. Here the stored vectors are moved as another
+    machine's would be."""
+    _store_probe(enrolled.db, None)
+    conn = sqlite3.connect(enrolled.db / "specimens.sqlite")
+    rows = conn.execute("SELECT capture_id, vector FROM embeddings").fetchall()
+    with conn:
+        for cid, blob in rows:
+            vector = np.frombuffer(blob, np.float32).copy()
+            vector[:10] += 0.05
+            conn.execute("UPDATE embeddings SET vector = ? WHERE capture_id = ?",
+                         [(vector / np.linalg.norm(vector)).astype(np.float32).tobytes(), cid])
+    conn.close()
+    refused = enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg")
+    assert refused.exit_code == 3
+    assert "between stored captures' vectors and this machine's" in refused.stderr
+    assert _probe(enrolled.db) is None

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import images, local_features
-from ..errors import ImageRefused
+from ..errors import ImageRefused, ModelMismatch
 from ..local_features import FEATURE_VERSION
-from ..models import embedder_for
+from ..models import embedder_for, probe
 
 
 @dataclass
@@ -63,6 +63,11 @@ def _recompute(db, ids: list[int], stray: int, out: RepairReport) -> None:
     if embedder.model_id != db.model_id:
         out.unfixable.append(f"this database's model {db.model_id} is not the one specimen-id now "
                              f"builds ({embedder.model_id}); run `specimen-id reindex`")
+        return
+    try:
+        probe.require_same(db, embedder)  # recomputed vectors must be the other captures' kind
+    except ModelMismatch as e:
+        out.unfixable.append(str(e))
         return
     keys = dict(db.capture_images())
     done, vectors, features = [], [], []

@@ -119,8 +119,12 @@ def require_model(db, model_id: str) -> None:
 
     current = db.model_id
     if current and current != model_id and db.count("captures"):
+        from .quantize import INT8_RECIPE
+
         (recipe, precision), (wanted, asked) = split_precision(current), split_precision(model_id)
-        if recipe == wanted and precision != asked:  # e.g. f32 vectors from before int8
+        # the setting reads them only where that precision still makes these very vectors
+        readable = current == wanted + {"f32": "", "int8": f"+int8-{INT8_RECIPE}", "bf16": "+bf16"}[precision]
+        if recipe == wanted and precision != asked and readable:  # e.g. f32 vectors from before int8
             fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
                    "reindex` to re-embed every capture in this precision")
         elif current.split(":")[0] == model_id.split(":")[0]:

@@ -6,23 +6,25 @@ CPU that rounds int8 otherwise (quantize.py), can move every vector under the sa
 and a database that mixes two such machines answers wrongly without a word. So the first
 enrolment stores the vectors this machine makes of a few fields shipped with the package (the
 probe), and every process that embeds for the database compares its own first: below
-MIN_COSINE it refuses, naming the library versions of both sides.
+MIN_COSINE it refuses, naming the libraries and CPU of both sides. A database filled before
+the probe existed gets one only once a few of its captures, embedded again here from their
+managed images, give back their stored vectors.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from importlib import metadata
 
 import numpy as np
 
 PROBE_FIELDS = 4  # the first int8 calibration fields (quantize.FIELDS), RGB as shipped
-# Runs of one machine give the same vectors to 1e-6, and f32 on two CPUs to 1e-5; an int8 model
-# quantized or run otherwise moves them by a hundredth or more (quantize.py).
+# Runs on one machine give the same vectors, and f32 on two CPUs agrees to 1e-5 (runtime.py);
+# an int8 model quantized or run otherwise moved them by a hundredth or more (quantize.py).
 MIN_COSINE = 0.999
 SETTING = "probe"
 LIBRARIES = ("openvino", "nncf")
-_alike: set = set()  # (embedder, stored probe) pairs found alike in this process
 
 
 def vectors(embedder) -> np.ndarray:
@@ -31,58 +33,108 @@ def vectors(embedder) -> np.ndarray:
     if found is None:
         import cv2
 
-        from .quantize import FIELDS
-
-        fields = [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                  for p in sorted(FIELDS.glob("*.jpg"))[:PROBE_FIELDS]]
+        fields = [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in _fields()]
         found = embedder._probe = embedder.embed(fields)
     return found
 
 
 def require_same(db, embedder) -> None:
-    """Refuse (ModelMismatch) when the database's stored probe, for this model_id, is not what
-    this machine makes of the same fields; nothing to compare when none is stored."""
-    stored = db.setting(SETTING)
-    if not stored or stored["model_id"] != embedder.model_id:
+    """Refuse (ModelMismatch) when the database's stored probe, for this model_id and these
+    fields, is not what this machine makes of them; nothing to compare when none is stored."""
+    stored = _applicable(db, embedder)
+    if stored is None:
         return
-    seen = (id(embedder), stored["vectors"])
-    if seen in _alike:  # (a web app or watcher asks once per capture)
+    alike = embedder.__dict__.setdefault("_probes_alike", set())
+    if stored["vectors"] in alike:  # (a web app or watcher asks once per capture)
         return
     there, mine = np.frombuffer(base64.b64decode(stored["vectors"]), np.float32), vectors(embedder)
     cosine = float(np.min(np.sum(there.reshape(mine.shape) * mine, axis=1))) if there.size == mine.size else -1.0
-    if cosine >= MIN_COSINE:
-        _alike.add(seen)
-        return
-    from ..errors import ModelMismatch
-
-    raise ModelMismatch(
-        f"{db.where}: this machine embeds differently from the machine that filled this database "
-        f"(cosine {cosine:.4f} on the package's reference fields, under {MIN_COSINE}; there "
-        f"{_versions(stored['libraries'])}, here {_versions(libraries())}): install the versions it "
-        "was filled with, or run `specimen-id reindex` to re-embed every capture here (the other "
-        "machines then need this machine's versions)")
+    if cosine < MIN_COSINE:
+        _refuse(db, f"cosine {cosine:.4f} on the package's reference fields, under {MIN_COSINE}; there "
+                    f"{_machine(stored)}, here {_machine(_this_machine())}")
+    alike.add(stored["vectors"])
 
 
 def record(db, embedder, replace: bool = False) -> None:
     """Store this machine's probe, unless one for this model_id is there (then it must match);
     `replace` when every vector was just made here (reindex). Called inside the write lock."""
-    stored = db.setting(SETTING)
-    if stored and stored["model_id"] == embedder.model_id and not replace:
-        require_same(db, embedder)
-        return
-    db.record_probe({"model_id": embedder.model_id, "libraries": libraries(),
+    if not replace:
+        if _applicable(db, embedder) is not None:
+            require_same(db, embedder)
+            return
+        _require_stored_alike(db, embedder)
+    db.record_probe({"model_id": embedder.model_id, "fields": _field_hashes(), **_this_machine(),
                      "vectors": base64.b64encode(vectors(embedder).astype(np.float32).tobytes()).decode()})
 
 
-def libraries() -> dict:
-    found = {}
+def _require_stored_alike(db, embedder) -> None:
+    """Before a database's first probe: a few stored captures, embedded again here, must give
+    their stored vectors back (else this machine is not the one that filled it)."""
+    from .. import images
+    from ..errors import SpecimenIdError
+
+    if db.model_id != embedder.model_id:
+        return  # a new database, or one being switched to this model
+    captures = db.capture_images()[:PROBE_FIELDS]
+    stored, pairs = db.vectors.vectors_of([cid for cid, _ in captures]), []
+    for cid, key in captures:
+        try:
+            pairs.append((stored[cid], images.stored_pixels(db.blobs.file(key))))
+        except (KeyError, SpecimenIdError):  # no vector, or a damaged image: `verify` says so
+            continue
+    if not pairs:
+        return
+    again = embedder.embed([pixels for _, pixels in pairs])
+    cosine = float(np.min(np.sum(again * np.stack([vector for vector, _ in pairs]), axis=1)))
+    if cosine < MIN_COSINE:
+        _refuse(db, f"cosine {cosine:.4f} between stored captures' vectors and this machine's, under "
+                    f"{MIN_COSINE}; here {_machine(_this_machine())}")
+
+
+def _refuse(db, evidence: str):
+    from ..errors import ModelMismatch
+
+    raise ModelMismatch(
+        f"{db.where}: this machine (its libraries or its CPU) embeds differently from the machine that "
+        f"filled this database ({evidence}): use the versions it was filled with, or run `specimen-id "
+        "reindex` to re-embed every capture here (the other machines then need this machine's)")
+
+
+def _applicable(db, embedder) -> dict | None:
+    stored = db.setting(SETTING)
+    if not stored or stored.get("model_id") != embedder.model_id or stored.get("fields") != _field_hashes():
+        return None  # another model's, or made of other fields (another version of the package)
+    return stored
+
+
+def _fields():
+    from .quantize import FIELDS
+
+    return sorted(FIELDS.glob("*.jpg"))[:PROBE_FIELDS]
+
+
+def _field_hashes() -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in _fields()]
+
+
+def _this_machine() -> dict:
+    import platform
+
+    libraries = {}
     for name in LIBRARIES:
         try:
-            found[name] = metadata.version(name)
+            libraries[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+            libraries[name] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"libraries": libraries, "cpu": cpu}
 
 
-def _versions(libraries_: dict) -> str:
-    return ", ".join(f"{name} {version or 'absent'}" for name, version in sorted(libraries_.items()))
+def _machine(facts: dict) -> str:
+    libraries = ", ".join(f"{name} {version or 'absent'}" for name, version in sorted(facts["libraries"].items()))
+    return f"{libraries} on {facts.get('cpu') or 'an unnamed CPU'}"

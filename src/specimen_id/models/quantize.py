@@ -8,12 +8,14 @@ the same inputs. On bench/accuracy.py it identifies better than f32 (see README)
 vectors sit at cosine about 0.92 to f32 ones, so an int8 database is a model of its own (the
 model_id says so).
 
-Weights are kept to 7 bits (NNCF's overflow fix on every layer, not only the first). CPUs
-without VNNI units (AVX2, AVX-512 before Cascade Lake) add int8 products in pairs into 16-bit
-sums, which 8-bit weights can overflow; VNNI's 32-bit sums never do. With 8-bit weights the same
-capture gave other vectors on such CPUs (cosine down to 0.79), so one database filled from two
-machines mixed two models under one id. With 7 bits every CPU computes the same integers, and
-the vectors are identical (tests/test_models.py runs this CPU as an AVX2 one to check).
+NNCF's overflow fix applies to every layer, not only the first: the weights of the ordinary and
+pointwise convolutions keep 7 bits (NNCF leaves the depthwise ones at 8; oneDNN sums those in 32
+bits). CPUs without VNNI units (AVX2, AVX-512 before Cascade Lake) add int8 products in pairs
+into 16-bit sums, which 8-bit weights can overflow; VNNI's 32-bit sums never do. With 8-bit
+weights the same capture gave other vectors on such CPUs (cosine down to 0.79), so one database
+filled from two machines mixed two models under one id. With 7 bits, this CPU run as an AVX2 one
+(oneDNN's ISA capped) quantizes the network to the same bytes and embeds to the same vectors
+(tests/test_models.py); models/probe.py refuses a machine that still differs.
 """
 
 from __future__ import annotations

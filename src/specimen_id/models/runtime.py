@@ -81,7 +81,10 @@ def _openvino(spec, build):
         return quantize(f32_model(), [to_input(f, spec.input_size, spec.mean, spec.std)[None]
                                       for f in calibration_fields()])
 
-    model = _cached(core, f"{stem}-int8{INT8_RECIPE}", int8_model) if asked == "int8" else f32_model()
+    # NNCF's release is in the name too: another one may quantize otherwise (models/probe.py)
+    nncf_version = _version("nncf")
+    model = (_cached(core, f"{stem}-int8{INT8_RECIPE}-nncf{nncf_version}", int8_model) if asked == "int8"
+             else f32_model())
     # int8 leaves some operations in float: keep them f32, not bf16 on CPUs that have it
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32" if asked == "int8" else asked,
@@ -100,6 +103,15 @@ def _openvino(spec, build):
     run.precision = f"int8-{INT8_RECIPE}" if asked == "int8" else (
         compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
     return run
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 def _cached(core, stem: str, make):

@@ -3,7 +3,8 @@
 Genuine scores come from specimens with two or more captures (each capture queried against the
 others, itself left out), from logged decisions a person confirmed (and impostor scores from
 those they rejected), and, where those are too few, from simulated re-captures of enrolled
-images. Impostor scores are every other specimen's score in the same queries. The threshold is
+images. Impostor scores are each such query's best other specimen (a false match is made per
+query, by the best of its shortlist). The threshold is
 the lowest that keeps the impostor share at or under the target false-match rate (never under
 the shipped default when there are too few impostor scores to see that rate), and it is stored
 for this model_id and score kind only.
@@ -73,7 +74,7 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
     for review in db.reviewed(SCORE_KIND):
         found, others = reviewed_pairs(review)
         genuine += found
-        impostor += others
+        impostor += [max(others)] if others else []  # one per query, as below
         sources["reviewed queries"] += bool(found or others)
     rng = np.random.default_rng(seed)
     repeats = [(cid, path) for cid, path in files if counts[owners[cid]["specimen"]] > 1]
@@ -86,9 +87,11 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
         candidates = rank(db, vector, local_features.extract(pixels), top_k,
                           int(setting(db, "shortlist")), exclude=exclude)[:top_k]
         genuine.append(next((c["score"] for c in candidates if c["specimen"] == truth), 0.0))
-        # a neighbouring field that shares part of the view verifies as one scene: it is
-        # reported as an overlap, never matched, so it is no impostor either
-        impostor.extend(c["score"] for c in candidates if c["specimen"] != truth and shows_field(c))
+        # the query's best other field: a false match is made per query, by the best of its
+        # shortlist. A neighbouring field that shares part of the view verifies as one scene: it
+        # is reported as an overlap, never matched, so it is no impostor either.
+        impostor.append(max((c["score"] for c in candidates if c["specimen"] != truth and shows_field(c)),
+                            default=0.0))
 
     with progress_bar(len(repeats) + len(simulated), "calibrate", progress) as bar:
         for cid, path in repeats:
