@@ -68,13 +68,15 @@ class _Watch:
     """`specimen-id watch` as a real process, its lines collected by a reader thread."""
 
     def __init__(self, db, folder, *args):
-        env = {**os.environ, "PYTHONPATH": str(Path(specimen_id.__file__).parents[1])}
+        # PYTHONFAULTHANDLER: a watcher that hangs is made to print every thread's stack (ended())
+        env = {**os.environ, "PYTHONPATH": str(Path(specimen_id.__file__).parents[1]), "PYTHONFAULTHANDLER": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "specimen_id.cli", "--db", str(db), "watch", str(folder),
              "--interval", "0.2", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env)
         self.lines, self._queue = [], queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -96,9 +98,20 @@ class _Watch:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(timeout=60)
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        return self.ended()
+
+    def ended(self, timeout=60):
+        """The exit code once the watcher has ended; one still running after `timeout` is
+        aborted, and the test fails with the stacks it printed."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=30)
+            self._reader.join(timeout=10)  # to the end of what it printed
+            pytest.fail("the watcher did not end:\n" + "\n".join(self.lines + list(self._queue.queue)))
+        self._reader.join(timeout=10)
+        self.lines += list(self._queue.queue)
         return self.proc.returncode
 
 
@@ -210,7 +223,7 @@ def test_watch_waits_while_another_writer_holds_the_database(tmp_path):
         assert watch.wait_for("enrolled: ") == f"enrolled: {inbox / 'IMG_0001.png'} as a capture of slide"
         assert sum(line.startswith("waiting: ") for line in watch.lines) == 1
         watch.proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert watch.proc.wait(timeout=60) == 0
+        assert watch.ended() == 0
     finally:
         holder.close()
         if watch.proc.poll() is None:
