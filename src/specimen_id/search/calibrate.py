@@ -4,10 +4,9 @@ Genuine scores come from specimens with two or more captures (each capture queri
 others, itself left out), from logged decisions a person confirmed (and impostor scores from
 those they rejected), and, where those are too few, from simulated re-captures of enrolled
 images. Impostor scores are each such query's best other specimen (a false match is made per
-query, by the best of its shortlist). The threshold is
-the lowest that keeps the impostor share at or under the target false-match rate (never under
-the shipped default when there are too few impostor scores to see that rate), and it is stored
-for this model_id and score kind only.
+query, by the best of its shortlist). The threshold is the lowest that keeps the impostor share
+at or under the target false-match rate (never under the shipped default when there are too
+few impostor scores to see that rate), and it is stored for this model_id and score kind only.
 """
 
 from __future__ import annotations
