@@ -70,10 +70,12 @@ class _Watch:
     def __init__(self, db, folder, *args):
         # PYTHONFAULTHANDLER: a watcher that hangs is made to print every thread's stack (ended())
         env = {**os.environ, "PYTHONPATH": str(Path(specimen_id.__file__).parents[1]), "PYTHONFAULTHANDLER": "1"}
+        # as from a terminal, Ctrl-C reaches it: a test run started in the background of a
+        # script ignores SIGINT, and a child inherits that (it then slept through Ctrl-C)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "specimen_id.cli", "--db", str(db), "watch", str(folder),
              "--interval", "0.2", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env)
+            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines, self._queue = [], queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
