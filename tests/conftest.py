@@ -24,6 +24,19 @@ SPECIMENS = DATA / "specimens"
 QUERIES = DATA / "queries"
 
 
+def another_machines(probe: dict, **facts) -> dict:
+    """A stored probe (models/probe.py) as another machine would have made it: its vectors moved
+    by about a hundredth, and `facts` (its libraries, its CPU) in place of this machine's."""
+    import base64
+
+    import numpy as np
+
+    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(4, -1).copy()
+    vectors[:, :10] += 0.05
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return {**probe, "vectors": base64.b64encode(vectors.tobytes()).decode(), **facts}
+
+
 @contextmanager
 def serving(app):
     """A real uvicorn server of an ASGI app on a free loopback port, in a thread: its port."""

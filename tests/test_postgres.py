@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import QUERIES, SPECIMENS
+from conftest import QUERIES, SPECIMENS, another_machines
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict
 
@@ -50,8 +51,6 @@ def _same_answers(a: dict, b: dict) -> None:
 
 
 def _unit_vectors(n: int, dim: int, seed: int):
-    import numpy as np
-
     vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
@@ -262,8 +261,6 @@ def test_a_station_killed_mid_enrolment_leaves_whole_batches_and_a_rerun_finishe
     import signal
     import time
 
-    import numpy as np
-
     from specimen_id import images
     from specimen_id.indexer.enroll import BATCH
     from specimen_id.models.preprocess import to_rgb8
@@ -351,3 +348,19 @@ def test_each_index_kind_is_built_and_used_by_the_search(pg_url):
             store.set_setting("index", "flat")
             store.vectors.sync()
         assert "embeddings_ann" not in store.vectors.explain(vectors[7], 10)
+
+
+def test_a_station_that_embeds_otherwise_is_refused_until_it_reindexes(pg_url):
+    """The probe (models/probe.py) is kept with the settings, so every station compares its own
+    model's vectors with those of the station that filled the database; here the stored one is
+    made another station's, its vectors moved by about a hundredth."""
+    _ok(pg_url, "enroll", "--folders", SPECIMENS)
+    ((value,),) = _psql(pg_url, "SELECT value FROM settings WHERE key = 'probe'")
+    other = another_machines(json.loads(value), cpu="another CPU")
+    _psql(pg_url, "UPDATE settings SET value = %s WHERE key = 'probe'", json.dumps(other))
+    refused = _cli(pg_url, "query", QUERIES / "recapture-he-tissue-a.jpg")
+    assert refused.exit_code == 3
+    assert "embeds differently from the machine that filled this database" in refused.stderr
+    assert " on another CPU, here " in refused.stderr
+    _ok(pg_url, "reindex")
+    assert _answers(pg_url)["recapture-he-tissue-a.jpg"][:2] == ("match", "he-tissue-a")

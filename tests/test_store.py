@@ -1,6 +1,5 @@
 """The database directory: migrations, the derived index, stable ids, one model per database."""
 
-import base64
 import json
 import shutil
 import sqlite3
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import QUERIES, SPECIMENS
+from conftest import QUERIES, SPECIMENS, another_machines
 
 from specimen_id.local_features import FEATURE_VERSION
 from specimen_id.store import Database
@@ -412,11 +411,7 @@ def _another_machines_probe(root) -> dict:
     """The stored probe made another machine's (vectors moved by about a hundredth, versions
     named); this machine's is returned."""
     probe = _probe(root)
-    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(4, -1).copy()
-    vectors[:, :10] += 0.05
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    _store_probe(root, {**probe, "vectors": base64.b64encode(vectors.tobytes()).decode(),
-                        "libraries": {"nncf": "2.10.0", "openvino": "2024.0.0"}})
+    _store_probe(root, another_machines(probe, libraries={"nncf": "2.10.0", "openvino": "2024.0.0"}))
     return probe
 
 
