@@ -31,7 +31,9 @@ def another_machines(probe: dict, **facts) -> dict:
 
     import numpy as np
 
-    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(4, -1).copy()
+    from specimen_id.models.probe import PROBE_FIELDS
+
+    vectors = np.frombuffer(base64.b64decode(probe["vectors"]), np.float32).reshape(PROBE_FIELDS, -1).copy()
     vectors[:, :10] += 0.05
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return {**probe, "vectors": base64.b64encode(vectors.tobytes()).decode(), **facts}

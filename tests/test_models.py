@@ -6,6 +6,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -181,7 +182,7 @@ def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tmp_path, monk
     image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     first = Embedder(backbone).embed([image])
     f32, int8 = sorted((tmp_path / "openvino").glob("*.xml"), key=lambda p: "int8" in p.name)
-    assert int8.name == f32.stem + f"-int8{INT8_RECIPE}-nncf{metadata.version('nncf')}.xml"
+    assert int8.name == f32.stem + f"-int8{INT8_RECIPE}-nncf{metadata.version('nncf')}-cv{cv2.__version__}.xml"
     assert f32.with_suffix(".bin").stat().st_size > 12e6  # float32 weights (3.4M), not fp16
     assert int8.with_suffix(".bin").stat().st_size < 6e6  # one byte per weight
     stamps = [xml.stat().st_mtime_ns for xml in (f32, int8)]

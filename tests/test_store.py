@@ -476,3 +476,21 @@ def test_a_database_from_before_the_probe_is_not_stamped_by_a_machine_that_embed
     assert refused.exit_code == 3
     assert "between stored captures' vectors and this machine's" in refused.stderr
     assert _probe(enrolled.db) is None
+
+
+def test_a_probe_damaged_by_hand_is_no_evidence_and_is_stamped_again(enrolled):
+    probe = _probe(enrolled.db)
+    _store_probe(enrolled.db, {**probe, "vectors": "not base64!"})
+    assert _answer(enrolled, QUERIES / "recapture-he-tissue-a.jpg")["specimen"] == "he-tissue-a"
+    assert enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg").exit_code == 0
+    assert _probe(enrolled.db) == probe  # the stored captures embed back alike: this machine's again
+
+
+def test_an_emptied_database_takes_the_probe_of_the_next_machine_that_enrols(enrolled):
+    _another_machines_probe(enrolled.db)
+    for folder in SPECIMENS.iterdir():
+        assert enrolled("remove", folder.name).exit_code == 0, folder.name
+    assert enrolled("purge", "--all-removed").exit_code == 0
+    assert Database(enrolled.db).count("captures") == 0
+    assert enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg").exit_code == 0
+    assert _probe(enrolled.db)["libraries"]["nncf"] != "2.10.0"

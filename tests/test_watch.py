@@ -113,7 +113,8 @@ class _Watch:
             self._reader.join(timeout=10)  # to the end of what it printed
             pytest.fail("the watcher did not end:\n" + "\n".join(self.lines + list(self._queue.queue)))
         self._reader.join(timeout=10)
-        self.lines += list(self._queue.queue)
+        while not self._queue.empty():
+            self.lines.append(self._queue.get_nowait())
         return self.proc.returncode
 
 

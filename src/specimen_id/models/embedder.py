@@ -123,7 +123,7 @@ def require_model(db, model_id: str) -> None:
 
         (recipe, precision), (wanted, asked) = split_precision(current), split_precision(model_id)
         # the setting reads them only where that precision still makes these very vectors
-        readable = current == wanted + {"f32": "", "int8": f"+int8-{INT8_RECIPE}", "bf16": "+bf16"}[precision]
+        readable = current == wanted + {"f32": "", "int8": f"+int8-{INT8_RECIPE}", "bf16": "+bf16"}.get(precision, "?")
         if recipe == wanted and precision != asked and readable:  # e.g. f32 vectors from before int8
             fix = (f"set {PRECISION_ENV}={precision} to use it as it is, or run `specimen-id "
                    "reindex` to re-embed every capture in this precision")

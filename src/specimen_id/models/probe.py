@@ -24,7 +24,7 @@ PROBE_FIELDS = 4  # the first int8 calibration fields (quantize.FIELDS), RGB as 
 # an int8 model quantized or run otherwise moved them by a hundredth or more (quantize.py).
 MIN_COSINE = 0.999
 SETTING = "probe"
-LIBRARIES = ("openvino", "nncf")
+LIBRARIES = ("openvino", "nncf")  # and OpenCV, which makes the int8 calibration's inputs
 
 
 def vectors(embedder) -> np.ndarray:
@@ -49,16 +49,17 @@ def require_same(db, embedder) -> None:
         return
     there, mine = np.frombuffer(base64.b64decode(stored["vectors"]), np.float32), vectors(embedder)
     cosine = float(np.min(np.sum(there.reshape(mine.shape) * mine, axis=1))) if there.size == mine.size else -1.0
-    if cosine < MIN_COSINE:
+    if cosine >= MIN_COSINE:
+        alike.add(stored["vectors"])
+    elif db.count("captures"):  # (an emptied database mixes nothing: its next enrolment re-stamps it)
         _refuse(db, f"cosine {cosine:.4f} on the package's reference fields, under {MIN_COSINE}; there "
                     f"{_machine(stored)}, here {_machine(_this_machine())}")
-    alike.add(stored["vectors"])
 
 
 def record(db, embedder, replace: bool = False) -> None:
     """Store this machine's probe, unless one for this model_id is there (then it must match);
     `replace` when every vector was just made here (reindex). Called inside the write lock."""
-    if not replace:
+    if not replace and db.count("captures"):  # (an empty database takes this machine's)
         if _applicable(db, embedder) is not None:
             require_same(db, embedder)
             return
@@ -80,12 +81,13 @@ def _require_stored_alike(db, embedder) -> None:
     for cid, key in captures:
         try:
             pairs.append((stored[cid], images.stored_pixels(db.blobs.file(key))))
-        except (KeyError, SpecimenIdError):  # no vector, or a damaged image: `verify` says so
-            continue
+        except (KeyError, OSError, SpecimenIdError):  # no vector, or a missing or damaged image
+            continue  # (`verify` says so)
     if not pairs:
         return
     again = embedder.embed([pixels for _, pixels in pairs])
-    cosine = float(np.min(np.sum(again * np.stack([vector for vector, _ in pairs]), axis=1)))
+    # the median: one image damaged since it was embedded is not this machine's doing
+    cosine = float(np.median(np.sum(again * np.stack([vector for vector, _ in pairs]), axis=1)))
     if cosine < MIN_COSINE:
         _refuse(db, f"cosine {cosine:.4f} between stored captures' vectors and this machine's, under "
                     f"{MIN_COSINE}; here {_machine(_this_machine())}")
@@ -101,9 +103,16 @@ def _refuse(db, evidence: str):
 
 
 def _applicable(db, embedder) -> dict | None:
+    """The stored probe when it speaks of this model and these fields (another version of the
+    package probes others); one damaged by hand counts as none."""
     stored = db.setting(SETTING)
-    if not stored or stored.get("model_id") != embedder.model_id or stored.get("fields") != _field_hashes():
-        return None  # another model's, or made of other fields (another version of the package)
+    if not isinstance(stored, dict) or stored.get("model_id") != embedder.model_id \
+            or stored.get("fields") != _field_hashes() or not isinstance(stored.get("libraries"), dict):
+        return None
+    try:
+        base64.b64decode(stored.get("vectors"), validate=True)
+    except (TypeError, ValueError):
+        return None
     return stored
 
 
@@ -126,6 +135,9 @@ def _this_machine() -> dict:
             libraries[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             libraries[name] = None
+    import cv2
+
+    libraries["opencv"] = cv2.__version__
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

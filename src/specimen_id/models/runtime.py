@@ -81,10 +81,12 @@ def _openvino(spec, build):
         return quantize(f32_model(), [to_input(f, spec.input_size, spec.mean, spec.std)[None]
                                       for f in calibration_fields()])
 
-    # NNCF's release is in the name too: another one may quantize otherwise (models/probe.py)
-    nncf_version = _version("nncf")
-    model = (_cached(core, f"{stem}-int8{INT8_RECIPE}-nncf{nncf_version}", int8_model) if asked == "int8"
-             else f32_model())
+    # NNCF's and OpenCV's releases are in the name too: another may quantize otherwise, or make
+    # other calibration inputs (models/probe.py)
+    import cv2
+
+    made_by = f"nncf{_version('nncf')}-cv{cv2.__version__}"
+    model = _cached(core, f"{stem}-int8{INT8_RECIPE}-{made_by}", int8_model) if asked == "int8" else f32_model()
     # int8 leaves some operations in float: keep them f32, not bf16 on CPUs that have it
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32" if asked == "int8" else asked,
