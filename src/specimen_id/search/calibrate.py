@@ -105,6 +105,9 @@ def calibrate(db, fmr: float = 0.001, min_genuine: int = 200, out_dir: Path | No
             bar.update(1)
 
     genuine, impostor = np.array(genuine), np.array(impostor)
+    if not len(impostor):  # (reviews alone met --min-genuine, and none showed another specimen)
+        raise DatabaseUnusable("calibration found no query to score another specimen in: raise "
+                               "--min-genuine so that enrolled captures are queried too")
     threshold = threshold_for_fmr(impostor, fmr)
     if 1 / len(impostor) > fmr:
         # Too few impostors to see that rate: never go below the default, which was chosen on
