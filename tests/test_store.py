@@ -421,6 +421,8 @@ def test_a_machine_that_embeds_otherwise_is_refused_before_it_mixes_its_vectors_
     them, nor answer from them: here the stored probe is made another machine's, its vectors
     moved by about a hundredth and its versions named."""
     probe = _another_machines_probe(enrolled.db)
+    assert json.loads(enrolled("info", "--json").stdout)["filled_by"].startswith(
+        "nncf 2.10.0, openvino 2024.0.0 on ")  # the machine the others must embed as
     before = _vectors(enrolled.db)
     for refused in (enrolled("query", QUERIES / "recapture-he-tissue-a.jpg"),
                     enrolled("enroll", "-s", "new", QUERIES / "never-enrolled-1.jpg")):

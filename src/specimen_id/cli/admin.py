@@ -16,10 +16,13 @@ from .base import cli, echo, model_options, open_db
 @click.pass_context
 def info(ctx, as_json):
     """Counts, model, threshold and sizes of the database."""
+    from ..models.probe import filled_by
     from ..search.score import SCORE_KIND, threshold_facts
 
     db = open_db(ctx)
-    facts = {**db.info(), "settings": {key: setting(db, key) for key in DEFAULTS}, **threshold_facts(db),
+    # filled_by: the machine the other stations must embed as (models/probe.py)
+    facts = {**db.info(), "filled_by": filled_by(db), "settings": {key: setting(db, key) for key in DEFAULTS},
+             **threshold_facts(db),
              "calibration": db.threshold_note(SCORE_KIND) or (
                  "set for this score" if db.threshold_record(SCORE_KIND) else "default threshold")}
     if as_json:

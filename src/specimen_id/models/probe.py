@@ -93,6 +93,14 @@ def _require_stored_alike(db, embedder) -> None:
                     f"{MIN_COSINE}; here {_machine(_this_machine())}")
 
 
+def filled_by(db) -> str | None:
+    """The libraries and CPU of the machine whose probe the database holds (`info`), if any."""
+    stored = db.setting(SETTING)
+    if not isinstance(stored, dict) or not isinstance(stored.get("libraries"), dict):
+        return None
+    return _machine(stored)
+
+
 def _refuse(db, evidence: str):
     from ..errors import ModelMismatch
 
