@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from importlib import metadata
+from functools import lru_cache
 
 import numpy as np
 
@@ -24,7 +24,6 @@ PROBE_FIELDS = 4  # the first int8 calibration fields (quantize.FIELDS), RGB as 
 # an int8 model quantized or run otherwise moved them by a hundredth or more (quantize.py).
 MIN_COSINE = 0.999
 SETTING = "probe"
-LIBRARIES = ("openvino", "nncf")  # and OpenCV, which makes the int8 calibration's inputs
 
 
 def vectors(embedder) -> np.ndarray:
@@ -41,13 +40,14 @@ def vectors(embedder) -> np.ndarray:
 def require_same(db, embedder) -> None:
     """Refuse (ModelMismatch) when the database's stored probe, for this model_id and these
     fields, is not what this machine makes of them; nothing to compare when none is stored."""
-    stored = _applicable(db, embedder)
-    if stored is None:
+    found = _applicable(db, embedder)
+    if found is None:
         return
+    stored, there = found
     alike = embedder.__dict__.setdefault("_probes_alike", set())
     if stored["vectors"] in alike:  # (a web app or watcher asks once per capture)
         return
-    there, mine = np.frombuffer(base64.b64decode(stored["vectors"]), np.float32), vectors(embedder)
+    mine = vectors(embedder)
     cosine = float(np.min(np.sum(there.reshape(mine.shape) * mine, axis=1))) if there.size == mine.size else -1.0
     if cosine >= MIN_COSINE:
         alike.add(stored["vectors"])
@@ -95,10 +95,8 @@ def _require_stored_alike(db, embedder) -> None:
 
 def filled_by(db) -> str | None:
     """The libraries and CPU of the machine whose probe the database holds (`info`), if any."""
-    stored = db.setting(SETTING)
-    if not isinstance(stored, dict) or not isinstance(stored.get("libraries"), dict):
-        return None
-    return _machine(stored)
+    stored = _stored(db)
+    return _machine(stored) if stored else None
 
 
 def _refuse(db, evidence: str):
@@ -110,18 +108,22 @@ def _refuse(db, evidence: str):
         "reindex` to re-embed every capture here (the other machines then need this machine's)")
 
 
-def _applicable(db, embedder) -> dict | None:
-    """The stored probe when it speaks of this model and these fields (another version of the
-    package probes others); one damaged by hand counts as none."""
+def _stored(db) -> dict | None:
+    """The stored probe, if it names the machine that made it."""
     stored = db.setting(SETTING)
-    if not isinstance(stored, dict) or stored.get("model_id") != embedder.model_id \
-            or stored.get("fields") != _field_hashes() or not isinstance(stored.get("libraries"), dict):
+    return stored if isinstance(stored, dict) and isinstance(stored.get("libraries"), dict) else None
+
+
+def _applicable(db, embedder) -> tuple[dict, np.ndarray] | None:
+    """The stored probe and its vectors when it speaks of this model and these fields (another
+    version of the package probes others); one damaged by hand counts as none."""
+    stored = _stored(db)
+    if stored is None or stored.get("model_id") != embedder.model_id or stored.get("fields") != _field_hashes():
         return None
     try:
-        base64.b64decode(stored.get("vectors"), validate=True)
+        return stored, np.frombuffer(base64.b64decode(stored.get("vectors"), validate=True), np.float32)
     except (TypeError, ValueError):
         return None
-    return stored
 
 
 def _fields():
@@ -130,29 +132,24 @@ def _fields():
     return sorted(FIELDS.glob("*.jpg"))[:PROBE_FIELDS]
 
 
+@lru_cache(maxsize=1)
 def _field_hashes() -> list[str]:
+    """(read once: the shipped fields do not change while the process runs, and every query asks)"""
     return [hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in _fields()]
 
 
 def _this_machine() -> dict:
     import platform
 
-    libraries = {}
-    for name in LIBRARIES:
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    import cv2
+    from .runtime import libraries
 
-    libraries["opencv"] = cv2.__version__
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"libraries": libraries, "cpu": cpu}
+    return {"libraries": libraries(), "cpu": cpu}
 
 
 def _machine(facts: dict) -> str:

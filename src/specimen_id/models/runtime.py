@@ -83,9 +83,8 @@ def _openvino(spec, build):
 
     # NNCF's and OpenCV's releases are in the name too: another may quantize otherwise, or make
     # other calibration inputs (models/probe.py)
-    import cv2
-
-    made_by = f"nncf{_version('nncf')}-cv{cv2.__version__}"
+    made = libraries()
+    made_by = f"nncf{made['nncf'] or 'none'}-cv{made['opencv']}"
     model = _cached(core, f"{stem}-int8{INT8_RECIPE}-{made_by}", int8_model) if asked == "int8" else f32_model()
     # int8 leaves some operations in float: keep them f32, not bf16 on CPUs that have it
     compiled = core.compile_model(model, "CPU", {
@@ -107,13 +106,21 @@ def _openvino(spec, build):
     return run
 
 
-def _version(package: str) -> str:
+def libraries() -> dict:
+    """The releases that make and run the int8 model (None where one is not installed): OpenVINO
+    runs it, NNCF quantizes it, OpenCV makes its calibration inputs. The int8 cache is named by
+    them, and a database's probe records them (models/probe.py)."""
     from importlib import metadata
 
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "none"
+    import cv2
+
+    found = {}
+    for name in ("openvino", "nncf"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found | {"opencv": cv2.__version__}
 
 
 def _cached(core, stem: str, make):
