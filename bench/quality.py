@@ -3,9 +3,11 @@
 Each real capture is measured as it is (in focus: should pass), blurred by a Gaussian of sigma
 1.5% of its longer side (should be refused), and over-exposed by a gain that clips its specimen
 (should be refused): the gain that brings the median of its most structured fifth of pixels
-(highest local contrast, not clipped already) to the sensor's top. Brightfield fields (bright
-background) are also exposed so that their background just reaches the top, as a white
-background often does in brightfield (should pass).
+(highest local contrast, not clipped already; on a bright empty background, those darker than
+it) to the sensor's top. Fields on a bright empty background (brightfield: the most common
+brightness is flat) are also exposed so that their background just reaches the top, as a
+white background often does in brightfield (should pass). A bright textured surface (the
+speckled metal of distortion_lscm) is not such a background: clipping it is over-exposure.
 
 Kinds: DSB 2018 fields split by stain (fluorescence, brightfield, stained colour) and in two
 halves by file name; the three real re-capture sets of ../shared/data/real; the sample images
@@ -50,6 +52,9 @@ WHEELS = {"stardist": ["stardist/data/images/img2d.tif", "stardist/data/images/h
 SKIMAGE = ["cell.png", "ihc.png", "logo.png"]
 BLUR = 0.015  # sigma, share of the longer side
 STRUCTURED = 80  # percentile of local contrast above which a pixel is structure
+BAND = 0.05  # share of the range around the background's brightness that is background
+EMPTY = 0.3  # a background's local contrast is below this share of the structure's (95th pct)
+BLOWN = (1.0, 1.02, 1.05, 1.1, 1.2)
 SIDES = (16, 24, 32, 48, 64)
 SMALL_FIELDS = 40
 FOCUS_GRID = [(w, b) for w in np.arange(0.024, 0.0361, 0.001).round(4) for b in np.arange(0.5, 0.801, 0.05).round(2)]
@@ -80,7 +85,10 @@ def captures(data: Path):
         half = "fit" if hashlib.sha256(path.name.encode()).digest()[0] % 2 == 0 else "report"
         yield "dsb2018", half, path  # (and its stain, once decoded)
     for path in sorted((data / "real").glob("*/*/**/*.png")):
-        yield f"real: {path.relative_to(data / 'real').parts[0]}", "report", path
+        name = path.relative_to(data / "real").parts[0]
+        if name == "basicpy_wsi_brain":  # two kinds: its README's brain tiles and live-cell well
+            name += " (live-cell well)" if "bf_" in str(path) else " (brain tiles)"
+        yield f"real: {name}", "report", path
     # (data/quality holds the gate's own examples, blurred and clipped on purpose)
     for path in sorted(p for p in (ROOT / "data").rglob("*") if p.suffix in (".png", ".jpg") and "quality" not in p.parts):
         yield "data/ samples", "fit", path
@@ -122,12 +130,16 @@ def _brightest(pixels):
 
 
 def over_exposed(pixels):
-    """The gain that clips half of the most structured pixels; None when it is no gain."""
+    """The gain that clips half of the specimen's most structured pixels; None when it is no
+    gain. On a bright empty background (brightfield) the specimen is what absorbs the light:
+    its structured pixels darker than the background."""
     top = quality.sensor_top(pixels)
     bright = _brightest(pixels)
-    mean, mean_sq = cv2.blur(bright, (7, 7)), cv2.blur(bright * bright, (7, 7))
-    contrast = np.sqrt(np.maximum(mean_sq - mean * mean, 0))
+    contrast = _local_contrast(bright)
     structure = (contrast >= np.percentile(contrast, STRUCTURED)) & (bright < top)
+    background = _bright_empty_background(pixels)
+    if background is not None:
+        structure &= bright < background - BAND * top
     if np.count_nonzero(structure) < 10:
         return None
     gain = top / max(float(np.median(bright[structure])), 1.0)
@@ -135,15 +147,33 @@ def over_exposed(pixels):
 
 
 def white_background(pixels):
-    """A brightfield field whose background (its most common brightness) just reaches the top;
-    None for other kinds."""
+    """A field on a bright empty background exposed so that the background just reaches the
+    top; None for other kinds."""
+    background = _bright_empty_background(pixels)
+    return None if background is None else _gained(pixels, quality.sensor_top(pixels) / background)
+
+
+def _bright_empty_background(pixels) -> float | None:
+    """The brightness of a bright, empty background (brightfield), None where there is none:
+    the most common brightness, above half the range, over pixels as flat as a background is.
+    A surface whose texture is the specimen (a speckled metal under a confocal microscope) is
+    not a background: clipping half of it is over-exposure."""
     top = quality.sensor_top(pixels)
-    if pixels.ndim == 3 and stain_of(pixels) != "brightfield":
+    if pixels.ndim == 3 and stain_of(pixels) == "stained (colour)":
         return None
     bright = _brightest(pixels)
     counts, edges = np.histogram(bright, bins=256, range=(0, top + 1))
-    mode = edges[counts.argmax() + 1]
-    return _gained(pixels, top / mode) if mode > 0.5 * top and np.median(bright) > 0.5 * top else None
+    mode = float(edges[counts.argmax() + 1])
+    if mode <= 0.5 * top or np.median(bright) <= 0.5 * top:
+        return None
+    contrast = _local_contrast(bright)
+    flat = np.median(contrast[np.abs(bright - mode) < BAND * top]) < EMPTY * np.percentile(contrast, 95)
+    return mode if flat else None
+
+
+def _local_contrast(bright):
+    mean, mean_sq = cv2.blur(bright, (7, 7)), cv2.blur(bright * bright, (7, 7))
+    return np.sqrt(np.maximum(mean_sq - mean * mean, 0))
 
 
 def _gained(pixels, gain):
@@ -159,7 +189,32 @@ def measure_all(kind, part, path) -> dict:
     for name, make in (("over-exposed", over_exposed), ("white background", white_background)):
         changed = make(pixels)
         row[name] = quality.measure(changed) if changed is not None else None
+        row[f"{name} border"] = _hard_border(changed) if changed is not None else None
+    background = _bright_empty_background(pixels)
+    row["clips structure at"] = _clips_structure_at(pixels, background) if background is not None else None
+    for gain in BLOWN:  # the background exposed past the top, by this factor
+        row[f"blown {gain:g}"] = (quality.measure(_gained(pixels, gain * quality.sensor_top(pixels) / background))
+                                  if background is not None else None)
     return row
+
+
+def _clips_structure_at(pixels, background: float) -> float:
+    """The factor past the top the background can be exposed by before max_clipped_detail of
+    the most structured fifth of the pixels reach the top."""
+    bright = _brightest(pixels)
+    contrast = _local_contrast(bright)
+    structure = bright[contrast >= np.percentile(contrast, STRUCTURED)]
+    level = np.percentile(structure, 100 * (1 - quality.LIMITS["max_clipped_detail"]))
+    return float(background / max(level, 1.0))
+
+
+def _hard_border(pixels) -> float | None:
+    """quality.hard_border of a capture with clipped pixels; None without any."""
+    top = quality.sensor_top(pixels)
+    channels = pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[:, :, :3])
+    n = 1 if channels.ndim == 2 else 3
+    saturated = 255 - cv2.inRange(channels, (0,) * n, (top - 1,) * n)
+    return quality.hard_border(saturated, channels, top) if saturated.any() else None
 
 
 # -- fitting and reporting --------------------------------------------------------------------
@@ -228,13 +283,49 @@ def gate_section(rows, fitted) -> str:
         "",
         "Shares refused with the shipped limits. In focus: the captures as they are (any reason; then focus / "
         "exposure). Blurred: Gaussian of sigma 1.5% of the longer side. Over-exposed: a gain that clips the "
-        "median of the most structured fifth of the pixels (count of captures where that is a gain). White "
-        "background: brightfield fields whose background just reaches the top (should pass).",
+        "median of the most structured fifth of the specimen's pixels (on a bright empty background, those "
+        "darker than it; count of captures where that is a gain). White background: fields on a bright empty "
+        "background exposed so that it just reaches the top (should pass).",
         "",
         table(["kind (part)", "captures", "in focus refused", "focus / exposure", "blurred refused",
                "over-exposed refused", "white background refused"], lines + [pooled]),
         "",
         "Report-part captures refused as they are: " + ("; ".join(refused_sharp) if refused_sharp else "none") + ".",
+        "",
+        blown_section(rows),
+    ])
+
+
+def blown_section(rows) -> str:
+    """Where a bright background stops being white and starts taking the specimen with it."""
+    kinds = sorted({r["kind"] for r in rows if r[f"blown {BLOWN[0]:g}"] is not None})
+    lines = []
+    for kind in kinds:
+        members = [r for r in rows if r["kind"] == kind]
+        at = [r["clips structure at"] for r in members if r["clips structure at"] is not None]
+        lines.append((kind, len(at), f"x{np.median(at):.2f}",
+                      *[f"{share(members, f'blown {g:g}', quality.LIMITS, 'exposure')[0]:.3f}" for g in BLOWN]))
+    fit = [r for r in rows if r["part"] == "fit"]
+    white = [r["white background border"] for r in fit if r["white background border"] is not None]
+    over = [r["over-exposed border"] for r in fit if r["white background"] is not None
+            and r["over-exposed border"] is not None]
+    if not (white and over):
+        return "### A bright background: white, or clipped solid\n\nNo field on a bright empty background in the fit part."
+    return "\n".join([
+        "### A bright background: white, or clipped solid",
+        "",
+        "A white plateau is taken for the background only where the pixels beside its clipping are just below the "
+        f"top: at most SOFT_BORDER = {quality.SOFT_BORDER:g} of them more than {quality.BORDER_DEFICIT:.0%} below. "
+        f"On the fit part, backgrounds just at the top reach {max(white):.2f} and the over-exposed fields on a "
+        f"bright background {min(over):.2f} at least ({len(white)} and {len(over)} fields). Once the background "
+        "is clipped solid, its clipping cuts the pale parts of the specimen and the capture is refused: the shares "
+        "refused below, with the background exposed past the top by a factor (1: just reaching it). The gate's "
+        f"own limit for the specimen ({quality.LIMITS['max_clipped_detail']:.1%} of it at the top) is passed at about "
+        "the same factor: the median factor at which that share of the most structured fifth of the pixels "
+        "reaches the top.",
+        "",
+        table(["kind", "fields", f"{quality.LIMITS['max_clipped_detail']:.1%} of the structure clipped at",
+               *[f"background x{g:g}" for g in BLOWN]], lines),
     ])
 
 

@@ -6,6 +6,8 @@ and one DSB 2018 brightfield field (see README.md here). Run from the repository
 - brightfield-white-background.png: DSB 2018 brightfield field 08275a5b1c2d, halved to 512 px
   and exposed longer, so that its background (its most common brightness) just reaches white;
   the cells keep their detail. Should pass.
+- brightfield-over-exposed.png: the same field exposed 1.3 times longer again: the background
+  is clipped solid, and the pale parts of the cells with it. Should be refused as over-exposed.
 - small-object.png: a 60x56 crop around one nucleus of fluo-nuclei-b, sharp. Should pass.
 - blurred-field.png: he-tissue-b blurred by a Gaussian of sigma 1.5% of its longer side.
   Should be refused as out of focus.
@@ -37,7 +39,9 @@ def main(dsb: Path, out: Path = HERE / "quality") -> None:
     bright = cv2.imread(str(next(dsb.glob(f"{BRIGHTFIELD}*.png"))), cv2.IMREAD_COLOR)
     bright = cv2.resize(bright, (bright.shape[1] // 2, bright.shape[0] // 2), interpolation=cv2.INTER_AREA)
     counts, edges = np.histogram(bright.max(axis=2), bins=256, range=(0, 256))
-    cv2.imwrite(str(out / "brightfield-white-background.png"), gained(bright, 255 / edges[counts.argmax() + 1]))
+    white = 255 / edges[counts.argmax() + 1]
+    cv2.imwrite(str(out / "brightfield-white-background.png"), gained(bright, white))
+    cv2.imwrite(str(out / "brightfield-over-exposed.png"), gained(bright, 1.3 * white))
     nuclei = load("fluo-nuclei-b")
     y, x = np.unravel_index(cv2.GaussianBlur(nuclei.max(axis=2), (0, 0), 6).argmax(), nuclei.shape[:2])
     y, x = min(max(y - 28, 0), nuclei.shape[0] - 56), min(max(x - 30, 0), nuclei.shape[1] - 60)

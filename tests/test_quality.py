@@ -17,6 +17,7 @@ from specimen_id.web import create_app
 DENSE = sorted((SPECIMENS / "he-tissue-b").iterdir())[0]
 EXAMPLES = DATA / "quality"  # data/make_quality_sample.py says how each was made
 WHITE_BACKGROUND = EXAMPLES / "brightfield-white-background.png"
+BLOWN_BACKGROUND = EXAMPLES / "brightfield-over-exposed.png"  # the same field, 1.3x the light
 SMALL_OBJECT = EXAMPLES / "small-object.png"
 
 
@@ -44,6 +45,21 @@ def test_a_white_brightfield_background_and_a_small_sharp_object_pass():
     small = images.load(SMALL_OBJECT)
     assert min(small.width, small.height) < 64  # refused as "too small" before
     assert quality.problems(small.quality, quality.LIMITS) == []
+
+
+def test_a_brightfield_background_clipped_solid_takes_the_specimen_with_it(run):
+    white, blown = images.load(WHITE_BACKGROUND), images.load(BLOWN_BACKGROUND)
+    at_top = [(capture.pixels >= 255).any(axis=2).mean() for capture in (white, blown)]
+    assert 0.1 < at_top[0] < at_top[1]  # both backgrounds are white; one is clipped solid
+    # the clipping of a background just at the top borders on more background; the other cuts cells
+    channels = blown.pixels[:, :, :3]
+    saturated = np.where((channels >= 255).any(axis=2), 255, 0).astype(np.uint8)
+    assert quality.hard_border(saturated, channels, 255) > quality.SOFT_BORDER
+    assert white.quality["clipped_detail"] < 0.01 < 0.5 < blown.quality["clipped_detail"]
+    result = run("quality", WHITE_BACKGROUND, BLOWN_BACKGROUND)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0].endswith(": ok")
+    assert result.stdout.splitlines()[1].endswith("): lower the exposure or the light")
 
 
 def test_blur_and_clipping_of_the_specimen_are_measured_where_the_specimen_is(blurred, blown_out):

@@ -16,7 +16,9 @@ fitted to see, so there focus is judged by `blur` alone and mild blur passes.
 - Over-exposure is clipping that destroys detail of the specimen (`clipped_detail`): the share
   of the specimen's area at the sensor's top. The background is neither counted nor divided
   by: the most common brightness (a black background), or, where that is white (correct in
-  brightfield), the white plateau that is wide somewhere and reaches the image's edge.
+  brightfield), the white plateau that is wide somewhere and reaches the image's edge, when
+  the pixels beside its clipping are just below the top. A background clipped solid is not
+  such: its clipping cuts through the pale parts of the specimen (`hard_border`).
 - Under-exposure is a nearly all-black field (`dark_clipped`); a black background is normal.
 - Size: the identification works from MIN_SIDE px (bench/quality.py measures it).
 
@@ -37,6 +39,12 @@ EDGE_WINDOW = 0.08  # the step is read over this share of the long side (wider t
 BLUR_BOX = 7  # px at SIDE: the re-blur of the blur effect
 PLATEAU = 0.03  # a background plateau is wider than a disc of this radius (share of the long side)
 BANDS = 20  # brightness bands of 5% of the range: the background is the most common one
+# Pixels beside clipped ones that lie more than BORDER_DEFICIT below the top are structure cut
+# by the clipping, not a background's noise; a white plateau is background only when at most
+# SOFT_BORDER of its border is such (bench/quality.py measures both kinds: a background just
+# at the top, and one clipped solid, which takes the pale parts of the specimen with it).
+BORDER_DEFICIT = 0.05
+SOFT_BORDER = 0.15
 
 
 def measure(pixels: np.ndarray, file_size: tuple[int, int] | None = None) -> dict:
@@ -126,9 +134,10 @@ def _clipped_detail(saturated: np.ndarray, channels: np.ndarray, grey: np.ndarra
         return 0.0
     darkest = channels.min(axis=2) if channels.ndim == 3 else channels  # only once something clips
     counts = cv2.calcHist([darkest], [0], None, [BANDS], [0, top + 1]).ravel()
-    if counts.argmax() == BANDS - 1:  # the most common colour is white: a white background
-        # white in every channel (a stain clipped in one or two channels is specimen), wide
-        # somewhere, and reaching the image's edge; with the narrow gaps joined to it
+    if counts.argmax() == BANDS - 1 and hard_border(saturated, channels, top) <= SOFT_BORDER:
+        # the most common colour is white, and it is a white background: white in every channel
+        # (a stain clipped in one or two channels is specimen), wide somewhere, and reaching the
+        # image's edge; with the narrow gaps joined to it
         white = (cv2.resize(darkest, size, interpolation=cv2.INTER_AREA) >= (1 - 1 / BANDS) * top).astype(np.uint8)
         radius = max(1, round(PLATEAU * max(size)))
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
@@ -144,6 +153,21 @@ def _clipped_detail(saturated: np.ndarray, channels: np.ndarray, grey: np.ndarra
     if area < 0.01 * specimen.size:  # all background: a field blown out to white, or one of no specimen
         return float(np.count_nonzero(clipped) / clipped.size)
     return float(np.count_nonzero(clipped & specimen) / area)
+
+
+def hard_border(saturated: np.ndarray, channels: np.ndarray, top: int) -> float:
+    """The share of the pixels beside the clipped ones that lie well below the top. A white
+    background at the top meets the rest softly: the pixels beside the clipped ones are the
+    same background, within its noise. A gain that clips the specimen cuts through its
+    structure, and the pixels beside the cut lie well below the top (a brightfield field
+    blown out, a speckled surface clipped half-way). Taken at the capture's own pixels, where
+    a step is not yet averaged away."""
+    import cv2
+
+    border = cv2.dilate(saturated, np.ones((3, 3), np.uint8)) - saturated
+    beside = channels.max(axis=2) if channels.ndim == 3 else channels
+    below = cv2.countNonZero(cv2.inRange(beside, 0, int((1 - BORDER_DEFICIT) * top)) & border)
+    return below / max(cv2.countNonZero(border), 1)
 
 
 def _percentiles(grey: np.ndarray, q) -> tuple[float, float]:
