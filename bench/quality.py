@@ -85,9 +85,9 @@ def captures(data: Path):
         half = "fit" if hashlib.sha256(path.name.encode()).digest()[0] % 2 == 0 else "report"
         yield "dsb2018", half, path  # (and its stain, once decoded)
     for path in sorted((data / "real").glob("*/*/**/*.png")):
-        name = path.relative_to(data / "real").parts[0]
+        name, *rest = path.relative_to(data / "real").parts
         if name == "basicpy_wsi_brain":  # two kinds: its README's brain tiles and live-cell well
-            name += " (live-cell well)" if "bf_" in str(path) else " (brain tiles)"
+            name += " (live-cell well)" if any(part.startswith("bf_") for part in rest) else " (brain tiles)"
         yield f"real: {name}", "report", path
     # (data/quality holds the gate's own examples, blurred and clipped on purpose)
     for path in sorted(p for p in (ROOT / "data").rglob("*") if p.suffix in (".png", ".jpg") and "quality" not in p.parts):
@@ -186,35 +186,34 @@ def measure_all(kind, part, path) -> dict:
     kind = f"{kind} {stain_of(pixels)}" if kind == "dsb2018" else kind
     row = {"kind": kind, "part": part, "path": str(path), "sharp": quality.measure(pixels),
            "blurred": quality.measure(blurred(pixels))}
+    background = _bright_empty_background(pixels)
     for name, make in (("over-exposed", over_exposed), ("white background", white_background)):
         changed = make(pixels)
         row[name] = quality.measure(changed) if changed is not None else None
-        row[f"{name} border"] = _hard_border(changed) if changed is not None else None
-    background = _bright_empty_background(pixels)
-    row["clips structure at"] = _clips_structure_at(pixels, background) if background is not None else None
+        for how, resave in RESAVED.items():  # on a bright background: the same saved otherwise
+            row[f"{name} {how}"] = (quality.measure(resave(changed))
+                                    if changed is not None and background is not None else None)
     for gain in BLOWN:  # the background exposed past the top, by this factor
         row[f"blown {gain:g}"] = (quality.measure(_gained(pixels, gain * quality.sensor_top(pixels) / background))
                                   if background is not None else None)
     return row
 
 
-def _clips_structure_at(pixels, background: float) -> float:
-    """The factor past the top the background can be exposed by before max_clipped_detail of
-    the most structured fifth of the pixels reach the top."""
-    bright = _brightest(pixels)
-    contrast = _local_contrast(bright)
-    structure = bright[contrast >= np.percentile(contrast, STRUCTURED)]
-    level = np.percentile(structure, 100 * (1 - quality.LIMITS["max_clipped_detail"]))
-    return float(background / max(level, 1.0))
+def _jpeg(pixels, quality_=75):
+    if pixels.dtype != np.uint8:
+        return pixels
+    bgr = pixels[:, :, ::-1] if pixels.ndim == 3 else pixels
+    decoded = cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality_])[1], cv2.IMREAD_UNCHANGED)
+    return decoded[:, :, ::-1] if decoded.ndim == 3 else decoded
 
 
-def _hard_border(pixels) -> float | None:
-    """quality.hard_border of a capture with clipped pixels; None without any."""
-    top = quality.sensor_top(pixels)
-    channels = pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[:, :, :3])
-    n = 1 if channels.ndim == 2 else 3
-    saturated = 255 - cv2.inRange(channels, (0,) * n, (top - 1,) * n)
-    return quality.hard_border(saturated, channels, top) if saturated.any() else None
+def _resized(pixels, factor):
+    size = (max(1, round(pixels.shape[1] * factor)), max(1, round(pixels.shape[0] * factor)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
+
+
+# a capture of the same field saved as JPEG, or taken by a sensor of half or twice the pixels
+RESAVED = {"as JPEG 75": _jpeg, "halved": lambda x: _resized(x, 0.5), "enlarged 2x": lambda x: _resized(x, 2)}
 
 
 # -- fitting and reporting --------------------------------------------------------------------
@@ -248,7 +247,19 @@ def fit(rows) -> dict:
         return (wrong < 1e-9, share(rows, "over-exposed", trial, "exposure")[0], value)
 
     clip = max(CLIP_GRID, key=clip_key)
-    return {**limits, "max_edge_width": float(best[0]), "max_blur": float(best[1]), "max_clipped_detail": float(clip)}
+    # a bright background: halfway between the white ones and the over-exposed ones (each also
+    # saved as JPEG and resized), to a twentieth
+    white, over = white_clipped(rows, "white background"), white_clipped(rows, "over-exposed")
+    solid = round((max(white) + min(over)) / 2 * 20) / 20 if white and over else limits["max_white_clipped"]
+    return {**limits, "max_edge_width": float(best[0]), "max_blur": float(best[1]), "max_clipped_detail": float(clip),
+            "max_white_clipped": float(solid)}
+
+
+def white_clipped(rows, name: str) -> list[float]:
+    """white_clipped of the fields on a bright background exposed so (`name`), as saved and
+    saved otherwise."""
+    return [r[case]["white_clipped"] for r in rows if r["white background"] is not None
+            for case in (name, *(f"{name} {how}" for how in RESAVED))]
 
 
 def gate_section(rows, fitted) -> str:
@@ -299,33 +310,33 @@ def gate_section(rows, fitted) -> str:
 def blown_section(rows) -> str:
     """Where a bright background stops being white and starts taking the specimen with it."""
     kinds = sorted({r["kind"] for r in rows if r[f"blown {BLOWN[0]:g}"] is not None})
-    lines = []
+    by_gain, by_saving = [], []
     for kind in kinds:
         members = [r for r in rows if r["kind"] == kind]
-        at = [r["clips structure at"] for r in members if r["clips structure at"] is not None]
-        lines.append((kind, len(at), f"x{np.median(at):.2f}",
-                      *[f"{share(members, f'blown {g:g}', quality.LIMITS, 'exposure')[0]:.3f}" for g in BLOWN]))
-    fit = [r for r in rows if r["part"] == "fit"]
-    white = [r["white background border"] for r in fit if r["white background border"] is not None]
-    over = [r["over-exposed border"] for r in fit if r["white background"] is not None
-            and r["over-exposed border"] is not None]
+        by_gain.append((kind, *[f"{share(members, f'blown {g:g}', quality.LIMITS, 'exposure')[0]:.3f}" for g in BLOWN]))
+        for name in ("white background", "over-exposed"):
+            by_saving.append((f"{kind}, {name}", *[f"{share(members, case, quality.LIMITS, 'exposure')[0]:.3f}"
+                                                   for case in (name, *(f"{name} {how}" for how in RESAVED))]))
+    fit = [r for r in rows if r["part"] == "fit" and r["white background"] is not None]
+    white, over = white_clipped(fit, "white background"), white_clipped(fit, "over-exposed")
     if not (white and over):
         return "### A bright background: white, or clipped solid\n\nNo field on a bright empty background in the fit part."
     return "\n".join([
         "### A bright background: white, or clipped solid",
         "",
-        "A white plateau is taken for the background only where the pixels beside its clipping are just below the "
-        f"top: at most SOFT_BORDER = {quality.SOFT_BORDER:g} of them more than {quality.BORDER_DEFICIT:.0%} below. "
-        f"On the fit part, backgrounds just at the top reach {max(white):.2f} and the over-exposed fields on a "
-        f"bright background {min(over):.2f} at least ({len(white)} and {len(over)} fields). Once the background "
-        "is clipped solid, its clipping cuts the pale parts of the specimen and the capture is refused: the shares "
-        "refused below, with the background exposed past the top by a factor (1: just reaching it). The gate's "
-        f"own limit for the specimen ({quality.LIMITS['max_clipped_detail']:.1%} of it at the top) is passed at about "
-        "the same factor: the median factor at which that share of the most structured fifth of the pixels "
-        "reaches the top.",
+        "A background that just reaches the top is white with its noise: much of it lies a little below the top. "
+        "One clipped solid is at the top nearly all over, and the pale parts of the specimen with it. `white_clipped` "
+        f"is the share of the white at the top; max_white_clipped = {quality.LIMITS['max_white_clipped']:g}. On the "
+        f"fit part's {len(fit)} fields on a bright background (as saved, as JPEG 75, halved and enlarged 2x), white "
+        f"backgrounds reach {max(white):.2f} and over-exposed ones {min(over):.2f} at least (the limit is fitted "
+        "halfway). Refused, with the "
+        "background exposed past the top by a factor (1: just reaching it):",
         "",
-        table(["kind", "fields", f"{quality.LIMITS['max_clipped_detail']:.1%} of the structure clipped at",
-               *[f"background x{g:g}" for g in BLOWN]], lines),
+        table(["kind", *[f"background x{g:g}" for g in BLOWN]], by_gain),
+        "",
+        "The same captures saved otherwise (a sensor of half or twice the pixels: resized), refused:",
+        "",
+        table(["kind, exposure", "as saved", *RESAVED], by_saving),
     ])
 
 

@@ -16,9 +16,10 @@ fitted to see, so there focus is judged by `blur` alone and mild blur passes.
 - Over-exposure is clipping that destroys detail of the specimen (`clipped_detail`): the share
   of the specimen's area at the sensor's top. The background is neither counted nor divided
   by: the most common brightness (a black background), or, where that is white (correct in
-  brightfield), the white plateau that is wide somewhere and reaches the image's edge, when
-  the pixels beside its clipping are just below the top. A background clipped solid is not
-  such: its clipping cuts through the pale parts of the specimen (`hard_border`).
+  brightfield), the white plateau that is wide somewhere and reaches the image's edge.
+- A white background is correct where it just reaches the top: then much of it lies a little
+  below the top, with its noise. `white_clipped`, the share of the white at the top, tells one
+  clipped solid, which takes the pale parts of the specimen with it.
 - Under-exposure is a nearly all-black field (`dark_clipped`); a black background is normal.
 - Size: the identification works from MIN_SIDE px (bench/quality.py measures it).
 
@@ -30,7 +31,7 @@ import numpy as np
 
 # Limits, stored as database settings (`specimen-id config`); bench/quality.py says what they
 # were chosen on and what they refuse.
-LIMITS = {"max_edge_width": 0.028, "max_blur": 0.55, "max_clipped_detail": 0.125,
+LIMITS = {"max_edge_width": 0.028, "max_blur": 0.55, "max_clipped_detail": 0.125, "max_white_clipped": 0.7,
           "max_dark_clipped": 0.95, "min_side": 32}
 SIDE = 256
 HIST_BINS = 1024
@@ -39,12 +40,6 @@ EDGE_WINDOW = 0.08  # the step is read over this share of the long side (wider t
 BLUR_BOX = 7  # px at SIDE: the re-blur of the blur effect
 PLATEAU = 0.03  # a background plateau is wider than a disc of this radius (share of the long side)
 BANDS = 20  # brightness bands of 5% of the range: the background is the most common one
-# Pixels beside clipped ones that lie more than BORDER_DEFICIT below the top are structure cut
-# by the clipping, not a background's noise; a white plateau is background only when at most
-# SOFT_BORDER of its border is such (bench/quality.py measures both kinds: a background just
-# at the top, and one clipped solid, which takes the pale parts of the specimen with it).
-BORDER_DEFICIT = 0.05
-SOFT_BORDER = 0.15
 
 
 def measure(pixels: np.ndarray, file_size: tuple[int, int] | None = None) -> dict:
@@ -66,16 +61,20 @@ def measure(pixels: np.ndarray, file_size: tuple[int, int] | None = None) -> dic
     small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA) if size != (w, h) else grey
     low, high = _percentiles(small, (0.1, 99.9))
     stretched = (np.clip((small - low) / (high - low), 0, 1) if high > low else np.zeros_like(small)).astype(np.float32)
-    dark = clipped = 0.0
+    dark = clipped = white_clipped = 0.0
     if top is not None:
         n = 1 if channels.ndim == 2 else 3
         # black: every colour channel at 0; saturated: any channel at the top (inRange is one
         # vectorised pass, where numpy's all/any would make two full boolean copies)
         dark = cv2.countNonZero(cv2.inRange(channels, (0,) * n, (0,) * n)) / (w * h)
         saturated = 255 - cv2.inRange(channels, (0,) * n, (top - 1,) * n)
-        clipped = _clipped_detail(saturated, channels, small, top)
+        if cv2.countNonZero(saturated):
+            darkest = _darkest(channels)
+            white_background = cv2.calcHist([darkest], [0], None, [BANDS], [0, top + 1]).ravel().argmax() == BANDS - 1
+            clipped = _clipped_detail(saturated, darkest, white_background, small, top)
+            white_clipped = _white_clipped(saturated, darkest, top) if white_background else 0.0
     return {"edge_width": round(_edge_width(stretched), 5), "blur": round(_blur_effect(stretched), 4),
-            "clipped_detail": round(clipped, 6), "dark_clipped": round(dark, 6),
+            "clipped_detail": round(clipped, 6), "white_clipped": round(white_clipped, 4), "dark_clipped": round(dark, 6),
             "width": int((file_size or (w, h))[0]), "height": int((file_size or (w, h))[1])}
 
 
@@ -122,7 +121,8 @@ def _blur_effect(grey: np.ndarray) -> float:
     return worst
 
 
-def _clipped_detail(saturated: np.ndarray, channels: np.ndarray, grey: np.ndarray, top: int) -> float:
+def _clipped_detail(saturated: np.ndarray, darkest: np.ndarray, white_background: bool, grey: np.ndarray,
+                    top: int) -> float:
     """The share of the specimen at the sensor's top. The background is not specimen: the
     field's most common brightness (black in fluorescence, the tissue's tone where it fills the
     field) or, where that is white, the white plateau reaching the image's edge."""
@@ -132,13 +132,10 @@ def _clipped_detail(saturated: np.ndarray, channels: np.ndarray, grey: np.ndarra
     clipped = cv2.resize(saturated, size, interpolation=cv2.INTER_AREA) > 127
     if not clipped.any():
         return 0.0
-    darkest = channels.min(axis=2) if channels.ndim == 3 else channels  # only once something clips
-    counts = cv2.calcHist([darkest], [0], None, [BANDS], [0, top + 1]).ravel()
-    if counts.argmax() == BANDS - 1 and hard_border(saturated, channels, top) <= SOFT_BORDER:
-        # the most common colour is white, and it is a white background: white in every channel
-        # (a stain clipped in one or two channels is specimen), wide somewhere, and reaching the
-        # image's edge; with the narrow gaps joined to it
-        white = (cv2.resize(darkest, size, interpolation=cv2.INTER_AREA) >= (1 - 1 / BANDS) * top).astype(np.uint8)
+    if white_background:
+        # white in every channel (a stain clipped in one or two channels is specimen), wide
+        # somewhere, and reaching the image's edge; with the narrow gaps joined to it
+        white = (cv2.resize(darkest, size, interpolation=cv2.INTER_AREA) >= _white_level(top)).astype(np.uint8)
         radius = max(1, round(PLATEAU * max(size)))
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
         wide = cv2.morphologyEx(white, cv2.MORPH_OPEN, disc) > 0
@@ -155,19 +152,34 @@ def _clipped_detail(saturated: np.ndarray, channels: np.ndarray, grey: np.ndarra
     return float(np.count_nonzero(clipped & specimen) / area)
 
 
-def hard_border(saturated: np.ndarray, channels: np.ndarray, top: int) -> float:
-    """The share of the pixels beside the clipped ones that lie well below the top. A white
-    background at the top meets the rest softly: the pixels beside the clipped ones are the
-    same background, within its noise. A gain that clips the specimen cuts through its
-    structure, and the pixels beside the cut lie well below the top (a brightfield field
-    blown out, a speckled surface clipped half-way). Taken at the capture's own pixels, where
-    a step is not yet averaged away."""
+def _darkest(channels: np.ndarray) -> np.ndarray:
+    """The darkest colour channel of each pixel (cv2's per-plane minimum: numpy's over the last
+    axis is many times slower on a large capture)."""
     import cv2
 
-    border = cv2.dilate(saturated, np.ones((3, 3), np.uint8)) - saturated
-    beside = channels.max(axis=2) if channels.ndim == 3 else channels
-    below = cv2.countNonZero(cv2.inRange(beside, 0, int((1 - BORDER_DEFICIT) * top)) & border)
-    return below / max(cv2.countNonZero(border), 1)
+    if channels.ndim == 2:
+        return channels
+    planes = cv2.split(channels)
+    darkest = planes[0]
+    for plane in planes[1:]:
+        darkest = cv2.min(darkest, plane)
+    return darkest
+
+
+def _white_clipped(saturated: np.ndarray, darkest: np.ndarray, top: int) -> float:
+    """The share of the white (white in every channel) at the sensor's top. A background that
+    just reaches the top is white with its noise: much of it lies a little below the top. One
+    clipped solid is at the top nearly all over, and the pale parts of the specimen with it. A
+    share of counts, so the capture's size and its JPEG noise change it little."""
+    import cv2
+
+    white = cv2.inRange(darkest, _white_level(top), top)
+    return cv2.countNonZero(white & saturated) / max(cv2.countNonZero(white), 1)
+
+
+def _white_level(top: int) -> int:
+    """The lowest level of the top brightness band: white."""
+    return int(np.ceil((1 - 1 / BANDS) * top))
 
 
 def _percentiles(grey: np.ndarray, q) -> tuple[float, float]:
@@ -212,6 +224,10 @@ def problems(measures: dict, limits_: dict) -> list[str]:
     if measures["clipped_detail"] > limits_["max_clipped_detail"]:
         found.append(f"over-exposed ({measures['clipped_detail']:.1%} of the specimen saturated > "
                      f"max_clipped_detail {limits_['max_clipped_detail']:g}): lower the exposure or the light")
+    if measures.get("white_clipped", 0.0) > limits_["max_white_clipped"]:  # (measures stored before it have none)
+        found.append(f"over-exposed (the white background is clipped solid: {measures['white_clipped']:.0%} of it "
+                     f"at the top > max_white_clipped {limits_['max_white_clipped']:g}): lower the light until "
+                     f"the background is only just white")
     if measures["dark_clipped"] > limits_["max_dark_clipped"]:
         found.append(f"under-exposed ({measures['dark_clipped']:.1%} of pixels black > "
                      f"max_dark_clipped {limits_['max_dark_clipped']:g}): raise the exposure or the light")

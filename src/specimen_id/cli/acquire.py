@@ -163,10 +163,12 @@ def quality_(ctx, files, as_json):
         if as_json:
             echo(json.dumps({"path": str(path), **measures, "limits": limits, "problems": found}))
             continue
+        white = (f"white background at the top {measures['white_clipped']:.0%} (max {limits['max_white_clipped']:.0%}), "
+                 if measures.get("white_clipped") else "")  # only where the background is white
         echo(f"{path}: edge width {measures['edge_width']:.1%} (max {limits['max_edge_width']:.1%}), "
              f"blur {measures['blur']:.2f} (max {limits['max_blur']:g}), specimen saturated "
-             f"{measures['clipped_detail']:.1%} (max {limits['max_clipped_detail']:.1%}), black "
+             f"{measures['clipped_detail']:.1%} (max {limits['max_clipped_detail']:.1%}), {white}black "
              f"{measures['dark_clipped']:.1%} (max {limits['max_dark_clipped']:.0%}), "
              f"{measures['width']}x{measures['height']} (min side {limits['min_side']}): "
-                   + ("; ".join(found) if found else "ok"))
+             + ("; ".join(found) if found else "ok"))
     ctx.exit(1 if failed else 0)

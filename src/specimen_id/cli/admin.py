@@ -43,7 +43,7 @@ def config(ctx, key, value):
     """Show or set a setting: threshold (on the fused score), margin (lead needed over the
     runner-up, else `ambiguous`), top_k (specimens listed), shortlist (captures verified),
     index (auto, flat, ivf, hnsw or compact), and the quality gate's max_edge_width,
-    max_blur, max_clipped_detail, max_dark_clipped, min_side."""
+    max_blur, max_clipped_detail, max_white_clipped, max_dark_clipped, min_side."""
     from ..search.score import DEFAULT_THRESHOLD, SCORE_KIND
 
     db = open_db(ctx)
