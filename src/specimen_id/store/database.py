@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import weakref
 from pathlib import Path
 
@@ -64,13 +65,35 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
         self._lock = None
         self._writers = 0  # writing() depth in this object
         self._pending: list = []  # (on commit, on rollback) of the open transaction, in order
+        deadline = time.monotonic() + lock_timeout()
+        while True:
+            try:
+                conn = self._connect()
+                break
+            except sqlite3.DatabaseError as e:
+                # SQLite answers "locked" at once, without its busy wait, where waiting could
+                # deadlock (stations opening a new database together: one turns it to WAL while
+                # another reads it); a moment later it is free
+                if isinstance(e, sqlite3.OperationalError) and "locked" in str(e) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                # a full, read-only or failing disk is not damage: no backup to restore for that
+                raise storage_failure(e, self.root) or DatabaseDamaged(
+                    f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); restore it from a backup") from None
+        self.db = sqlite_utils.Database(conn)
+        self._writes_allowed = 0
+        # after migrating: from here on, writes are units of work. Through a weak reference, so
+        # that the connection closes as soon as this object goes (a thread's store, its thread)
+        conn.set_authorizer(authorizer(weakref.ref(self)))
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection, in WAL mode, with the schema brought up to date."""
+        # SQLite's own wait for another connection's write (an outside tool, a query being
+        # logged): as long as the write lock's, one setting for "wait for other writers"
+        conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=lock_timeout())
         try:
-            # SQLite's own wait for another connection's write (an outside tool, a query being
-            # logged): as long as the write lock's, one setting for "wait for other writers"
-            conn = sqlite3.connect(self.root / "specimens.sqlite", timeout=lock_timeout())
             version = schema_version(conn)
             if version > len(MIGRATIONS):  # written by a newer specimen-id: neither read nor write it
-                conn.close()
                 raise DatabaseUnusable(f"{self.root}: database schema version {version} is newer than "
                                        f"this specimen-id understands ({len(MIGRATIONS)}); upgrade specimen-id")
             conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
@@ -78,15 +101,10 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
             if version < len(MIGRATIONS):
                 with self.writing():  # one process migrates; the others then find it done
                     migrate(conn)
-        except sqlite3.DatabaseError as e:
-            # a full, read-only or failing disk is not damage: no backup to restore for that
-            raise storage_failure(e, self.root) or DatabaseDamaged(
-                f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); restore it from a backup") from None
-        self.db = sqlite_utils.Database(conn)
-        self._writes_allowed = 0
-        # after migrating: from here on, writes are units of work. Through a weak reference, so
-        # that the connection closes as soon as this object goes (a thread's store, its thread)
-        conn.set_authorizer(authorizer(weakref.ref(self)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @property
     def location(self) -> Path:
