@@ -54,7 +54,9 @@ BLUR = 0.015  # sigma, share of the longer side
 STRUCTURED = 80  # percentile of local contrast above which a pixel is structure
 BAND = 0.05  # share of the range around the background's brightness that is background
 EMPTY = 0.3  # a background's local contrast is below this share of the structure's (95th pct)
-BLOWN = (1.0, 1.02, 1.05, 1.1, 1.2)
+BLOWN = (1.0, 1.01, 1.02, 1.05, 1.1, 1.2)
+TOLERATED = 1.01  # a background this far past the top is still a white one (a lamp's drift)
+SOLID_GRID = np.arange(0.5, 0.951, 0.05).round(2)
 SIDES = (16, 24, 32, 48, 64)
 SMALL_FIELDS = 40
 FOCUS_GRID = [(w, b) for w in np.arange(0.024, 0.0361, 0.001).round(4) for b in np.arange(0.5, 0.801, 0.05).round(2)]
@@ -163,7 +165,7 @@ def _bright_empty_background(pixels) -> float | None:
         return None
     bright = _brightest(pixels)
     counts, edges = np.histogram(bright, bins=256, range=(0, top + 1))
-    mode = float(edges[counts.argmax() + 1])
+    mode = float(max(edges[counts.argmax()], 1))  # (8-bit: the exact level, which the gain brings to the top)
     if mode <= 0.5 * top or np.median(bright) <= 0.5 * top:
         return None
     contrast = _local_contrast(bright)
@@ -177,7 +179,7 @@ def _local_contrast(bright):
 
 
 def _gained(pixels, gain):
-    return np.clip(pixels.astype(np.float32) * gain, 0, quality.sensor_top(pixels)).astype(pixels.dtype)
+    return np.clip(np.rint(pixels.astype(np.float64) * gain), 0, quality.sensor_top(pixels)).astype(pixels.dtype)
 
 
 def measure_all(kind, part, path) -> dict:
@@ -191,8 +193,8 @@ def measure_all(kind, part, path) -> dict:
         changed = make(pixels)
         row[name] = quality.measure(changed) if changed is not None else None
         for how, resave in RESAVED.items():  # on a bright background: the same saved otherwise
-            row[f"{name} {how}"] = (quality.measure(resave(changed))
-                                    if changed is not None and background is not None else None)
+            resaved = resave(changed) if changed is not None and background is not None else None
+            row[f"{name} {how}"] = quality.measure(resaved) if resaved is not None else None
     for gain in BLOWN:  # the background exposed past the top, by this factor
         row[f"blown {gain:g}"] = (quality.measure(_gained(pixels, gain * quality.sensor_top(pixels) / background))
                                   if background is not None else None)
@@ -200,8 +202,8 @@ def measure_all(kind, part, path) -> dict:
 
 
 def _jpeg(pixels, quality_=75):
-    if pixels.dtype != np.uint8:
-        return pixels
+    if pixels.dtype != np.uint8:  # JPEG holds 8 bits
+        return None
     bgr = pixels[:, :, ::-1] if pixels.ndim == 3 else pixels
     decoded = cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality_])[1], cv2.IMREAD_UNCHANGED)
     return decoded[:, :, ::-1] if decoded.ndim == 3 else decoded
@@ -241,25 +243,28 @@ def fit(rows) -> dict:
 
     best = max(FOCUS_GRID, key=focus_key)
 
-    def clip_key(value):
-        trial = {**limits, "max_clipped_detail": value}
+    # a bright background: the most lenient limit that refuses every over-exposed one and
+    # passes the white ones up to TOLERATED past the top (each also saved as JPEG and resized)
+    white, over = white_clipped(rows, "white background") + white_clipped(rows, f"blown {TOLERATED:g}"), \
+        white_clipped(rows, "over-exposed")
+    fitting = [v for v in SOLID_GRID if max(white, default=0) <= v < min(over, default=1)]
+    solid = float(max(fitting)) if fitting else limits["max_white_clipped"]
+
+    def clip_key(value):  # (judged on the specimen alone: white_clipped off)
+        trial = {**limits, "max_clipped_detail": value, "max_white_clipped": 1.0}
         wrong = share(rows, "sharp", trial, "exposure")[0] + share(rows, "white background", trial, "exposure")[0]
         return (wrong < 1e-9, share(rows, "over-exposed", trial, "exposure")[0], value)
 
     clip = max(CLIP_GRID, key=clip_key)
-    # a bright background: halfway between the white ones and the over-exposed ones (each also
-    # saved as JPEG and resized), to a twentieth
-    white, over = white_clipped(rows, "white background"), white_clipped(rows, "over-exposed")
-    solid = round((max(white) + min(over)) / 2 * 20) / 20 if white and over else limits["max_white_clipped"]
     return {**limits, "max_edge_width": float(best[0]), "max_blur": float(best[1]), "max_clipped_detail": float(clip),
-            "max_white_clipped": float(solid)}
+            "max_white_clipped": solid}
 
 
 def white_clipped(rows, name: str) -> list[float]:
     """white_clipped of the fields on a bright background exposed so (`name`), as saved and
-    saved otherwise."""
+    saved otherwise (where that was made)."""
     return [r[case]["white_clipped"] for r in rows if r["white background"] is not None
-            for case in (name, *(f"{name} {how}" for how in RESAVED))]
+            for case in (name, *(f"{name} {how}" for how in RESAVED)) if r.get(case) is not None]
 
 
 def gate_section(rows, fitted) -> str:
@@ -318,7 +323,8 @@ def blown_section(rows) -> str:
             by_saving.append((f"{kind}, {name}", *[f"{share(members, case, quality.LIMITS, 'exposure')[0]:.3f}"
                                                    for case in (name, *(f"{name} {how}" for how in RESAVED))]))
     fit = [r for r in rows if r["part"] == "fit" and r["white background"] is not None]
-    white, over = white_clipped(fit, "white background"), white_clipped(fit, "over-exposed")
+    white, tolerated = white_clipped(fit, "white background"), white_clipped(fit, f"blown {TOLERATED:g}")
+    over = white_clipped(fit, "over-exposed")
     if not (white and over):
         return "### A bright background: white, or clipped solid\n\nNo field on a bright empty background in the fit part."
     return "\n".join([
@@ -328,9 +334,12 @@ def blown_section(rows) -> str:
         "One clipped solid is at the top nearly all over, and the pale parts of the specimen with it. `white_clipped` "
         f"is the share of the white at the top; max_white_clipped = {quality.LIMITS['max_white_clipped']:g}. On the "
         f"fit part's {len(fit)} fields on a bright background (as saved, as JPEG 75, halved and enlarged 2x), white "
-        f"backgrounds reach {max(white):.2f} and over-exposed ones {min(over):.2f} at least (the limit is fitted "
-        "halfway). Refused, with the "
-        "background exposed past the top by a factor (1: just reaching it):",
+        f"backgrounds (their most common level just at the top) reach {max(white):.2f}, {TOLERATED:g} times past "
+        f"the top {max(tolerated):.2f}, and over-exposed ones {min(over):.2f} at least; the limit is fitted as the "
+        "most lenient that refuses every over-exposed one and passes those up to "
+        f"{TOLERATED:g} times past the top. A white background exposed a few percent longer than that is refused "
+        "too: the statistic of a background's noise cannot tell how far past the top the light went. Refused, "
+        "with the background exposed past the top by a factor (1: its most common level just at the top):",
         "",
         table(["kind", *[f"background x{g:g}" for g in BLOWN]], by_gain),
         "",

@@ -62,8 +62,11 @@ def test_a_brightfield_background_clipped_solid_is_over_exposed_however_it_is_sa
     assert lines[0].startswith(f"{WHITE_BACKGROUND}: ") and lines[0].endswith(": ok")
     for line in lines[1:]:
         assert "over-exposed (the white background is clipped solid: " in line
-        assert line.endswith("lower the light until the background is only just white")
+        assert line.endswith("lower the exposure or the light until the background is only just white")
     assert white.quality["white_clipped"] < quality.LIMITS["max_white_clipped"] < blown.quality["white_clipped"]
+    # measures stored before white_clipped was taken are not judged on it
+    older = {key: value for key, value in blown.quality.items() if key != "white_clipped"}
+    assert quality.problems(older, quality.LIMITS) == []
 
 
 def test_blur_and_clipping_of_the_specimen_are_measured_where_the_specimen_is(blurred, blown_out):

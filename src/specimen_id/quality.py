@@ -31,7 +31,7 @@ import numpy as np
 
 # Limits, stored as database settings (`specimen-id config`); bench/quality.py says what they
 # were chosen on and what they refuse.
-LIMITS = {"max_edge_width": 0.028, "max_blur": 0.55, "max_clipped_detail": 0.125, "max_white_clipped": 0.7,
+LIMITS = {"max_edge_width": 0.028, "max_blur": 0.55, "max_clipped_detail": 0.125, "max_white_clipped": 0.9,
           "max_dark_clipped": 0.95, "min_side": 32}
 SIDE = 256
 HIST_BINS = 1024
@@ -43,8 +43,9 @@ BANDS = 20  # brightness bands of 5% of the range: the background is the most co
 
 
 def measure(pixels: np.ndarray, file_size: tuple[int, int] | None = None) -> dict:
-    """edge_width, blur, clipped_detail, dark_clipped (shares 0..1), width and height (the
-    file's own `file_size` when the pixels were shrunk after decoding, see images.WORK_SIDE)."""
+    """edge_width, blur, clipped_detail, white_clipped, dark_clipped (shares 0..1), width and
+    height (the file's own `file_size` when the pixels were shrunk after decoding, see
+    images.WORK_SIDE)."""
     import cv2
 
     h, w = pixels.shape[:2]
@@ -72,7 +73,7 @@ def measure(pixels: np.ndarray, file_size: tuple[int, int] | None = None) -> dic
             darkest = _darkest(channels)
             white_background = cv2.calcHist([darkest], [0], None, [BANDS], [0, top + 1]).ravel().argmax() == BANDS - 1
             clipped = _clipped_detail(saturated, darkest, white_background, small, top)
-            white_clipped = _white_clipped(saturated, darkest, top) if white_background else 0.0
+            white_clipped = _white_clipped(darkest, top) if white_background else 0.0
     return {"edge_width": round(_edge_width(stretched), 5), "blur": round(_blur_effect(stretched), 4),
             "clipped_detail": round(clipped, 6), "white_clipped": round(white_clipped, 4), "dark_clipped": round(dark, 6),
             "width": int((file_size or (w, h))[0]), "height": int((file_size or (w, h))[1])}
@@ -166,7 +167,7 @@ def _darkest(channels: np.ndarray) -> np.ndarray:
     return darkest
 
 
-def _white_clipped(saturated: np.ndarray, darkest: np.ndarray, top: int) -> float:
+def _white_clipped(darkest: np.ndarray, top: int) -> float:
     """The share of the white (white in every channel) at the sensor's top. A background that
     just reaches the top is white with its noise: much of it lies a little below the top. One
     clipped solid is at the top nearly all over, and the pale parts of the specimen with it. A
@@ -174,7 +175,8 @@ def _white_clipped(saturated: np.ndarray, darkest: np.ndarray, top: int) -> floa
     import cv2
 
     white = cv2.inRange(darkest, _white_level(top), top)
-    return cv2.countNonZero(white & saturated) / max(cv2.countNonZero(white), 1)
+    # at the top in every channel: one colour clipped is a white balance, not a blown light
+    return cv2.countNonZero(cv2.inRange(darkest, top, top)) / max(cv2.countNonZero(white), 1)
 
 
 def _white_level(top: int) -> int:
@@ -224,10 +226,10 @@ def problems(measures: dict, limits_: dict) -> list[str]:
     if measures["clipped_detail"] > limits_["max_clipped_detail"]:
         found.append(f"over-exposed ({measures['clipped_detail']:.1%} of the specimen saturated > "
                      f"max_clipped_detail {limits_['max_clipped_detail']:g}): lower the exposure or the light")
-    if measures.get("white_clipped", 0.0) > limits_["max_white_clipped"]:  # (measures stored before it have none)
-        found.append(f"over-exposed (the white background is clipped solid: {measures['white_clipped']:.0%} of it "
-                     f"at the top > max_white_clipped {limits_['max_white_clipped']:g}): lower the light until "
-                     f"the background is only just white")
+    elif measures.get("white_clipped", 0.0) > limits_["max_white_clipped"]:  # (measures stored before it have none)
+        found.append(f"over-exposed (the white background is clipped solid: {measures['white_clipped']:.1%} of it "
+                     f"at the top > max_white_clipped {limits_['max_white_clipped']:g}): lower the exposure or "
+                     f"the light until the background is only just white")
     if measures["dark_clipped"] > limits_["max_dark_clipped"]:
         found.append(f"under-exposed ({measures['dark_clipped']:.1%} of pixels black > "
                      f"max_dark_clipped {limits_['max_dark_clipped']:g}): raise the exposure or the light")
