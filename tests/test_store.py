@@ -343,6 +343,21 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
         assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
+def test_a_database_another_process_holds_is_locked_not_damaged(tmp_path, monkeypatch):
+    from specimen_id.errors import DatabaseLocked
+
+    root = tmp_path / "db"
+    root.mkdir()
+    holder = sqlite3.connect(root / "specimens.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another tool writing it, before it was ever opened here
+    monkeypatch.setenv("SPECIMEN_ID_LOCK_TIMEOUT", "1")
+    with pytest.raises(DatabaseLocked, match="another process is writing"):
+        Database(root)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert Database(root).db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
 def test_reviews_from_before_they_named_a_specimen_are_kept(tmp_path):
     """Schema 10 rebuilds the reviews table so that a review can name a specimen; the older
     verdicts stay, naming none, and the latest one still counts."""

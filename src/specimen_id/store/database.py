@@ -14,6 +14,7 @@ and write lock are in transactions.py.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import time
 import weakref
@@ -74,9 +75,12 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
                 # SQLite answers "locked" at once, without its busy wait, where waiting could
                 # deadlock (stations opening a new database together: one turns it to WAL while
                 # another reads it); a moment later it is free
-                if isinstance(e, sqlite3.OperationalError) and "locked" in str(e) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
+                if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                    if time.monotonic() < deadline:
+                        time.sleep(random.uniform(0.02, 0.08))  # (apart: openers that met do not meet again)
+                        continue
+                    raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
+                                         "it is done") from None
                 # a full, read-only or failing disk is not damage: no backup to restore for that
                 raise storage_failure(e, self.root) or DatabaseDamaged(
                     f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); restore it from a backup") from None
