@@ -55,7 +55,8 @@ STRUCTURED = 80  # percentile of local contrast above which a pixel is structure
 BAND = 0.05  # share of the range around the background's brightness that is background
 EMPTY = 0.3  # a background's local contrast is below this share of the structure's (95th pct)
 BLOWN = (1.0, 1.01, 1.02, 1.05, 1.1, 1.2)
-TOLERATED = 1.01  # a background this far past the top is still a white one (a lamp's drift)
+TOLERATED = 1.01  # a background this far past the top is still a white one (a lamp's drift); in BLOWN
+assert TOLERATED in BLOWN
 SOLID_GRID = np.arange(0.5, 0.951, 0.05).round(2)
 SIDES = (16, 24, 32, 48, 64)
 SMALL_FIELDS = 40
@@ -196,8 +197,11 @@ def measure_all(kind, part, path) -> dict:
             resaved = resave(changed) if changed is not None and background is not None else None
             row[f"{name} {how}"] = quality.measure(resaved) if resaved is not None else None
     for gain in BLOWN:  # the background exposed past the top, by this factor
-        row[f"blown {gain:g}"] = (quality.measure(_gained(pixels, gain * quality.sensor_top(pixels) / background))
-                                  if background is not None else None)
+        blown = _gained(pixels, gain * quality.sensor_top(pixels) / background) if background is not None else None
+        row[f"blown {gain:g}"] = quality.measure(blown) if blown is not None else None
+        for how, resave in RESAVED.items():
+            resaved = resave(blown) if blown is not None and gain == TOLERATED else None
+            row[f"blown {gain:g} {how}"] = quality.measure(resaved) if resaved is not None else None
     return row
 
 
@@ -247,8 +251,8 @@ def fit(rows) -> dict:
     # passes the white ones up to TOLERATED past the top (each also saved as JPEG and resized)
     white, over = white_clipped(rows, "white background") + white_clipped(rows, f"blown {TOLERATED:g}"), \
         white_clipped(rows, "over-exposed")
-    fitting = [v for v in SOLID_GRID if max(white, default=0) <= v < min(over, default=1)]
-    solid = float(max(fitting)) if fitting else limits["max_white_clipped"]
+    fitting = [v for v in SOLID_GRID if white and over and max(white) <= v < min(over)]
+    solid = float(max(fitting)) if fitting else float("nan")  # (nothing to fit on, or no such limit)
 
     def clip_key(value):  # (judged on the specimen alone: white_clipped off)
         trial = {**limits, "max_clipped_detail": value, "max_white_clipped": 1.0}
@@ -264,7 +268,7 @@ def white_clipped(rows, name: str) -> list[float]:
     """white_clipped of the fields on a bright background exposed so (`name`), as saved and
     saved otherwise (where that was made)."""
     return [r[case]["white_clipped"] for r in rows if r["white background"] is not None
-            for case in (name, *(f"{name} {how}" for how in RESAVED)) if r.get(case) is not None]
+            for case in (name, *(f"{name} {how}" for how in RESAVED)) if r[case] is not None]
 
 
 def gate_section(rows, fitted) -> str:

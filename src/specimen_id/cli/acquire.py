@@ -163,7 +163,7 @@ def quality_(ctx, files, as_json):
         if as_json:
             echo(json.dumps({"path": str(path), **measures, "limits": limits, "problems": found}))
             continue
-        white = (f"white background at the top {measures['white_clipped']:.0%} (max {limits['max_white_clipped']:.0%}), "
+        white = (f"white background at the top {measures['white_clipped']:.1%} (max {limits['max_white_clipped']:.0%}), "
                  if measures.get("white_clipped") else "")  # only where the background is white
         echo(f"{path}: edge width {measures['edge_width']:.1%} (max {limits['max_edge_width']:.1%}), "
              f"blur {measures['blur']:.2f} (max {limits['max_blur']:g}), specimen saturated "
