@@ -79,8 +79,7 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
                     if time.monotonic() < deadline:
                         time.sleep(random.uniform(0.02, 0.08))  # (apart: openers that met do not meet again)
                         continue
-                    raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
-                                         "it is done") from None
+                    raise self._locked(e) from None
                 # a full, read-only or failing disk is not damage: no backup to restore for that
                 raise storage_failure(e, self.root) or DatabaseDamaged(
                     f"{self.root / 'specimens.sqlite'} cannot be opened ({e}); restore it from a backup") from None
@@ -143,8 +142,11 @@ class Database(Transactions, Settings, Captures, Curation, Removal, Audit, Watch
         try:
             self.db.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:  # another writer held on past the busy timeout
-            raise DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when "
-                                 "it is done") from None
+            raise self._locked(e) from None
+
+    def _locked(self, e: sqlite3.OperationalError) -> DatabaseLocked:
+        """Another process held SQLite's lock past the busy timeout: not damage, only a wait."""
+        return DatabaseLocked(f"{self.root}: another process is writing ({e}); try again when it is done")
 
     def _hold_log(self) -> None:
         """Nothing to do: BEGIN IMMEDIATE already keeps every other writer out (a query being
